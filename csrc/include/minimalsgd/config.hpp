@@ -1,0 +1,72 @@
+// minimalsgd: compiler portability macros and the per-target namespace.
+#pragma once
+
+#include <cstddef>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+// Code compiled under different instruction-set flags must live in different namespaces, or the
+// linker keeps one copy of each inline function and the other target silently runs it. A
+// translation unit compiled with, say, -mavx2 defines MINIMALSGD_TARGET_NAMESPACE=avx2 before it
+// includes minimalsgd; everyone else gets `generic`. The namespace is inline, so callers always
+// write minimalsgd::sgd_step.
+#ifndef MINIMALSGD_TARGET_NAMESPACE
+#define MINIMALSGD_TARGET_NAMESPACE generic
+#endif
+
+#define MINIMALSGD_STRINGIFY_(x) #x
+#define MINIMALSGD_STRINGIFY(x) MINIMALSGD_STRINGIFY_(x)
+
+// `omp simd` when OpenMP (or -fopenmp-simd) is on; the compilers' own vectorization hint
+// otherwise, so that the header compiles without unknown-pragma warnings either way.
+#if defined(_OPENMP) || defined(MINIMALSGD_OPENMP_SIMD)
+#define MINIMALSGD_SIMD _Pragma("omp simd")
+#define MINIMALSGD_SIMD_SUM(var) _Pragma(MINIMALSGD_STRINGIFY(omp simd reduction(+ : var)))
+#elif defined(__clang__)
+#define MINIMALSGD_SIMD _Pragma("clang loop vectorize(enable)")
+#define MINIMALSGD_SIMD_SUM(var) _Pragma("clang loop vectorize(enable)")
+#elif defined(__GNUC__)
+#define MINIMALSGD_SIMD _Pragma("GCC ivdep")
+#define MINIMALSGD_SIMD_SUM(var) _Pragma("GCC ivdep")
+#else
+#define MINIMALSGD_SIMD
+#define MINIMALSGD_SIMD_SUM(var)
+#endif
+
+#if defined(__GNUC__) || defined(__clang__)
+#define MINIMALSGD_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define MINIMALSGD_RESTRICT __restrict
+#else
+#define MINIMALSGD_RESTRICT
+#endif
+
+namespace minimalsgd {
+
+/// Threads and grain of one call. Work below `grain` elements runs on the calling thread (an
+/// OpenMP parallel region costs about half a microsecond to start); above it, on `num_threads`
+/// threads, or on omp_get_max_threads() when `num_threads` is 0. Without OpenMP everything is
+/// serial and the results are the same.
+struct Parallel {
+    int num_threads = 0;
+    std::size_t grain = 32768;
+};
+
+/// The number of threads a call with `par` uses for work of `n` elements.
+inline int threads_for(std::size_t n, const Parallel& par) {
+#if defined(_OPENMP)
+    if (n < par.grain || n < 2) {
+        return 1;
+    }
+    int t = par.num_threads > 0 ? par.num_threads : omp_get_max_threads();
+    return t < 1 ? 1 : t;
+#else
+    (void)n;
+    (void)par;
+    return 1;
+#endif
+}
+
+}  // namespace minimalsgd

@@ -1,0 +1,278 @@
+// minimalsgd: the fused SGD step and the gradient sum of squares.
+//
+// The update (one definition for every backend; torch.optim.SGD semantics):
+//
+//     g = grad * grad_scale
+//     g = -g                                  if maximize
+//     g = g + weight_decay * w                if weight_decay != 0
+//     if momentum != 0:
+//         v = g                               on the first step of this buffer (no dampening)
+//         v = momentum * v + (1 - dampening) * g   on later steps
+//         g = g + momentum * v  if nesterov else v
+//     w = w - lr * g
+//
+// Every operation runs in T (float or double) with the hyperparameters rounded to T once, in
+// this order; a build with -ffp-contract=off (the Python module's) therefore gives the same bits
+// on every instruction set and the same bits as the NumPy backend.
+//
+// Memory: one pass. Reads w, grad and (with momentum) v once, writes w and v once. The grad is
+// never written. value, grad and momentum_buffer must not overlap each other; grads of different
+// tensors may overlap each other (they are only read).
+//
+// Threads: work above Parallel::grain elements is split over OpenMP threads; in the multi-tensor
+// form the split is over the total element count, so chunks may span tensors and many small
+// tensors share the threads. Results do not depend on the thread count.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "config.hpp"
+#include "options.hpp"
+
+namespace minimalsgd {
+
+/// One tensor of a multi-tensor step: `size` elements at `value`, `grad` and `momentum_buffer`
+/// (which may be null when momentum is 0). `first_step` marks a momentum buffer that has not been
+/// written yet: this step sets it to the gradient.
+template <class T>
+struct TensorSpan {
+    T* value;
+    const T* grad;
+    T* momentum_buffer;
+    std::size_t size;
+    bool first_step;
+};
+
+/// One gradient of a multi-tensor sum of squares.
+template <class T>
+struct ConstSpan {
+    const T* data;
+    std::size_t size;
+};
+
+inline namespace MINIMALSGD_TARGET_NAMESPACE {
+namespace detail {
+
+/// The hyperparameters of one step rounded to T once.
+template <class T>
+struct Coefficients {
+    T lr, mu, damp1, wd, scale;
+};
+
+template <class T>
+Coefficients<T> coefficients(const SgdOptions& o, double grad_scale) {
+    return {T(o.lr), T(o.momentum), T(1.0 - o.dampening), T(o.weight_decay),
+            o.maximize ? T(-grad_scale) : T(grad_scale)};
+}
+
+// The fused loop. Options are template parameters, so each variant is a plain loop with no
+// branches inside, which the compiler vectorizes.
+template <class T, bool Momentum, bool Nesterov, bool WeightDecay, bool First>
+void fused_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT grad,
+                T* MINIMALSGD_RESTRICT buf, std::size_t n, Coefficients<T> c) {
+    const T lr = c.lr, mu = c.mu, damp1 = c.damp1, wd = c.wd, scale = c.scale;
+    MINIMALSGD_SIMD
+    for (std::size_t i = 0; i < n; ++i) {
+        T g = grad[i] * scale;  // maximize is folded into the sign of scale: exact
+        const T wi = w[i];
+        if constexpr (WeightDecay) {
+            g = g + wd * wi;
+        }
+        if constexpr (Momentum) {
+            T v;
+            if constexpr (First) {
+                v = g;
+            } else {
+                v = mu * buf[i] + damp1 * g;
+            }
+            buf[i] = v;
+            if constexpr (Nesterov) {
+                g = g + mu * v;
+            } else {
+                g = v;
+            }
+        }
+        w[i] = wi - lr * g;
+    }
+}
+
+template <class T>
+using LoopFn = void (*)(T*, const T*, T*, std::size_t, Coefficients<T>);
+
+/// The loop variant for `opts`, for buffers on their first step or later.
+template <class T>
+LoopFn<T> select_loop(const SgdOptions& o, bool first) {
+    const bool wd = o.weight_decay != 0;
+    if (o.momentum == 0) {
+        return wd ? &fused_loop<T, false, false, true, false> : &fused_loop<T, false, false, false, false>;
+    }
+    if (o.nesterov) {
+        if (first) {
+            return wd ? &fused_loop<T, true, true, true, true> : &fused_loop<T, true, true, false, true>;
+        }
+        return wd ? &fused_loop<T, true, true, true, false> : &fused_loop<T, true, true, false, false>;
+    }
+    if (first) {
+        return wd ? &fused_loop<T, true, false, true, true> : &fused_loop<T, true, false, false, true>;
+    }
+    return wd ? &fused_loop<T, true, false, true, false> : &fused_loop<T, true, false, false, false>;
+}
+
+// Elements per 64-byte cache line: chunk borders between threads are multiples of it.
+template <class T>
+constexpr std::size_t line_elems() {
+    return 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;
+}
+
+// Runs the elements [begin, end) of the concatenation of `spans`.
+template <class T>
+void step_range(const TensorSpan<T>* spans, std::size_t count, std::size_t begin, std::size_t end,
+                LoopFn<T> later, LoopFn<T> first, const Coefficients<T>& c) {
+    std::size_t offset = 0;
+    for (std::size_t k = 0; k < count && offset < end; ++k) {
+        const TensorSpan<T>& s = spans[k];
+        const std::size_t lo = begin > offset ? begin - offset : 0;
+        const std::size_t hi = end - offset < s.size ? end - offset : s.size;
+        if (lo < hi) {
+            T* buf = s.momentum_buffer ? s.momentum_buffer + lo : nullptr;
+            (s.first_step ? first : later)(s.value + lo, s.grad + lo, buf, hi - lo, c);
+        }
+        offset += s.size;
+    }
+}
+
+// Sum of squares of x[0..n) in double, in 8 interleaved partial sums combined in a fixed order:
+// the same bits whatever the vector width the compiler picks (2, 4 or 8 doubles).
+template <class T>
+double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
+    constexpr std::size_t L = 8;
+    double acc[L] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const std::size_t body = n - n % L;
+    for (std::size_t i = 0; i < body; i += L) {
+        MINIMALSGD_SIMD
+        for (std::size_t j = 0; j < L; ++j) {
+            const double v = static_cast<double>(x[i + j]);
+            acc[j] += v * v;
+        }
+    }
+    for (std::size_t i = body; i < n; ++i) {
+        const double v = static_cast<double>(x[i]);
+        acc[i - body] += v * v;
+    }
+    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+}
+
+// Blocks of this many elements are summed on their own and then added in order, so that the total
+// does not depend on the number of threads.
+constexpr std::size_t kSumBlock = 1 << 16;
+
+}  // namespace detail
+
+/// The fused step over many tensors in one call: every span gets exactly the update of
+/// sgd_step(). Threads share the total element count (chunks may span tensors).
+/// Throws std::invalid_argument, before writing anything, for invalid options or a null momentum
+/// buffer when momentum != 0.
+template <class T>
+void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const SgdOptions& opts,
+                           T grad_scale = T(1), const Parallel& par = Parallel()) {
+    check(opts);
+    std::size_t total = 0;
+    for (std::size_t k = 0; k < count; ++k) {
+        if (opts.momentum != 0 && spans[k].momentum_buffer == nullptr && spans[k].size != 0) {
+            throw std::invalid_argument("minimalsgd: momentum != 0 needs a momentum buffer for every tensor");
+        }
+        total += spans[k].size;
+    }
+    const detail::Coefficients<T> c = detail::coefficients<T>(opts, static_cast<double>(grad_scale));
+    const detail::LoopFn<T> later = detail::select_loop<T>(opts, false);
+    const detail::LoopFn<T> first = detail::select_loop<T>(opts, true);
+    const int nt = threads_for(total, par);
+    if (nt <= 1) {
+        detail::step_range(spans, count, 0, total, later, first, c);
+        return;
+    }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+    {
+        const std::size_t nth = static_cast<std::size_t>(omp_get_num_threads());
+        const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
+        constexpr std::size_t line = detail::line_elems<T>();
+        std::size_t chunk = (total + nth - 1) / nth;
+        chunk = (chunk + line - 1) / line * line;
+        const std::size_t begin = tid * chunk < total ? tid * chunk : total;
+        const std::size_t end = begin + chunk < total ? begin + chunk : total;
+        detail::step_range(spans, count, begin, end, later, first, c);
+    }
+#endif
+}
+
+/// The fused step on one tensor of n elements, in place: see the formula at the top of this file.
+/// `momentum_buffer` may be null only when momentum is 0; `first_step` makes this step set the
+/// buffer to the gradient (the buffer's old contents are not read).
+template <class T>
+void sgd_step(T* value, const T* grad, T* momentum_buffer, std::size_t n, const SgdOptions& opts,
+              bool first_step = false, T grad_scale = T(1), const Parallel& par = Parallel()) {
+    const TensorSpan<T> span{value, grad, momentum_buffer, n, first_step};
+    multi_tensor_sgd_step(&span, 1, opts, grad_scale, par);
+}
+
+/// The sum of x[i]^2 over many tensors, accumulated in double. The result is the same for any
+/// thread count and instruction set (fixed blocks, fixed order of addition).
+template <class T>
+double multi_tensor_sum_of_squares(const ConstSpan<T>* spans, std::size_t count,
+                                   const Parallel& par = Parallel()) {
+    std::size_t total = 0, blocks = 0;
+    for (std::size_t k = 0; k < count; ++k) {
+        total += spans[k].size;
+        blocks += (spans[k].size + detail::kSumBlock - 1) / detail::kSumBlock;
+    }
+    const int nt = threads_for(total, par);
+    double sum = 0;
+    if (nt <= 1 || blocks < 2) {
+        for (std::size_t k = 0; k < count; ++k) {
+            for (std::size_t i = 0; i < spans[k].size; i += detail::kSumBlock) {
+                const std::size_t m = spans[k].size - i < detail::kSumBlock ? spans[k].size - i : detail::kSumBlock;
+                sum += detail::sum_of_squares_serial(spans[k].data + i, m);
+            }
+        }
+        return sum;
+    }
+#if defined(_OPENMP)
+    // Partial sums per block, written by whichever thread runs the block, added in block order.
+    struct Block {
+        const T* data;
+        std::size_t size;
+        double sum;
+    };
+    std::vector<Block> list(blocks);
+    std::size_t b = 0;
+    for (std::size_t k = 0; k < count; ++k) {
+        for (std::size_t i = 0; i < spans[k].size; i += detail::kSumBlock) {
+            const std::size_t m = spans[k].size - i < detail::kSumBlock ? spans[k].size - i : detail::kSumBlock;
+            list[b++] = Block{spans[k].data + i, m, 0.0};
+        }
+    }
+    const std::ptrdiff_t nb = static_cast<std::ptrdiff_t>(blocks);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (std::ptrdiff_t j = 0; j < nb; ++j) {
+        list[j].sum = detail::sum_of_squares_serial(list[j].data, list[j].size);
+    }
+    for (std::size_t j = 0; j < blocks; ++j) {
+        sum += list[j].sum;
+    }
+#endif
+    return sum;
+}
+
+/// The sum of x[i]^2 over n elements, accumulated in double.
+template <class T>
+double sum_of_squares(const T* x, std::size_t n, const Parallel& par = Parallel()) {
+    const ConstSpan<T> span{x, n};
+    return multi_tensor_sum_of_squares(&span, 1, par);
+}
+
+}  // namespace MINIMALSGD_TARGET_NAMESPACE
+}  // namespace minimalsgd

@@ -1,0 +1,17 @@
+// Included once by each kernels_<target>.cpp, after it defines MINIMALSGD_TARGET_NAMESPACE and
+// MINIMALSGD_KERNEL_TABLE_NAME; the translation unit's -m flags decide the instructions.
+#include "kernels.hpp"
+
+namespace minimalsgd_python {
+
+const KernelTable& MINIMALSGD_KERNEL_TABLE_NAME() {
+    static const KernelTable table{
+        &minimalsgd::multi_tensor_sgd_step<float>,
+        &minimalsgd::multi_tensor_sgd_step<double>,
+        &minimalsgd::multi_tensor_sum_of_squares<float>,
+        &minimalsgd::multi_tensor_sum_of_squares<double>,
+    };
+    return table;
+}
+
+}  // namespace minimalsgd_python

@@ -1,0 +1,395 @@
+// minimalsgd._core: the pybind11 bindings. Thin: they check that every buffer can be walked in
+// place as one flat array (never converting or copying one), then release the GIL and call the
+// kernels of the instruction set chosen at import.
+//
+// The Python layer (python/minimalsgd/_functional.py) validates with named errors first and
+// routes only buffers that pass here; the checks below are the last line, so that no call from
+// Python can make the kernel read or write out of bounds, whatever it is given.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <minimalsgd/cpu.hpp>
+#include <minimalsgd/version.hpp>
+
+#include "kernels.hpp"
+
+namespace py = pybind11;
+using minimalsgd::Isa;
+using minimalsgd_python::KernelTable;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Instruction set and threads
+
+const KernelTable& table_for(Isa isa) {
+    switch (isa) {
+        case Isa::avx512:
+            return minimalsgd_python::kernels_avx512();
+        case Isa::avx2:
+            return minimalsgd_python::kernels_avx2();
+        default:
+            return minimalsgd_python::kernels_baseline();
+    }
+}
+
+std::atomic<int> g_isa{static_cast<int>(Isa::baseline)};
+std::atomic<int> g_num_threads{0};      // 0: follow omp_get_max_threads() of the calling thread
+std::atomic<std::size_t> g_grain{minimalsgd::Parallel().grain};
+
+void set_isa(const std::string& name) {
+    Isa isa;
+    if (!minimalsgd::parse_isa(name.c_str(), &isa)) {
+        throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512', got '" + name + "'");
+    }
+    if (!minimalsgd::cpu_supports(isa)) {
+        throw py::value_error("isa '" + name + "' is not supported by this CPU");
+    }
+    g_isa = static_cast<int>(isa);
+}
+
+std::string get_isa() { return minimalsgd::isa_name(static_cast<Isa>(g_isa.load())); }
+
+int get_num_threads() {
+    const int n = g_num_threads.load();
+    if (n > 0) {
+        return n;
+    }
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+void set_num_threads(int n) {
+    if (n < 0) {
+        throw py::value_error("num_threads must be >= 0 (0 restores the OpenMP default), got " + std::to_string(n));
+    }
+    g_num_threads = n;
+#if defined(_OPENMP)
+    if (n > 0) {
+        omp_set_num_threads(n);
+    }
+#endif
+}
+
+minimalsgd::Parallel parallel() {
+    minimalsgd::Parallel par;
+    par.num_threads = get_num_threads();
+    par.grain = g_grain.load();
+    return par;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffer checks: read the array struct directly (no temporaries, no conversion).
+
+enum class Kind { f32, f64 };
+
+struct View {
+    PyObject* obj;
+    char* data;
+    std::size_t size;  // elements
+    Kind kind;
+    int flags;
+    int ndim;
+    const Py_ssize_t* shape;
+};
+
+constexpr int kC = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kF = py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_;
+constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+
+std::string where(const char* what, std::size_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; }
+
+View view_of(PyObject* obj, const char* what, std::size_t i, bool writeable) {
+    if (!py::isinstance<py::array>(obj)) {
+        throw py::type_error(where(what, i) + " must be a numpy.ndarray, got " + std::string(Py_TYPE(obj)->tp_name));
+    }
+    auto* a = py::detail::array_proxy(obj);
+    auto* d = py::detail::array_descriptor_proxy(a->descr);
+    View v{};
+    v.obj = obj;
+    v.data = a->data;
+    v.flags = a->flags;
+    v.ndim = a->nd;
+    v.shape = reinterpret_cast<const Py_ssize_t*>(a->dimensions);
+#if PY_LITTLE_ENDIAN
+    constexpr char native = '<';
+#else
+    constexpr char native = '>';
+#endif
+    const bool native_order = d->byteorder == '=' || d->byteorder == '|' || d->byteorder == native;
+    if (d->type_num == py::detail::npy_api::NPY_FLOAT_ && native_order) {
+        v.kind = Kind::f32;
+    } else if (d->type_num == py::detail::npy_api::NPY_DOUBLE_ && native_order) {
+        v.kind = Kind::f64;
+    } else {
+        throw py::type_error(where(what, i) + " must be float32 or float64 in native byte order for the native backend");
+    }
+    if (!(v.flags & (kC | kF))) {
+        throw py::value_error(where(what, i) + " must be C- or F-contiguous for the native backend");
+    }
+    if (!(v.flags & kAligned)) {
+        throw py::value_error(where(what, i) + " is not aligned to its dtype; the native backend needs aligned data");
+    }
+    if (writeable && !(v.flags & kWriteable)) {
+        throw py::value_error(where(what, i) + " is read-only");
+    }
+    std::size_t n = 1;
+    for (int k = 0; k < v.ndim; ++k) {
+        n *= static_cast<std::size_t>(v.shape[k]);
+    }
+    v.size = n;
+    return v;
+}
+
+bool same_layout(const View& a, const View& b) {
+    if (a.kind != b.kind || a.ndim != b.ndim || !std::equal(a.shape, a.shape + a.ndim, b.shape)) {
+        return false;
+    }
+    // Both C-contiguous or both F-contiguous: then element i is the same logical element in both.
+    return ((a.flags & kC) && (b.flags & kC)) || ((a.flags & kF) && (b.flags & kF));
+}
+
+std::size_t itemsize(Kind k) { return k == Kind::f32 ? sizeof(float) : sizeof(double); }
+
+struct Range {
+    std::uintptr_t lo, hi;  // [lo, hi)
+    bool written;
+    std::size_t tensor;
+};
+
+// No buffer that the step writes may overlap any other buffer of the call.
+void check_overlap(std::vector<Range>& ranges) {
+    std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.lo < b.lo; });
+    // Sweep: keep the furthest-reaching written range and the furthest-reaching range of any kind.
+    const Range* reach_any = nullptr;
+    const Range* reach_written = nullptr;
+    for (const Range& r : ranges) {
+        if (r.lo == r.hi) {
+            continue;
+        }
+        if (reach_written && reach_written->hi > r.lo) {
+            throw py::value_error("the buffers of tensor " + std::to_string(r.tensor) + " overlap memory that tensor " +
+                                  std::to_string(reach_written->tensor) + " writes");
+        }
+        if (r.written && reach_any && reach_any->hi > r.lo) {
+            throw py::value_error("tensor " + std::to_string(r.tensor) + " writes memory that tensor " +
+                                  std::to_string(reach_any->tensor) + " also uses");
+        }
+        if (!reach_any || r.hi > reach_any->hi) {
+            reach_any = &r;
+        }
+        if (r.written && (!reach_written || r.hi > reach_written->hi)) {
+            reach_written = &r;
+        }
+    }
+}
+
+std::vector<PyObject*> items(py::handle seq, const char* what) {
+    if (!PyList_Check(seq.ptr()) && !PyTuple_Check(seq.ptr())) {
+        throw py::type_error(std::string(what) + " must be a list or tuple of arrays");
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+    PyObject** it = PySequence_Fast_ITEMS(seq.ptr());
+    return std::vector<PyObject*>(it, it + n);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+void sgd_step(py::handle values, py::handle grads, py::object momentum_buffers, py::object first_steps, double lr,
+              double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+              double grad_scale, bool check_overlaps) {
+    minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
+    const std::string error = minimalsgd::validate(opts);
+    if (!error.empty()) {
+        throw py::value_error(error);
+    }
+    const std::vector<PyObject*> vs = items(values, "values");
+    const std::vector<PyObject*> gs = items(grads, "grads");
+    const std::size_t n = vs.size();
+    if (gs.size() != n) {
+        throw py::value_error("grads has " + std::to_string(gs.size()) + " arrays for " + std::to_string(n) + " values");
+    }
+    const bool with_momentum = momentum != 0;
+    std::vector<PyObject*> bs;
+    if (with_momentum) {
+        if (momentum_buffers.is_none()) {
+            throw py::value_error("momentum != 0 needs momentum_buffers");
+        }
+        bs = items(momentum_buffers, "momentum_buffers");
+        if (bs.size() != n) {
+            throw py::value_error("momentum_buffers has " + std::to_string(bs.size()) + " arrays for " +
+                                  std::to_string(n) + " values");
+        }
+    }
+    std::vector<char> first(n, 0);
+    if (PyBool_Check(first_steps.ptr())) {
+        std::fill(first.begin(), first.end(), first_steps.ptr() == Py_True ? 1 : 0);
+    } else {
+        const std::vector<PyObject*> fs = items(first_steps, "first_step");
+        if (fs.size() != n) {
+            throw py::value_error("first_step has " + std::to_string(fs.size()) + " flags for " + std::to_string(n) +
+                                  " values");
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            const int t = PyObject_IsTrue(fs[i]);
+            if (t < 0) {
+                throw py::error_already_set();
+            }
+            first[i] = static_cast<char>(t);
+        }
+    }
+
+    // Check everything before writing anything.
+    std::vector<minimalsgd::TensorSpan<float>> f32;
+    std::vector<minimalsgd::TensorSpan<double>> f64;
+    std::vector<Range> ranges;
+    std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
+    keep.reserve(3 * n);
+    if (check_overlaps) {
+        ranges.reserve(3 * n);
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+        const View w = view_of(vs[i], "values", i, true);
+        const View g = view_of(gs[i], "grads", i, false);
+        if (!same_layout(w, g)) {
+            throw py::value_error("grads[" + std::to_string(i) + "] must have the dtype, shape and memory order of values[" +
+                                  std::to_string(i) + "]");
+        }
+        View b{};
+        if (with_momentum) {
+            b = view_of(bs[i], "momentum_buffers", i, true);
+            if (!same_layout(w, b)) {
+                throw py::value_error("momentum_buffers[" + std::to_string(i) +
+                                      "] must have the dtype, shape and memory order of values[" + std::to_string(i) +
+                                      "]");
+            }
+        }
+        keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
+        keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
+        if (with_momentum) {
+            keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
+        }
+        const std::size_t bytes = w.size * itemsize(w.kind);
+        if (check_overlaps) {
+            auto add = [&](const View& v, bool written) {
+                const auto lo = reinterpret_cast<std::uintptr_t>(v.data);
+                ranges.push_back(Range{lo, lo + bytes, written, i});
+            };
+            add(w, true);
+            add(g, false);
+            if (with_momentum) {
+                add(b, true);
+            }
+        }
+        if (w.kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<float*>(w.data), reinterpret_cast<const float*>(g.data),
+                           with_momentum ? reinterpret_cast<float*>(b.data) : nullptr, w.size, first[i] != 0});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w.data), reinterpret_cast<const double*>(g.data),
+                           with_momentum ? reinterpret_cast<double*>(b.data) : nullptr, w.size, first[i] != 0});
+        }
+    }
+    if (check_overlaps) {
+        check_overlap(ranges);
+    }
+
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const minimalsgd::Parallel par = parallel();
+    py::gil_scoped_release release;
+    if (!f32.empty()) {
+        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
+    }
+    if (!f64.empty()) {
+        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
+    }
+}
+
+double sum_of_squares(py::handle arrays) {
+    const std::vector<PyObject*> xs = items(arrays, "grads");
+    std::vector<minimalsgd::ConstSpan<float>> f32;
+    std::vector<minimalsgd::ConstSpan<double>> f64;
+    std::vector<py::object> keep;
+    keep.reserve(xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+        const View v = view_of(xs[i], "grads", i, false);
+        keep.emplace_back(py::reinterpret_borrow<py::object>(xs[i]));
+        if (v.kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<const float*>(v.data), v.size});
+        } else {
+            f64.push_back({reinterpret_cast<const double*>(v.data), v.size});
+        }
+    }
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const minimalsgd::Parallel par = parallel();
+    py::gil_scoped_release release;
+    double total = 0;
+    if (!f32.empty()) {
+        total += k.sumsq_f32(f32.data(), f32.size(), par);
+    }
+    if (!f64.empty()) {
+        total += k.sumsq_f64(f64.data(), f64.size(), par);
+    }
+    return total;
+}
+
+std::vector<std::string> supported_isas() {
+    std::vector<std::string> out;
+    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512}) {
+        if (minimalsgd::cpu_supports(isa)) {
+            out.emplace_back(minimalsgd::isa_name(isa));
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
+    m.doc() = "minimalsgd native kernels (private: use the minimalsgd package)";
+
+    // The kernel set: the best the CPU supports, or MINIMALSGD_ISA when it names one it supports.
+    g_isa = static_cast<int>(minimalsgd::best_isa());
+    if (const char* env = std::getenv("MINIMALSGD_ISA")) {
+        if (*env != '\0') {
+            set_isa(env);
+        }
+    }
+
+    m.def("sgd_step", &sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
+          py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
+          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"), py::arg("check_overlap") = true,
+          "The fused step over lists of float32/float64 contiguous arrays, in place, in one call.");
+    m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
+          "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
+    m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
+    m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
+    m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");
+    m.def("get_num_threads", &get_num_threads);
+    m.def("set_num_threads", &set_num_threads, py::arg("n"));
+    m.def("get_grain", []() { return g_grain.load(); });
+    m.def(
+        "set_grain",
+        [](std::size_t grain) { g_grain = grain; }, py::arg("grain"),
+        "Elements below which a call runs on one thread.");
+#if defined(_OPENMP)
+    m.attr("openmp") = true;
+#else
+    m.attr("openmp") = false;
+#endif
+    m.attr("compiled_isas") = py::make_tuple("baseline", "avx2", "avx512");
+    m.attr("__version__") = MINIMALSGD_VERSION_STRING;
+}

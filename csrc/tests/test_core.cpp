@@ -1,0 +1,235 @@
+// Tests of the header-only core against a plain float64 oracle written here.
+#include <minimalsgd/minimalsgd.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "check.hpp"
+
+namespace {
+
+using minimalsgd::Parallel;
+using minimalsgd::SgdOptions;
+
+// The update of DESIGN.md in double, element by element.
+void oracle_step(std::vector<double>& w, const std::vector<double>& grad, std::vector<double>& v,
+                 const SgdOptions& o, bool first, double scale) {
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        double g = grad[i] * scale;
+        if (o.maximize) g = -g;
+        if (o.weight_decay != 0) g = g + o.weight_decay * w[i];
+        if (o.momentum != 0) {
+            v[i] = first ? g : o.momentum * v[i] + (1 - o.dampening) * g;
+            g = o.nesterov ? g + o.momentum * v[i] : v[i];
+        }
+        w[i] = w[i] - o.lr * g;
+    }
+}
+
+// The same update in T with T-rounded coefficients, in the same order: the kernel (built with
+// -ffp-contract=off) must match it bit for bit.
+template <class T>
+void same_order_step(std::vector<T>& w, const std::vector<T>& grad, std::vector<T>& v, const SgdOptions& o,
+                     bool first, double scale) {
+    const T lr = T(o.lr), mu = T(o.momentum), d1 = T(1.0 - o.dampening), wd = T(o.weight_decay);
+    const T s = o.maximize ? T(-scale) : T(scale);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        T g = grad[i] * s;
+        if (o.weight_decay != 0) g = g + wd * w[i];
+        if (o.momentum != 0) {
+            v[i] = first ? g : mu * v[i] + d1 * g;
+            g = o.nesterov ? g + mu * v[i] : v[i];
+        }
+        w[i] = w[i] - lr * g;
+    }
+}
+
+template <class T>
+std::vector<T> randn(std::size_t n, std::mt19937_64& rng) {
+    std::normal_distribution<double> d(0.0, 1.0);
+    std::vector<T> out(n);
+    for (auto& x : out) x = static_cast<T>(d(rng));
+    return out;
+}
+
+std::vector<SgdOptions> all_options() {
+    std::vector<SgdOptions> out;
+    for (double mu : {0.0, 0.9})
+        for (bool nesterov : {false, true})
+            for (double damp : {0.0, 0.25})
+                for (double wd : {0.0, 0.01})
+                    for (bool maximize : {false, true}) {
+                        SgdOptions o{0.05, mu, damp, wd, nesterov, maximize};
+                        if (minimalsgd::validate(o).empty()) out.push_back(o);
+                    }
+    return out;
+}
+
+const std::vector<std::size_t> kSizes = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 1000,
+                                          32767, 32768, 32769, 100003};
+
+template <class T>
+void check_against_oracles(const char* label) {
+    std::mt19937_64 rng(42);
+    const double tol = std::is_same<T, float>::value ? 2e-5 : 1e-12;
+    for (const SgdOptions& o : all_options()) {
+        for (std::size_t n : kSizes) {
+            for (double scale : {1.0, 0.37}) {
+                std::vector<T> w = randn<T>(n, rng), v(n, T(0));
+                std::vector<T> w2(w.begin(), w.end()), v2(v.begin(), v.end());
+                std::vector<double> wd(w.begin(), w.end()), vd(n, 0.0);
+                for (int step = 0; step < 3; ++step) {
+                    const bool first = step == 0;
+                    const std::vector<T> g = randn<T>(n, rng);
+                    const std::vector<double> gd(g.begin(), g.end());
+                    minimalsgd::sgd_step(w.data(), g.data(), o.momentum != 0 ? v.data() : nullptr, n, o, first,
+                                         static_cast<T>(scale));
+                    same_order_step(w2, g, v2, o, first, scale);
+                    oracle_step(wd, gd, vd, o, first, static_cast<double>(static_cast<T>(scale)));
+                }
+                bool exact = true, close = true;
+                for (std::size_t i = 0; i < n; ++i) {
+                    exact = exact && w[i] == w2[i] && (o.momentum == 0 || v[i] == v2[i]);
+                    const double err = std::fabs(double(w[i]) - wd[i]);
+                    close = close && err <= tol * (1 + std::fabs(wd[i]));
+                }
+                const std::string what = std::string(label) + " n=" + std::to_string(n) +
+                                         " mu=" + std::to_string(o.momentum) + " nesterov=" + std::to_string(o.nesterov) +
+                                         " damp=" + std::to_string(o.dampening) + " wd=" + std::to_string(o.weight_decay) +
+                                         " max=" + std::to_string(o.maximize);
+                CHECK_MSG(exact, what);
+                CHECK_MSG(close, what);
+            }
+        }
+    }
+}
+
+TEST_CASE(step_float_matches_oracle) { check_against_oracles<float>("float"); }
+TEST_CASE(step_double_matches_oracle) { check_against_oracles<double>("double"); }
+
+TEST_CASE(first_step_ignores_old_buffer) {
+    SgdOptions o{0.1, 0.9, 0.5};
+    std::vector<float> w = {1, 2, 3}, g = {0.5f, -1, 2}, v = {NAN, 1e30f, -7};
+    minimalsgd::sgd_step(w.data(), g.data(), v.data(), 3, o, true);
+    CHECK(v[0] == 0.5f && v[1] == -1 && v[2] == 2);  // v = g, no dampening on the first step
+    CHECK(w[0] == 1 - 0.1f * 0.5f);
+}
+
+TEST_CASE(grad_is_never_written) {
+    std::mt19937_64 rng(1);
+    for (const SgdOptions& o : all_options()) {
+        std::vector<double> w = randn<double>(1000, rng), g = randn<double>(1000, rng), v(1000);
+        const std::vector<double> g0 = g;
+        minimalsgd::sgd_step(w.data(), g.data(), v.data(), g.size(), o, false, 0.5);
+        CHECK(g == g0);
+    }
+}
+
+template <class T>
+void check_multi_tensor() {
+    std::mt19937_64 rng(7);
+    // Many tensors of awkward sizes: thread chunks span tensors.
+    std::vector<std::size_t> sizes;
+    for (int i = 0; i < 300; ++i) sizes.push_back(static_cast<std::size_t>(rng() % 700));
+    sizes.push_back(70001);
+    SgdOptions o{0.01, 0.9, 0.1, 0.001, false, false};
+    for (int threads : {1, 2, 3}) {
+        std::vector<std::vector<T>> w, g, v, w_ref, v_ref;
+        for (std::size_t n : sizes) {
+            w.push_back(randn<T>(n, rng));
+            g.push_back(randn<T>(n, rng));
+            v.push_back(randn<T>(n, rng));
+            w_ref.emplace_back(w.back().begin(), w.back().end());
+            v_ref.emplace_back(v.back().begin(), v.back().end());
+        }
+        std::vector<minimalsgd::TensorSpan<T>> spans;
+        for (std::size_t k = 0; k < sizes.size(); ++k) {
+            spans.push_back({w[k].data(), g[k].data(), v[k].data(), sizes[k], k % 3 == 0});
+        }
+        Parallel par;
+        par.num_threads = threads;
+        par.grain = 1000;  // force the threaded path
+        minimalsgd::multi_tensor_sgd_step(spans.data(), spans.size(), o, T(1), par);
+        bool exact = true;
+        for (std::size_t k = 0; k < sizes.size(); ++k) {
+            same_order_step(w_ref[k], g[k], v_ref[k], o, k % 3 == 0, 1.0);
+            exact = exact && w_ref[k] == w[k] && v_ref[k] == v[k];
+        }
+        CHECK_MSG(exact, "threads=" + std::to_string(threads));
+    }
+}
+
+TEST_CASE(multi_tensor_float) { check_multi_tensor<float>(); }
+TEST_CASE(multi_tensor_double) { check_multi_tensor<double>(); }
+
+TEST_CASE(sum_of_squares_matches_oracle_and_is_thread_independent) {
+    std::mt19937_64 rng(3);
+    for (std::size_t n : kSizes) {
+        const std::vector<float> x = randn<float>(n, rng);
+        double oracle = 0;
+        for (float e : x) oracle += double(e) * double(e);
+        Parallel one, many;
+        one.num_threads = 1;
+        many.num_threads = 2;
+        many.grain = 16;
+        const double a = minimalsgd::sum_of_squares(x.data(), n, one);
+        const double b = minimalsgd::sum_of_squares(x.data(), n, many);
+        CHECK_MSG(std::fabs(a - oracle) <= 1e-12 * (1 + oracle), "n=" + std::to_string(n));
+        CHECK_MSG(a == b, "n=" + std::to_string(n));
+    }
+    std::vector<double> big = randn<double>(300000, rng), small = randn<double>(5, rng);
+    const minimalsgd::ConstSpan<double> spans[] = {{big.data(), big.size()}, {small.data(), small.size()}};
+    double oracle = 0;
+    for (double e : big) oracle += e * e;
+    for (double e : small) oracle += e * e;
+    Parallel many;
+    many.num_threads = 2;
+    many.grain = 16;
+    const double got = minimalsgd::multi_tensor_sum_of_squares(spans, 2, many);
+    CHECK(std::fabs(got - oracle) <= 1e-12 * oracle);
+    CHECK(got == minimalsgd::multi_tensor_sum_of_squares(spans, 2, Parallel{1, 16}));
+}
+
+TEST_CASE(validation_reports_and_writes_nothing) {
+    CHECK(minimalsgd::validate(SgdOptions{0.1}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{-0.1}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{NAN}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{0.1, -0.5}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{0.1, INFINITY}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{0.1, 0.9, NAN}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{0.1, 0.9, 0, -1}).empty());
+    CHECK(!minimalsgd::validate(SgdOptions{0.1, 0.0, 0, 0, true}).empty());  // nesterov without momentum
+    CHECK(!minimalsgd::validate(SgdOptions{0.1, 0.9, 0.1, 0, true}).empty());  // nesterov with dampening
+    CHECK(minimalsgd::validate(SgdOptions{0.1, 0.0, 0, 0, true}).find("nesterov") != std::string::npos);
+
+    std::vector<float> w = {1, 2}, g = {3, 4}, v = {5, 6};
+    CHECK_THROWS(minimalsgd::sgd_step(w.data(), g.data(), v.data(), 2, SgdOptions{-1.0}));
+    CHECK_THROWS(minimalsgd::sgd_step(w.data(), g.data(), static_cast<float*>(nullptr), 2, SgdOptions{0.1, 0.9}));
+    CHECK(w[0] == 1 && w[1] == 2 && v[0] == 5 && v[1] == 6);
+    // No momentum: the buffer may be null.
+    minimalsgd::sgd_step(w.data(), g.data(), static_cast<float*>(nullptr), 2, SgdOptions{0.5});
+    CHECK(w[0] == 1 - 0.5f * 3 && w[1] == 2 - 0.5f * 4);
+}
+
+TEST_CASE(isa_detection) {
+    CHECK(minimalsgd::cpu_supports(minimalsgd::Isa::baseline));
+    const minimalsgd::Isa best = minimalsgd::best_isa();
+    CHECK(minimalsgd::cpu_supports(best));
+    minimalsgd::Isa parsed;
+    CHECK(minimalsgd::parse_isa(minimalsgd::isa_name(best), &parsed) && parsed == best);
+    CHECK(!minimalsgd::parse_isa("sse9", &parsed));
+    CHECK(!minimalsgd::parse_isa(nullptr, &parsed));
+}
+
+TEST_CASE(version_macros) {
+    const std::string v = std::to_string(MINIMALSGD_VERSION_MAJOR) + "." + std::to_string(MINIMALSGD_VERSION_MINOR) + "." +
+                          std::to_string(MINIMALSGD_VERSION_PATCH);
+    CHECK(v == MINIMALSGD_VERSION_STRING);
+}
+
+}  // namespace
+
+int main() { return check::run_all(); }
