@@ -1,0 +1,23 @@
+"""minimalsgd: one fused SGD step, as fast as the memory bus allows.
+
+NumPy users: :class:`SGD` (param dicts) and :func:`sgd_step` (functional, multi-tensor).
+PyTorch users: ``minimalsgd.torch.SGD`` (imports torch; this module never does).
+"""
+
+from __future__ import annotations
+
+from ._config import backend_info, get_num_threads, set_num_threads, show_config
+from ._functional import global_grad_norm, sgd_step
+from ._version import __version__
+from .optim import SGD
+
+__all__ = [
+    "SGD",
+    "__version__",
+    "backend_info",
+    "get_num_threads",
+    "global_grad_norm",
+    "set_num_threads",
+    "sgd_step",
+    "show_config",
+]

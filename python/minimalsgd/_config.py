@@ -1,0 +1,60 @@
+"""What runs: backend, version, instruction set, threads."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import _functional as F
+from ._version import __version__
+
+__all__ = ["backend_info", "show_config", "get_num_threads", "set_num_threads"]
+
+
+def backend_info() -> dict[str, Any]:
+    """The backend that ``backend="auto"`` picks and what the native one runs, as a dict."""
+    core = F._core
+    info: dict[str, Any] = {
+        "version": __version__,
+        "backend": "numpy" if core is None or F.DEFAULT_BACKEND == "numpy" else "native",
+        "native_available": core is not None,
+        "MINIMALSGD_BACKEND": os.environ.get("MINIMALSGD_BACKEND"),
+    }
+    if core is None:
+        info["native_import_error"] = F._CORE_IMPORT_ERROR
+        info.update(isa=None, supported_isas=[], openmp=False, num_threads=1)
+        return info
+    info.update(
+        isa=core.get_isa(),
+        supported_isas=list(core.supported_isas()),
+        compiled_isas=list(core.compiled_isas),
+        MINIMALSGD_ISA=os.environ.get("MINIMALSGD_ISA"),
+        openmp=bool(core.openmp),
+        num_threads=core.get_num_threads(),
+        grain=core.get_grain(),
+    )
+    return info
+
+
+def show_config() -> None:
+    """Print :func:`backend_info`, one line per entry."""
+    info = backend_info()
+    print("minimalsgd configuration")
+    width = max(len(k) for k in info)
+    for key, value in info.items():
+        print(f"  {key:<{width}} : {value}")
+
+
+def get_num_threads() -> int:
+    """Threads the native kernels use for large work (OMP_NUM_THREADS by default)."""
+    return F._core.get_num_threads() if F._core is not None else 1
+
+
+def set_num_threads(n: int) -> None:
+    """Use ``n`` threads for large work; 0 goes back to the OpenMP default."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if F._core is not None:
+        F._core.set_num_threads(n)

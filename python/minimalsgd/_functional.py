@@ -1,0 +1,375 @@
+"""The functional layer: validation, backend choice per tensor, and the public functions.
+
+``sgd_step`` and ``global_grad_norm`` check every input before anything is written, then hand
+all tensors that the native kernel can walk as flat buffers to ``_core`` in one call and the
+rest to the NumPy backend (``_numpy``), which computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections.abc import Sequence
+from typing import Any, Literal, Union
+
+import numpy as np
+
+from . import _numpy
+
+try:
+    from . import _core
+except ImportError as _err:  # pragma: no cover - exercised when the extension is missing
+    _core = None
+    _CORE_IMPORT_ERROR: str | None = str(_err)
+else:
+    _CORE_IMPORT_ERROR = None
+
+__all__ = ["sgd_step", "global_grad_norm"]
+
+Backend = Literal["auto", "native", "numpy"]
+ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray]]
+
+_BACKENDS = ("auto", "native", "numpy")
+_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_ALIGNED_CONTIG = ("C_CONTIGUOUS", "F_CONTIGUOUS")
+
+
+def _env_backend() -> str:
+    env = os.environ.get("MINIMALSGD_BACKEND", "auto").strip().lower() or "auto"
+    if env not in _BACKENDS:
+        raise ValueError(f"MINIMALSGD_BACKEND must be one of {_BACKENDS}, got {env!r}")
+    return env
+
+
+#: The backend that "auto" means in this process (MINIMALSGD_BACKEND, read at import).
+DEFAULT_BACKEND: str = _env_backend()
+
+
+def native_available() -> bool:
+    return _core is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# Hyperparameters
+
+
+def check_real(name: str, x: Any, *, minimum: float | None = None, positive: bool = False) -> float:
+    """``x`` as a float; TypeError unless it is a real number, ValueError unless finite and in range."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "fiu":
+            x = x.item()
+        else:
+            raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    value = float(x)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_bool(name: str, x: Any) -> bool:
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+    return bool(x)
+
+
+def check_hyperparameters(
+    lr: Any, momentum: Any, dampening: Any, weight_decay: Any, nesterov: Any, maximize: Any
+) -> tuple[float, float, float, float, bool, bool]:
+    """The rules of torch.optim.SGD, plus finiteness."""
+    lr = check_real("lr", lr, minimum=0.0)
+    momentum = check_real("momentum", momentum, minimum=0.0)
+    dampening = check_real("dampening", dampening)
+    weight_decay = check_real("weight_decay", weight_decay, minimum=0.0)
+    nesterov = check_bool("nesterov", nesterov)
+    maximize = check_bool("maximize", maximize)
+    if nesterov and (momentum <= 0 or dampening != 0):
+        raise ValueError("nesterov requires momentum > 0 and dampening == 0")
+    return lr, momentum, dampening, weight_decay, nesterov, maximize
+
+
+def check_backend(backend: Any) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
+    resolved = DEFAULT_BACKEND if backend == "auto" else backend
+    if resolved == "native" and _core is None:
+        raise ValueError(f"backend='native' but the native extension could not be imported: {_CORE_IMPORT_ERROR}")
+    return resolved
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensors
+
+
+def as_list(x: Any, name: str) -> list[Any]:
+    """One array, or a sequence of arrays, as a list."""
+    if isinstance(x, np.ndarray):
+        return [x]
+    if isinstance(x, (str, bytes)) or not isinstance(x, Sequence):
+        if hasattr(x, "__iter__") and not isinstance(x, (str, bytes, dict)):
+            return list(x)
+        raise TypeError(f"{name} must be a numpy.ndarray or a sequence of them, got {type(x).__name__}")
+    return list(x)
+
+
+def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
+    return a == b or a.newbyteorder("=") == b.newbyteorder("=")
+
+
+def check_tensor(name: str, value: Any, grad: Any, buf: Any, with_buffer: bool) -> None:
+    """Raise a TypeError/ValueError naming ``name`` unless the three arrays can be stepped."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: value must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype.kind not in "fc":
+        raise TypeError(f"{name}: value must have a floating-point or complex dtype, got {value.dtype}")
+    if not value.flags.writeable:
+        raise ValueError(f"{name}: value is read-only; the step updates it in place")
+    if not isinstance(grad, np.ndarray):
+        raise TypeError(f"{name}: grad must be a numpy.ndarray, got {type(grad).__name__}")
+    if not _same_dtype(grad.dtype, value.dtype):
+        raise TypeError(f"{name}: grad dtype {grad.dtype} does not match value dtype {value.dtype}")
+    if grad.shape != value.shape:
+        raise ValueError(f"{name}: grad shape {grad.shape} does not match value shape {value.shape}")
+    if with_buffer and buf is not None:
+        if not isinstance(buf, np.ndarray):
+            raise TypeError(f"{name}: momentum buffer must be a numpy.ndarray, got {type(buf).__name__}")
+        if not _same_dtype(buf.dtype, value.dtype):
+            raise TypeError(f"{name}: momentum buffer dtype {buf.dtype} does not match value dtype {value.dtype}")
+        if buf.shape != value.shape:
+            raise ValueError(f"{name}: momentum buffer shape {buf.shape} does not match value shape {value.shape}")
+        if not buf.flags.writeable:
+            raise ValueError(f"{name}: momentum buffer is read-only; the step updates it in place")
+
+
+def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
+    if a.size == 0:
+        return (0, 0)
+    low = high = a.__array_interface__["data"][0]
+    for n, s in zip(a.shape, a.strides):
+        if s < 0:
+            low += (n - 1) * s
+        else:
+            high += (n - 1) * s
+    return low, high + a.itemsize
+
+
+def _really_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    try:
+        return bool(np.shares_memory(a, b, max_work=100_000))
+    except np.exceptions.TooHardError:  # pragma: no cover - pathological strides
+        return True
+
+
+def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray | None]]) -> None:
+    """ValueError if an array that the step writes (slots 0 and 2 of each tuple) shares memory with
+    any other array of the call. Grads (slot 1) may share memory with each other."""
+    spans = []
+    for i, group in enumerate(arrays):
+        for slot, a in enumerate(group):
+            if a is not None and a.size:
+                lo, hi = _byte_bounds(a)
+                spans.append((lo, hi, slot != 1, i, slot, a))
+    spans.sort(key=lambda s: s[0])
+    labels = ("value", "grad", "momentum buffer")
+    active: list[tuple[int, int, bool, int, int, np.ndarray]] = []
+    for span in spans:
+        lo = span[0]
+        active = [s for s in active if s[1] > lo]
+        for other in active:
+            if (span[2] or other[2]) and _really_overlap(span[5], other[5]):
+                a, b = sorted([other, span], key=lambda s: (s[3], s[4]))
+                raise ValueError(
+                    f"{names[b[3]]}: {labels[b[4]]} shares memory with the {labels[a[4]]} of {names[a[3]]}; "
+                    "arrays that the step writes must not overlap any other array"
+                )
+        active.append(span)
+
+
+def native_reason(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -> str | None:
+    """None when the native kernel can walk these arrays as flat buffers, else why not."""
+    if _core is None:
+        return f"the native extension could not be imported ({_CORE_IMPORT_ERROR})"
+    if value.dtype not in _NATIVE_DTYPES:
+        return f"dtype {value.dtype} is not float32/float64 in native byte order"
+    arrays = (value, grad) if buf is None else (value, grad, buf)
+    for a in arrays[1:]:
+        if a.dtype != value.dtype:
+            return f"dtype {a.dtype} is not float32/float64 in native byte order"
+    for a in arrays:
+        if not a.flags.aligned:
+            return "an array is not aligned to its dtype"
+    for order in _ALIGNED_CONTIG:
+        if all(a.flags[order] for a in arrays):
+            return None
+    return "the arrays are not all C-contiguous or all F-contiguous"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a validated step
+
+
+def run_step(
+    names: Sequence[str],
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    buffers: Sequence[np.ndarray] | None,
+    firsts: Sequence[bool],
+    hyper: tuple[float, float, float, float, bool, bool],
+    grad_scale: float,
+    backend: str,
+) -> None:
+    """Route each validated tensor to a backend, then run: native ones in one call."""
+    lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
+    with_buffer = momentum != 0
+    native: list[int] = []
+    other: list[int] = []
+    for i in range(len(values)):
+        buf = buffers[i] if with_buffer and buffers is not None else None
+        if backend == "numpy":
+            other.append(i)
+            continue
+        reason = native_reason(values[i], grads[i], buf)
+        if reason is None:
+            native.append(i)
+        elif backend == "native":
+            raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
+        else:
+            other.append(i)
+    args = (lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
+    if native:
+        assert _core is not None
+        _core.sgd_step(
+            [values[i] for i in native],
+            [grads[i] for i in native],
+            [buffers[i] for i in native] if with_buffer and buffers is not None else None,
+            [firsts[i] for i in native],
+            *args,
+            check_overlap=False,
+        )
+    if other:
+        _numpy.sgd_step(
+            [values[i] for i in other],
+            [grads[i] for i in other],
+            [buffers[i] for i in other] if with_buffer and buffers is not None else None,
+            [firsts[i] for i in other],
+            *args,
+        )
+
+
+def sum_of_squares(names: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> float:
+    native: list[np.ndarray] = []
+    other: list[np.ndarray] = []
+    for name, g in zip(names, grads):
+        if backend != "numpy" and native_reason(g, g, None) is None:
+            native.append(g)
+        elif backend == "native":
+            raise ValueError(f"{name}: backend='native' cannot serve it: {native_reason(g, g, None)}")
+        else:
+            other.append(g)
+    total = 0.0
+    if native:
+        assert _core is not None
+        total += _core.sum_of_squares(native)
+    if other:
+        total += _numpy.sum_of_squares(other)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Public functions
+
+
+def sgd_step(
+    values: ArrayOrArrays,
+    grads: ArrayOrArrays,
+    momentum_buffers: ArrayOrArrays | None = None,
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    dampening: float = 0.0,
+    weight_decay: float = 0.0,
+    nesterov: bool = False,
+    maximize: bool = False,
+    grad_scale: float = 1.0,
+    first_step: bool | Sequence[bool] = False,
+    backend: Backend = "auto",
+) -> None:
+    r"""One fused SGD step over one or many tensors, in place, in one pass per tensor.
+
+    For each tensor (``w`` = value, ``v`` = momentum buffer)::
+
+        g = grad * grad_scale
+        g = -g                                  if maximize
+        g = g + weight_decay * w                if weight_decay != 0
+        if momentum != 0:
+            v = g                               if first_step (the buffer's contents are not read)
+            v = momentum * v + (1 - dampening) * g   otherwise
+            g = g + momentum * v  if nesterov else v
+        w = w - lr * g
+
+    Args:
+        values: an array or a sequence of arrays, updated in place.
+        grads: the gradients, one per value, same shape and dtype; never written.
+        momentum_buffers: one per value, same shape and dtype, updated in place; required when
+            ``momentum != 0`` (``numpy.empty_like(value)`` will do with ``first_step=True``).
+        first_step: whether this step is the first for each buffer; one bool or one per tensor.
+        grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
+        backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
+            elsewhere), ``"native"`` (raise where it cannot) or ``"numpy"``.
+
+    Raises:
+        TypeError, ValueError: naming the tensor (``values[i]``) or hyperparameter at fault;
+            nothing has been written then.
+    """
+    hyper = check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize)
+    scale = check_real("grad_scale", grad_scale, minimum=0.0)
+    resolved = check_backend(backend)
+    vs = as_list(values, "values")
+    gs = as_list(grads, "grads")
+    if len(gs) != len(vs):
+        raise ValueError(f"grads has {len(gs)} arrays for {len(vs)} values")
+    with_buffer = hyper[1] != 0
+    bs: list[Any] | None = None
+    if with_buffer:
+        if momentum_buffers is None:
+            raise ValueError("momentum != 0 needs momentum_buffers (one array per value)")
+        bs = as_list(momentum_buffers, "momentum_buffers")
+        if len(bs) != len(vs):
+            raise ValueError(f"momentum_buffers has {len(bs)} arrays for {len(vs)} values")
+    if isinstance(first_step, (bool, np.bool_)):
+        firsts = [bool(first_step)] * len(vs)
+    else:
+        firsts = [check_bool(f"first_step[{i}]", f) for i, f in enumerate(as_list(first_step, "first_step"))]
+        if len(firsts) != len(vs):
+            raise ValueError(f"first_step has {len(firsts)} flags for {len(vs)} values")
+    names = [f"values[{i}]" for i in range(len(vs))]
+    for i in range(len(vs)):
+        check_tensor(names[i], vs[i], gs[i], bs[i] if bs is not None else None, with_buffer)
+        if with_buffer and bs is not None and bs[i] is None:
+            raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
+    check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
+    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved)
+
+
+def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:
+    """The L2 norm over every element of every gradient, accumulated in float64."""
+    resolved = check_backend(backend)
+    gs = as_list(grads, "grads")
+    names = [f"grads[{i}]" for i in range(len(gs))]
+    for name, g in zip(names, gs):
+        if not isinstance(g, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
+        if g.dtype.kind not in "fc":
+            raise TypeError(f"{name} must have a floating-point or complex dtype, got {g.dtype}")
+    return math.sqrt(sum_of_squares(names, gs, resolved))
+
+
+def clip_scale(total_norm: float, max_norm: float | None) -> float:
+    """The grad_scale that clips to ``max_norm``: ``max_norm / (total + 1e-12)`` when the total exceeds it."""
+    if max_norm is not None and total_norm > max_norm:
+        return max_norm / (total_norm + 1e-12)
+    return 1.0

@@ -1,0 +1,93 @@
+"""The pure-NumPy backend: the same functions as the native ``_core`` module, in place.
+
+Every operation runs in the value's dtype with the hyperparameters rounded to it once, in the
+order of the native kernel, so float32/float64 results are bit for bit those of the native kernel
+(built without fused multiply-add). It serves any floating or complex dtype, any strides, byte
+order and alignment. Each tensor costs two temporaries of its size (the gradient after scaling
+and one scratch array); values and momentum buffers are written in place through ``out=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["sgd_step", "sum_of_squares"]
+
+# Blocks of this many elements are converted to float64 at a time for the sum of squares.
+_SUM_BLOCK = 1 << 20
+
+
+def _step_one(
+    w: np.ndarray,
+    grad: np.ndarray,
+    buf: np.ndarray | None,
+    first: bool,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: float,
+) -> None:
+    t = w.dtype.type
+    scale = t(-grad_scale if maximize else grad_scale)
+    g = np.multiply(grad, scale, dtype=w.dtype.newbyteorder("="))
+    tmp = np.empty_like(g)
+    if weight_decay != 0:
+        np.multiply(w, t(weight_decay), out=tmp)
+        np.add(g, tmp, out=g)
+    if momentum != 0:
+        assert buf is not None
+        mu = t(momentum)
+        if first:
+            np.copyto(buf, g)
+        else:
+            np.multiply(buf, mu, out=buf)
+            np.multiply(g, t(1.0 - dampening), out=tmp)
+            np.add(buf, tmp, out=buf)
+        if nesterov:
+            np.multiply(buf, mu, out=tmp)
+            np.add(g, tmp, out=g)
+        else:
+            np.copyto(g, buf)
+    np.multiply(g, t(lr), out=tmp)
+    np.subtract(w, tmp, out=w)
+
+
+def sgd_step(
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    momentum_buffers: Sequence[np.ndarray] | None,
+    first_step: bool | Sequence[bool],
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    grad_scale: float,
+) -> None:
+    """The fused step, tensor by tensor. Inputs are assumed validated (see _functional)."""
+    firsts = [bool(first_step)] * len(values) if isinstance(first_step, bool) else first_step
+    for i, (w, g) in enumerate(zip(values, grads)):
+        buf = momentum_buffers[i] if momentum != 0 and momentum_buffers is not None else None
+        _step_one(w, g, buf, firsts[i], lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
+
+
+def sum_of_squares(arrays: Sequence[np.ndarray]) -> float:
+    """Sum of |x|^2 over all arrays, accumulated in float64 (complex: re^2 + im^2)."""
+    total = 0.0
+    for a in arrays:
+        flat = np.asarray(a).reshape(-1)
+        if flat.dtype.kind == "c":
+            parts = [flat.real, flat.imag]
+        else:
+            parts = [flat]
+        for part in parts:
+            for start in range(0, part.size, _SUM_BLOCK):
+                block = part[start : start + _SUM_BLOCK].astype(np.float64)
+                total += float(np.dot(block, block))
+    return total
