@@ -34,7 +34,9 @@ def _step_one(
 ) -> None:
     t = w.dtype.type
     scale = t(-grad_scale if maximize else grad_scale)
-    g = np.multiply(grad, scale, dtype=w.dtype.newbyteorder("="))
+    # Explicit out= arrays: a ufunc on 0-d inputs would otherwise return a scalar, not an array.
+    g = np.empty(w.shape, dtype=w.dtype.newbyteorder("="))
+    np.multiply(grad, scale, out=g)
     tmp = np.empty_like(g)
     if weight_decay != 0:
         np.multiply(w, t(weight_decay), out=tmp)
