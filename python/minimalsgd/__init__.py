@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
 from ._functional import global_grad_norm, sgd_step
+from ._paths import get_cmake_dir, get_include
 from ._version import __version__
 from .optim import SGD
 
@@ -15,6 +16,8 @@ __all__ = [
     "SGD",
     "__version__",
     "backend_info",
+    "get_cmake_dir",
+    "get_include",
     "get_num_threads",
     "global_grad_norm",
     "set_num_threads",
