@@ -15,7 +15,38 @@ struct KernelTable {
                      const minimalsgd::Parallel&);
     double (*sumsq_f32)(const minimalsgd::ConstSpan<float>*, std::size_t, const minimalsgd::Parallel&);
     double (*sumsq_f64)(const minimalsgd::ConstSpan<double>*, std::size_t, const minimalsgd::Parallel&);
+    // The bench's yardstick: a plain streaming loop of the momentum step's shape (3 reads, 2 writes).
+    void (*stream_f32)(float*, const float*, float*, std::size_t, int);
+    void (*stream_f64)(double*, const double*, double*, std::size_t, int);
 };
+
+// The yardstick loop: v = 0.9 v + g; w = w - 0.01 v. One OpenMP "parallel for simd" with a
+// static schedule, nothing else: the plain C loop a memory-bound step is measured against.
+// (In the per-target namespace: each kernels_<target>.cpp compiles its own copy.)
+inline namespace MINIMALSGD_TARGET_NAMESPACE {
+template <class T>
+void stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MINIMALSGD_RESTRICT v, std::size_t n,
+                 int threads) {
+    const std::ptrdiff_t m = static_cast<std::ptrdiff_t>(n);
+    if (threads <= 1) {
+        MINIMALSGD_SIMD
+        for (std::ptrdiff_t i = 0; i < m; ++i) {
+            const T vi = T(0.9) * v[i] + g[i];
+            v[i] = vi;
+            w[i] = w[i] - T(0.01) * vi;
+        }
+        return;
+    }
+#if defined(_OPENMP)
+#pragma omp parallel for simd schedule(static) num_threads(threads)
+    for (std::ptrdiff_t i = 0; i < m; ++i) {
+        const T vi = T(0.9) * v[i] + g[i];
+        v[i] = vi;
+        w[i] = w[i] - T(0.01) * vi;
+    }
+#endif
+}
+}  // namespace MINIMALSGD_TARGET_NAMESPACE
 
 // One per translation unit, each compiled with its own -m flags and target namespace.
 const KernelTable& kernels_baseline();

@@ -10,6 +10,8 @@ const KernelTable& MINIMALSGD_KERNEL_TABLE_NAME() {
         &minimalsgd::multi_tensor_sgd_step<double>,
         &minimalsgd::multi_tensor_sum_of_squares<float>,
         &minimalsgd::multi_tensor_sum_of_squares<double>,
+        &stream_loop<float>,
+        &stream_loop<double>,
     };
     return table;
 }

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -346,6 +347,60 @@ double sum_of_squares(py::handle arrays) {
     return total;
 }
 
+// Bench support: per-call seconds of `reps` batches of `inner` calls, timed in C++ without
+// Python in the loop. kind "stream": the yardstick loop; kind "step": the fused step (momentum
+// 0.9, Nesterov, weight decay 1e-4) through the kernel table, i.e. the bare C call.
+std::vector<double> time_calls(const std::string& kind, py::handle w_obj, py::handle g_obj, py::handle v_obj, int reps,
+                               int inner, int threads) {
+    const View w = view_of(w_obj.ptr(), "w", 0, true);
+    const View g = view_of(g_obj.ptr(), "g", 0, false);
+    const View v = view_of(v_obj.ptr(), "v", 0, true);
+    if (!same_layout(w, g) || !same_layout(w, v)) {
+        throw py::value_error("w, g and v must have one dtype, shape and memory order");
+    }
+    if (kind != "stream" && kind != "step") {
+        throw py::value_error("kind must be 'stream' or 'step'");
+    }
+    if (reps < 1 || inner < 1) {
+        throw py::value_error("reps and inner must be >= 1");
+    }
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    minimalsgd::Parallel par = parallel();
+    par.num_threads = threads > 0 ? threads : par.num_threads;
+    const minimalsgd::SgdOptions opts{0.01, 0.9, 0.0, 1e-4, true, false};
+    std::vector<double> out;
+    py::gil_scoped_release release;
+    for (int r = 0; r < reps; ++r) {
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int j = 0; j < inner; ++j) {
+            if (w.kind == Kind::f32) {
+                auto* pw = reinterpret_cast<float*>(w.data);
+                auto* pg = reinterpret_cast<const float*>(g.data);
+                auto* pv = reinterpret_cast<float*>(v.data);
+                if (kind == "stream") {
+                    k.stream_f32(pw, pg, pv, w.size, par.num_threads);
+                } else {
+                    const minimalsgd::TensorSpan<float> span{pw, pg, pv, w.size, false};
+                    k.step_f32(&span, 1, opts, 1.0f, par);
+                }
+            } else {
+                auto* pw = reinterpret_cast<double*>(w.data);
+                auto* pg = reinterpret_cast<const double*>(g.data);
+                auto* pv = reinterpret_cast<double*>(v.data);
+                if (kind == "stream") {
+                    k.stream_f64(pw, pg, pv, w.size, par.num_threads);
+                } else {
+                    const minimalsgd::TensorSpan<double> span{pw, pg, pv, w.size, false};
+                    k.step_f64(&span, 1, opts, 1.0, par);
+                }
+            }
+        }
+        const auto t1 = std::chrono::steady_clock::now();
+        out.push_back(std::chrono::duration<double>(t1 - t0).count() / inner);
+    }
+    return out;
+}
+
 std::vector<std::string> supported_isas() {
     std::vector<std::string> out;
     for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512}) {
@@ -375,6 +430,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "The fused step over lists of float32/float64 contiguous arrays, in place, in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
           "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
+    m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
+          py::arg("inner"), py::arg("threads") = 0,
+          "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
     m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");

@@ -1,0 +1,462 @@
+"""``python -m minimalsgd bench``: the fused step against NumPy, PyTorch and the memory bus.
+
+Every case runs side by side in one process: the yardstick (a plain C streaming loop of the same
+shape, compiled into the extension, clearly labelled), minimalsgd native (all threads and one),
+minimalsgd's NumPy backend, the classic NumPy param-dict SGD (the pure-Python baseline), and when
+installed torch.optim.SGD (default, foreach, fused), the minimalsgd.torch drop-in, and a numba loop.
+Each timing is the median of many repetitions after a warm-up; ratios are within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _functional as F
+from ._config import backend_info
+from .optim import SGD
+
+LR, MOMENTUM, WD, CLIP = 0.01, 0.9, 1e-4, 1.0  # Nesterov on: the issue's configuration
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter sets
+
+
+def resnet50_shapes() -> list[tuple[int, ...]]:
+    """The 161 parameter tensors of torchvision's ResNet-50 (25,557,032 values)."""
+    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7), (64,), (64,)]
+    inplanes = 64
+    for planes, blocks in [(64, 3), (128, 4), (256, 6), (512, 3)]:
+        for b in range(blocks):
+            out = planes * 4
+            shapes += [(planes, inplanes, 1, 1), (planes,), (planes,)]
+            shapes += [(planes, planes, 3, 3), (planes,), (planes,)]
+            shapes += [(out, planes, 1, 1), (out,), (out,)]
+            if b == 0:
+                shapes += [(out, inplanes, 1, 1), (out,), (out,)]
+            inplanes = out
+    shapes += [(1000, 2048), (1000,)]
+    return shapes
+
+
+@dataclass
+class Case:
+    name: str
+    shapes: list[tuple[int, ...]]
+    clip: bool = False
+    per_call: bool = False  # report microseconds per call (tiny tensors)
+
+    @property
+    def numel(self) -> int:
+        return int(sum(int(np.prod(s)) for s in self.shapes))
+
+
+def cases(quick: bool) -> list[Case]:
+    out = [
+        Case("one 4K tensor", [(4096,)], per_call=True),
+        Case("one 1M tensor", [(1 << 20,)]),
+        Case("1000 tensors x 1000", [(1000,)] * 1000),
+        Case("one 16M tensor", [(1 << 24,)]),
+        Case("ResNet-50 set (161 tensors)", resnet50_shapes()),
+        Case("ResNet-50 set, clip + step", resnet50_shapes(), clip=True),
+    ]
+    if not quick:
+        out.insert(4, Case("one 64M tensor", [(1 << 26,)]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclass
+class Row:
+    case: str
+    backend: str
+    dtype: str
+    numel: int
+    tensors: int
+    seconds: float
+    bytes_moved: int
+    limit_seconds: float | None = None
+    baseline_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_moved / self.seconds / 1e9
+
+    @property
+    def pct_of_limit(self) -> float | None:
+        return None if self.limit_seconds is None else 100.0 * self.limit_seconds / self.seconds
+
+    @property
+    def speedup(self) -> float | None:
+        return None if self.baseline_seconds is None else self.baseline_seconds / self.seconds
+
+
+def median_time(fn: Callable[[], Any], reps: int, budget: float, warmup: int = 2) -> float:
+    """Median seconds of ``fn()`` over up to ``reps`` runs (fewer if they exceed ``budget`` s)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < reps and (len(times) < 3 or time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def median_time_batched(fn: Callable[[], Any], inner: int, reps: int) -> float:
+    """Median over ``reps`` batches of the seconds per call, for calls too short to time alone."""
+    for _ in range(inner):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        times.append((time.perf_counter() - t0) / inner)
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------------------------------------
+# The classic NumPy param-dict SGD: the pure-Python baseline
+
+
+class ClassicNumpySGD:
+    """The textbook param-dict SGD: g += wd*w; v = mu*v + g; update = g + mu*v; w -= lr*update."""
+
+    def __init__(self, params: dict, lr: float, momentum: float, nesterov: bool, weight_decay: float, clip: float | None):
+        self.params, self.lr, self.momentum, self.nesterov, self.wd, self.clip = params, lr, momentum, nesterov, weight_decay, clip
+        self.v = {k: np.zeros_like(p["value"]) for k, p in params.items()}
+
+    def step(self) -> None:
+        scale = 1.0
+        if self.clip is not None:
+            total = np.sqrt(sum(np.sum(p["grad"] ** 2) for p in self.params.values()))
+            if total > self.clip:
+                scale = self.clip / (total + 1e-12)
+        for k, p in self.params.items():
+            g = p["grad"] * scale if scale != 1.0 else p["grad"]
+            g = g + self.wd * p["value"]
+            self.v[k] = self.momentum * self.v[k] + g
+            update = g + self.momentum * self.v[k] if self.nesterov else self.v[k]
+            p["value"] -= self.lr * update
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends
+
+
+def _make_arrays(case: Case, dtype: np.dtype, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    values = [rng.standard_normal(s, dtype=np.float64).astype(dtype) for s in case.shapes]
+    grads = [(rng.standard_normal(s, dtype=np.float64) * 0.01).astype(dtype) for s in case.shapes]
+    return values, grads
+
+
+def _param_dict(values: list[np.ndarray], grads: list[np.ndarray]) -> dict:
+    return {f"p{i}": {"value": v, "grad": g} for i, (v, g) in enumerate(zip(values, grads))}
+
+
+def _optional(name: str) -> Any:
+    try:
+        return __import__(name)
+    except Exception:
+        return None
+
+
+def _numba_step() -> Callable | None:
+    numba = _optional("numba")
+    if numba is None:
+        return None
+
+    @numba.njit(parallel=True, fastmath=False, cache=False)
+    def step(w, g, v, lr, mu, wd, scale):  # pragma: no cover - compiled
+        for i in numba.prange(w.shape[0]):
+            gi = g[i] * scale + wd * w[i]
+            vi = mu * v[i] + gi
+            v[i] = vi
+            w[i] = w[i] - lr * (gi + mu * vi)
+
+    return step
+
+
+def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+    core = F._core
+    n = case.numel
+    itemsize = np.dtype(dtype).itemsize
+    bytes_moved = (24 if case.clip else 20) * n * itemsize // 4
+    big = n >= (1 << 22)
+    reps = (7 if big else 25) if quick else (15 if big else 60)
+    budget = 2.0 if quick else 6.0
+    rows: list[Row] = []
+    dname = np.dtype(dtype).name
+
+    def add(backend: str, seconds: float, **extra: Any) -> None:
+        rows.append(Row(case.name, backend, dname, n, len(case.shapes), seconds, bytes_moved, extra=extra))
+
+    def timed(fn: Callable[[], Any]) -> float:
+        if case.per_call:
+            return median_time_batched(fn, inner=200 if quick else 1000, reps=reps)
+        return median_time(fn, reps, budget)
+
+    # The yardstick: a plain C streaming loop over one buffer of the same total size, same shape
+    # (3 reads, 2 writes), in C++ with no Python in the loop; the best of 1 thread and all.
+    if core is not None:
+        progress(f"{case.name}: yardstick")
+        # Real data in every buffer: an untouched np.zeros array maps the shared zero page, whose
+        # reads hit the cache and would flatter the limit.
+        w, g, v = (np.full(n, 0.5, dtype) for _ in range(3))
+        inner = max(1, (1 << 22) // n)
+        r = max(reps, 9)
+        best = min(
+            statistics.median(core._time_calls("stream", w, g, v, r, inner, threads=t)) for t in (1, core.get_num_threads())
+        )
+        if case.clip:
+            best *= 24 / 20  # the two-pass limit: 4 more bytes per element for the norm pass
+        add("limit: plain C stream loop (yardstick)", best)
+        if case.per_call:
+            bare = statistics.median(core._time_calls("step", w, g, v, r, inner, threads=1))
+            add("minimalsgd bare C++ call (no Python)", bare)
+        del w, g, v
+
+    values, grads = _make_arrays(case, dtype)
+    clip = CLIP if case.clip else None
+
+    # minimalsgd SGD.step, all threads and one.
+    if core is not None:
+        for threads in (0, 1):
+            label = "minimalsgd SGD.step" + (" (1 thread)" if threads == 1 else f" ({core.get_num_threads()} threads)")
+            progress(f"{case.name}: {label}")
+            saved = core.get_num_threads()
+            if threads:
+                core.set_num_threads(1)
+            try:
+                opt = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
+                add(label, timed(opt.step))
+            finally:
+                core.set_num_threads(saved)
+        if not case.clip and len(case.shapes) == 1:
+            progress(f"{case.name}: minimalsgd sgd_step")
+            bufs = [np.zeros_like(values[0])]
+            add(
+                "minimalsgd sgd_step (functional)",
+                timed(lambda: F.sgd_step(values, grads, bufs, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)),
+            )
+
+    progress(f"{case.name}: minimalsgd NumPy backend")
+    opt = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip, backend="numpy")
+    add("minimalsgd NumPy backend", timed(opt.step))
+
+    progress(f"{case.name}: classic NumPy param-dict")
+    classic = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
+    t_classic = timed(classic.step)
+    add("classic NumPy param-dict (baseline)", t_classic)
+
+    numba_step = _numba_step()
+    if numba_step is not None and not case.clip:
+        progress(f"{case.name}: numba")
+        bufs = [np.zeros_like(x) for x in values]
+        flat = [(x.reshape(-1), g.reshape(-1), b.reshape(-1)) for x, g, b in zip(values, grads, bufs)]
+        t = dtype.type
+
+        def numba_all() -> None:
+            for w, g, b in flat:
+                numba_step(w, g, b, t(LR), t(MOMENTUM), t(WD), t(1))
+
+        add("numba parallel loop (one call per tensor)", timed(numba_all))
+
+    torch = _optional("torch")
+    if torch is not None:
+        _torch_rows(torch, values, grads, clip, timed, lambda label: progress(f"{case.name}: {label}"), add)
+
+    limit = next((r.seconds for r in rows if r.backend.startswith("limit")), None)
+    for r in rows:
+        r.limit_seconds = limit
+        r.baseline_seconds = t_classic
+    return rows
+
+
+def _torch_rows(torch, values, grads, clip, timed, progress, add) -> None:
+    torch.set_num_threads(max(1, F._core.get_num_threads() if F._core is not None else os.cpu_count() or 1))
+    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
+    for p, g in zip(params, grads):
+        p.grad = torch.from_numpy(g.copy())
+    variants: list[tuple[str, Callable[[], Any]]] = []
+    for label, kwargs in [("default", {}), ("foreach", {"foreach": True}), ("fused", {"fused": True})]:
+        try:
+            opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kwargs)
+        except Exception:
+            continue
+        variants.append((f"torch.optim.SGD {label}", opt.step))
+    try:
+        from . import torch as msgd_torch  # the drop-in, when present
+
+        opt = msgd_torch.SGD(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)
+        variants.append(("minimalsgd.torch.SGD (drop-in)", opt.step))
+    except Exception:
+        pass
+    for label, step in variants:
+        if clip is not None:
+            def fn(step=step):
+                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                step()
+        else:
+            fn = step
+        progress(label)
+        with torch.no_grad():
+            add(label, timed(fn))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweep for the plot
+
+
+def sweep(dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+    sizes = [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24] + ([] if quick else [1 << 26])
+    rows: list[Row] = []
+    for s in sizes:
+        c = Case(f"sweep {s}", [(s,)], per_call=s <= (1 << 14))
+        rows += [r for r in run_case(c, dtype, True, progress) if not r.backend.startswith("minimalsgd sgd_step")]
+    return rows
+
+
+def plot(rows: list[Row], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    backends = []
+    for r in rows:
+        if r.backend not in backends:
+            backends.append(r.backend)
+    for b in backends:
+        pts = sorted((r.numel, r.gbps) for r in rows if r.backend == b)
+        style = dict(color="black", linestyle="--", linewidth=2) if b.startswith("limit") else dict(marker="o")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=b, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("elements in the tensor")
+    ax.set_ylabel("GB/s (bytes the step must move / time)")
+    ax.set_title(f"SGD step, momentum + Nesterov + weight decay, {rows[0].dtype} — {_cpu_name()}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    info = backend_info()
+    torch = sys.modules.get("torch")
+    return {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "isa": info.get("isa"),
+        "threads": info.get("num_threads"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": getattr(torch, "__version__", None),
+        "minimalsgd": info.get("version"),
+    }
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = []
+    header = f"{'backend':<44} {'time':>10} {'ns/elem':>8} {'GB/s':>7} {'% limit':>8} {'vs NumPy':>9}"
+    current = None
+    for r in rows:
+        if r.case != current:
+            current = r.case
+            lines.append("")
+            lines.append(f"== {r.case} ({r.dtype}, {r.numel:,} elements in {r.tensors} tensor{'s' if r.tensors > 1 else ''}) ==")
+            lines.append(header)
+        t = f"{r.seconds * 1e6:.2f} us" if r.seconds < 1e-3 else f"{r.seconds * 1e3:.2f} ms"
+        pct = "" if r.pct_of_limit is None else f"{r.pct_of_limit:.0f}%"
+        sp = "" if r.speedup is None else f"{r.speedup:.1f}x"
+        lines.append(f"{r.backend:<44} {t:>10} {r.seconds / r.numel * 1e9:>8.3f} {r.gbps:>7.1f} {pct:>8} {sp:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minimalsgd bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 64M case (about a minute)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
+    parser.add_argument("--case", action="append", default=None, help="run only cases whose name contains this (repeatable)")
+    parser.add_argument("--json", metavar="FILE", help="write the rows and the machine as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw GB/s against size per backend (needs matplotlib)")
+    parser.add_argument("--no-torch", action="store_true", help="leave torch out even if installed")
+    args = parser.parse_args(argv)
+
+    if args.no_torch:
+        sys.modules["torch"] = None  # type: ignore[assignment]
+    dtypes = [np.dtype(np.float32), np.dtype(np.float64)] if args.dtype == "both" else [np.dtype(args.dtype)]
+
+    def progress(msg: str) -> None:
+        print(f"  ... {msg}", file=sys.stderr, flush=True)
+
+    if F._core is None:
+        print("warning: the native extension is not available; only NumPy rows", file=sys.stderr)
+    _optional("torch")
+    m = machine()
+    print("minimalsgd bench — " + ", ".join(f"{k}: {v}" for k, v in m.items() if v is not None))
+    print(f"step: lr={LR}, momentum={MOMENTUM}, nesterov, weight_decay={WD}; clip cases: max_norm={CLIP}")
+    print("limit = a plain C streaming loop of the same 3-read/2-write shape over the same number of elements,")
+    print("        timed in C++ in this run (x24/20 for clip + step: one extra read pass for the norm).")
+    print("GB/s = bytes the step must move (20 B/elem float32, 40 float64; +20% with clip) / median time.")
+    rows: list[Row] = []
+    for dtype in dtypes:
+        for case in cases(args.quick):
+            if args.case and not any(s.lower() in case.name.lower() for s in args.case):
+                continue
+            case_rows = run_case(case, dtype, args.quick, progress)
+            rows += case_rows
+            print(format_table(case_rows), flush=True)
+    sweep_rows: list[Row] = []
+    if args.plot:
+        sweep_rows = sweep(dtypes[0], args.quick, progress)
+        if plot(sweep_rows, args.plot):
+            print(f"\nplot written to {args.plot}")
+    if args.json:
+        def enc(r: Row) -> dict:
+            d = asdict(r)
+            d.update(gbps=r.gbps, pct_of_limit=r.pct_of_limit, speedup_vs_numpy=r.speedup, ns_per_elem=r.seconds / r.numel * 1e9)
+            return d
+
+        with open(args.json, "w") as f:
+            json.dump({"machine": m, "rows": [enc(r) for r in rows], "sweep": [enc(r) for r in sweep_rows]}, f, indent=1)
+        print(f"json written to {args.json}")
+    return 0
