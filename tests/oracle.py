@@ -37,7 +37,8 @@ def oracle_norm(grads) -> float:
 def tolerance(dtype, *magnitudes, ops: int = 8) -> np.ndarray:
     """Elementwise bound on the rounding error of ``ops`` operations in ``dtype`` on operands of
     these magnitudes: a handful of ulps of the largest operand."""
-    eps = float(np.finfo(np.dtype(dtype)).eps)
+    # The oracle itself is float64: no bound tighter than float64's.
+    eps = max(float(np.finfo(np.dtype(dtype)).eps), float(np.finfo(np.float64).eps))
     scale = 1.0
     for m in magnitudes:
         if m is not None:
