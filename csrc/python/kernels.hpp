@@ -18,6 +18,9 @@ struct KernelTable {
     // The bench's yardstick: a plain streaming loop of the momentum step's shape (3 reads, 2 writes).
     void (*stream_f32)(float*, const float*, float*, std::size_t, int);
     void (*stream_f64)(double*, const double*, double*, std::size_t, int);
+    // ... and of the norm pass: a plain read-only loop summing squares.
+    double (*read_f32)(const float*, std::size_t, int);
+    double (*read_f64)(const double*, std::size_t, int);
 };
 
 // The yardstick loop: v = 0.9 v + g; w = w - 0.01 v. One OpenMP "parallel for simd" with a
@@ -45,6 +48,22 @@ void stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MI
         w[i] = w[i] - T(0.01) * vi;
     }
 #endif
+}
+
+// The yardstick of the norm pass: a plain read-only loop, sum of x*x in double.
+template <class T>
+double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
+    const std::ptrdiff_t m = static_cast<std::ptrdiff_t>(n);
+    double s = 0;
+#if defined(_OPENMP)
+#pragma omp parallel for simd reduction(+ : s) schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (std::ptrdiff_t i = 0; i < m; ++i) {
+        const double v = static_cast<double>(x[i]);
+        s += v * v;
+    }
+    (void)threads;
+    return s;
 }
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 

@@ -12,6 +12,8 @@ const KernelTable& MINIMALSGD_KERNEL_TABLE_NAME() {
         &minimalsgd::multi_tensor_sum_of_squares<double>,
         &stream_loop<float>,
         &stream_loop<double>,
+        &read_loop<float>,
+        &read_loop<double>,
     };
     return table;
 }

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -113,13 +114,15 @@ constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
 
 std::string where(const char* what, std::size_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; }
 
-View view_of(PyObject* obj, const char* what, std::size_t i, bool writeable) {
+enum class Bad { none, type, dtype, layout, aligned, readonly };
+
+// What stops the native kernel from walking `obj` in place as one flat buffer (Bad::none: nothing).
+Bad inspect(PyObject* obj, bool writeable, View& v) {
     if (!py::isinstance<py::array>(obj)) {
-        throw py::type_error(where(what, i) + " must be a numpy.ndarray, got " + std::string(Py_TYPE(obj)->tp_name));
+        return Bad::type;
     }
     auto* a = py::detail::array_proxy(obj);
     auto* d = py::detail::array_descriptor_proxy(a->descr);
-    View v{};
     v.obj = obj;
     v.data = a->data;
     v.flags = a->flags;
@@ -136,23 +139,42 @@ View view_of(PyObject* obj, const char* what, std::size_t i, bool writeable) {
     } else if (d->type_num == py::detail::npy_api::NPY_DOUBLE_ && native_order) {
         v.kind = Kind::f64;
     } else {
-        throw py::type_error(where(what, i) + " must be float32 or float64 in native byte order for the native backend");
+        return Bad::dtype;
     }
     if (!(v.flags & (kC | kF))) {
-        throw py::value_error(where(what, i) + " must be C- or F-contiguous for the native backend");
+        return Bad::layout;
     }
     if (!(v.flags & kAligned)) {
-        throw py::value_error(where(what, i) + " is not aligned to its dtype; the native backend needs aligned data");
+        return Bad::aligned;
     }
     if (writeable && !(v.flags & kWriteable)) {
-        throw py::value_error(where(what, i) + " is read-only");
+        return Bad::readonly;
     }
     std::size_t n = 1;
     for (int k = 0; k < v.ndim; ++k) {
         n *= static_cast<std::size_t>(v.shape[k]);
     }
     v.size = n;
-    return v;
+    return Bad::none;
+}
+
+View view_of(PyObject* obj, const char* what, std::size_t i, bool writeable) {
+    View v{};
+    switch (inspect(obj, writeable, v)) {
+        case Bad::none:
+            return v;
+        case Bad::type:
+            throw py::type_error(where(what, i) + " must be a numpy.ndarray, got " + std::string(Py_TYPE(obj)->tp_name));
+        case Bad::dtype:
+            throw py::type_error(where(what, i) + " must be float32 or float64 in native byte order for the native backend");
+        case Bad::layout:
+            throw py::value_error(where(what, i) + " must be C- or F-contiguous for the native backend");
+        case Bad::aligned:
+            throw py::value_error(where(what, i) + " is not aligned to its dtype; the native backend needs aligned data");
+        case Bad::readonly:
+            throw py::value_error(where(what, i) + " is read-only");
+    }
+    throw py::value_error(where(what, i) + " cannot be used");
 }
 
 bool same_layout(const View& a, const View& b) {
@@ -171,9 +193,10 @@ struct Range {
     std::size_t tensor;
 };
 
-// No buffer that the step writes may overlap any other buffer of the call.
-void check_overlap(std::vector<Range>& ranges) {
-    std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.lo < b.lo; });
+// No buffer that the step writes may overlap any other buffer of the call. Returns the index of
+// a pair that does (as `a`, `b`), or false when there is none. Sorts `ranges`.
+bool find_overlap(std::vector<Range>& ranges, std::size_t* a, std::size_t* b) {
+    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.lo < y.lo; });
     // Sweep: keep the furthest-reaching written range and the furthest-reaching range of any kind.
     const Range* reach_any = nullptr;
     const Range* reach_written = nullptr;
@@ -182,12 +205,14 @@ void check_overlap(std::vector<Range>& ranges) {
             continue;
         }
         if (reach_written && reach_written->hi > r.lo) {
-            throw py::value_error("the buffers of tensor " + std::to_string(r.tensor) + " overlap memory that tensor " +
-                                  std::to_string(reach_written->tensor) + " writes");
+            *a = reach_written->tensor;
+            *b = r.tensor;
+            return true;
         }
         if (r.written && reach_any && reach_any->hi > r.lo) {
-            throw py::value_error("tensor " + std::to_string(r.tensor) + " writes memory that tensor " +
-                                  std::to_string(reach_any->tensor) + " also uses");
+            *a = reach_any->tensor;
+            *b = r.tensor;
+            return true;
         }
         if (!reach_any || r.hi > reach_any->hi) {
             reach_any = &r;
@@ -195,6 +220,15 @@ void check_overlap(std::vector<Range>& ranges) {
         if (r.written && (!reach_written || r.hi > reach_written->hi)) {
             reach_written = &r;
         }
+    }
+    return false;
+}
+
+void check_overlap(std::vector<Range>& ranges) {
+    std::size_t a = 0, b = 0;
+    if (find_overlap(ranges, &a, &b)) {
+        throw py::value_error("tensors " + std::to_string(a) + " and " + std::to_string(b) +
+                              " share memory that the step writes");
     }
 }
 
@@ -347,8 +381,380 @@ double sum_of_squares(py::handle arrays) {
     return total;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fast paths. They serve only the common, valid case and report "not served" (without writing
+// anything) for everything else, so that the Python layer keeps the one set of checks and error
+// messages: false/0 means "take the Python path", never "error".
+
+PyObject* g_str_value = nullptr;
+PyObject* g_str_grad = nullptr;
+
+bool real_of(PyObject* o, double* out) {
+    if (PyFloat_CheckExact(o)) {
+        *out = PyFloat_AS_DOUBLE(o);
+        return true;
+    }
+    if (PyLong_CheckExact(o)) {
+        const double d = PyLong_AsDouble(o);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return false;
+        }
+        *out = d;
+        return true;
+    }
+    return false;
+}
+
+// One ndarray, or a list/tuple of them, as borrowed pointers.
+bool arrays_of(PyObject* o, std::vector<PyObject*>& out) {
+    if (PyList_CheckExact(o) || PyTuple_CheckExact(o)) {
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        PyObject** it = PySequence_Fast_ITEMS(o);
+        out.assign(it, it + n);
+        return true;
+    }
+    if (py::isinstance<py::array>(o)) {
+        out.assign(1, o);
+        return true;
+    }
+    return false;
+}
+
+template <class Span32, class Span64>
+void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const minimalsgd::SgdOptions& opts,
+                 double grad_scale) {
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const minimalsgd::Parallel par = parallel();
+    if (!f32.empty()) {
+        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
+    }
+    if (!f64.empty()) {
+        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
+    }
+}
+
+// The functional step when every input is valid and native: true when done, false (nothing
+// written) when the Python layer must look.
+bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers, py::handle first_step, py::handle lr_o,
+                  py::handle momentum_o, py::handle dampening_o, py::handle weight_decay_o, py::handle nesterov_o,
+                  py::handle maximize_o, py::handle grad_scale_o) {
+    minimalsgd::SgdOptions opts{0.0};
+    double scale = 1.0;
+    if (!real_of(lr_o.ptr(), &opts.lr) || !real_of(momentum_o.ptr(), &opts.momentum) ||
+        !real_of(dampening_o.ptr(), &opts.dampening) || !real_of(weight_decay_o.ptr(), &opts.weight_decay) ||
+        !real_of(grad_scale_o.ptr(), &scale) || !PyBool_Check(nesterov_o.ptr()) || !PyBool_Check(maximize_o.ptr())) {
+        return false;
+    }
+    opts.nesterov = nesterov_o.ptr() == Py_True;
+    opts.maximize = maximize_o.ptr() == Py_True;
+    if (!minimalsgd::validate(opts).empty() || !std::isfinite(scale) || scale < 0) {
+        return false;
+    }
+    std::vector<PyObject*> vs, gs, bs;
+    if (!arrays_of(values.ptr(), vs) || !arrays_of(grads.ptr(), gs) || gs.size() != vs.size()) {
+        return false;
+    }
+    const std::size_t n = vs.size();
+    const bool with_momentum = opts.momentum != 0;
+    if (with_momentum && (!arrays_of(buffers.ptr(), bs) || bs.size() != n)) {
+        return false;
+    }
+    PyObject* fs = first_step.ptr();
+    const bool first_is_bool = PyBool_Check(fs);
+    if (!first_is_bool && (!(PyList_CheckExact(fs) || PyTuple_CheckExact(fs)) ||
+                           static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fs)) != n)) {
+        return false;
+    }
+    std::vector<minimalsgd::TensorSpan<float>> f32;
+    std::vector<minimalsgd::TensorSpan<double>> f64;
+    std::vector<Range> ranges;
+    ranges.reserve(3 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        View w{}, g{}, b{};
+        if (inspect(vs[i], true, w) != Bad::none || inspect(gs[i], false, g) != Bad::none || !same_layout(w, g)) {
+            return false;
+        }
+        if (with_momentum && (inspect(bs[i], true, b) != Bad::none || !same_layout(w, b))) {
+            return false;
+        }
+        PyObject* f = first_is_bool ? fs : PySequence_Fast_ITEMS(fs)[i];
+        if (!PyBool_Check(f)) {
+            return false;
+        }
+        const std::size_t bytes = w.size * itemsize(w.kind);
+        const auto add = [&](const View& v, bool written) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(v.data);
+            ranges.push_back(Range{lo, lo + bytes, written, i});
+        };
+        add(w, true);
+        add(g, false);
+        if (with_momentum) {
+            add(b, true);
+        }
+        if (w.kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<float*>(w.data), reinterpret_cast<const float*>(g.data),
+                           with_momentum ? reinterpret_cast<float*>(b.data) : nullptr, w.size, f == Py_True});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w.data), reinterpret_cast<const double*>(g.data),
+                           with_momentum ? reinterpret_cast<double*>(b.data) : nullptr, w.size, f == Py_True});
+        }
+    }
+    std::size_t a = 0, b = 0;
+    if (ranges.size() > 1 && find_overlap(ranges, &a, &b)) {
+        return false;
+    }
+    // The arrays stay alive while the GIL is released: the caller's arguments reference them.
+    py::gil_scoped_release release;
+    run_kernels(f32, f64, opts, scale);
+    return true;
+}
+
+// A validated SGD.step(), cached: the params dict, its entries and arrays as they were when the
+// plan was built. step() re-checks only what can change cheaply (dict entries by identity, the
+// arrays' data pointers, shapes and flags; a replaced grad is inspected and taken), then computes
+// the norm (when clipping or checking) and runs every tensor in one GIL-released call.
+class Plan {
+  public:
+    Plan(py::dict params, py::list keys, py::list inners, py::list index, py::list values, py::list grads,
+         py::object buffers, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+         bool maximize, double clip, bool skip_nonfinite)
+        : outer_(params), opts_{lr, momentum, dampening, weight_decay, nesterov, maximize}, clip_(clip), skip_(skip_nonfinite) {
+        minimalsgd::check(opts_);
+        const std::size_t n_entries = py::len(keys);
+        if (py::len(inners) != n_entries || py::len(index) != n_entries) {
+            throw py::value_error("keys, inners and index must have one length");
+        }
+        for (std::size_t e = 0; e < n_entries; ++e) {
+            entries_.push_back({keys[e], inners[e], index[e].cast<long>()});
+        }
+        const std::size_t n = py::len(values);
+        const bool with_momentum = momentum != 0;
+        if (py::len(grads) != n || (with_momentum && py::len(buffers) != n)) {
+            throw py::value_error("values, grads and buffers must have one length");
+        }
+        std::vector<Range> ranges;
+        for (std::size_t i = 0; i < n; ++i) {
+            Tensor t;
+            t.value = values[i];
+            t.grad = grads[i];
+            const View w = view_of(t.value.ptr(), "values", i, true);
+            const View g = view_of(t.grad.ptr(), "grads", i, false);
+            if (!same_layout(w, g)) {
+                throw py::value_error("grads[" + std::to_string(i) + "] does not match values[" + std::to_string(i) + "]");
+            }
+            View b{};
+            if (with_momentum) {
+                t.buffer = py::list(buffers)[i];
+                b = view_of(t.buffer.ptr(), "buffers", i, true);
+                if (!same_layout(w, b)) {
+                    throw py::value_error("buffers[" + std::to_string(i) + "] does not match values[" + std::to_string(i) + "]");
+                }
+            }
+            t.kind = w.kind;
+            t.value_state = state_of(w);
+            t.grad_state = state_of(g);
+            const std::size_t bytes = w.size * itemsize(w.kind);
+            const auto lo = reinterpret_cast<std::uintptr_t>(w.data);
+            ranges.push_back(Range{lo, lo + bytes, true, i});
+            const auto glo = reinterpret_cast<std::uintptr_t>(g.data);
+            ranges.push_back(Range{glo, glo + bytes, false, i});
+            if (with_momentum) {
+                const auto blo = reinterpret_cast<std::uintptr_t>(b.data);
+                ranges.push_back(Range{blo, blo + bytes, true, i});
+            }
+            if (w.kind == Kind::f32) {
+                t.slot = f32_.size();
+                f32_.push_back({reinterpret_cast<float*>(w.data), reinterpret_cast<const float*>(g.data),
+                                with_momentum ? reinterpret_cast<float*>(b.data) : nullptr, w.size, false});
+                g32_.push_back({reinterpret_cast<const float*>(g.data), w.size});
+            } else {
+                t.slot = f64_.size();
+                f64_.push_back({reinterpret_cast<double*>(w.data), reinterpret_cast<const double*>(g.data),
+                                with_momentum ? reinterpret_cast<double*>(b.data) : nullptr, w.size, false});
+                g64_.push_back({reinterpret_cast<const double*>(g.data), w.size});
+            }
+            tensors_.push_back(std::move(t));
+        }
+        check_overlap(ranges);
+        for (const Range& r : ranges) {
+            if (r.written && r.lo != r.hi) {
+                written_.emplace_back(r.lo, r.hi);
+            }
+        }
+        std::sort(written_.begin(), written_.end());
+    }
+
+    // 1: applied; 2: skipped (a non-finite gradient, skip_nonfinite); 0: stale, nothing written.
+    int step(py::handle params) {
+        PyObject* d = params.ptr();
+        if (d != outer_.ptr() || !PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != static_cast<Py_ssize_t>(entries_.size())) {
+            return 0;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key = nullptr, *inner = nullptr;
+        std::size_t e = 0;
+        while (PyDict_Next(d, &pos, &key, &inner)) {
+            const Entry& en = entries_[e++];
+            if (key != en.key.ptr() || inner != en.inner.ptr() || !PyDict_CheckExact(inner)) {
+                return 0;
+            }
+            PyObject* grad = PyDict_GetItemWithError(inner, g_str_grad);
+            if (grad == nullptr && PyErr_Occurred()) {
+                throw py::error_already_set();
+            }
+            if (en.index < 0) {
+                if (grad != nullptr && grad != Py_None) {
+                    return 0;
+                }
+                continue;
+            }
+            Tensor& t = tensors_[static_cast<std::size_t>(en.index)];
+            PyObject* value = PyDict_GetItemWithError(inner, g_str_value);
+            if (value != t.value.ptr() || !unchanged(value, t.value_state)) {
+                return 0;
+            }
+            if (grad != t.grad.ptr()) {
+                if (grad == nullptr || !adopt_grad(t, grad)) {
+                    return 0;
+                }
+            } else if (!unchanged(grad, t.grad_state)) {
+                return 0;
+            }
+        }
+        const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+        const minimalsgd::Parallel par = parallel();
+        const bool measure = clip_ > 0 || skip_;
+        int status = 1;
+        double norm = 0, scale = 1;
+        {
+            py::gil_scoped_release release;
+            if (measure) {
+                double ss = 0;
+                if (!g32_.empty()) {
+                    ss += k.sumsq_f32(g32_.data(), g32_.size(), par);
+                }
+                if (!g64_.empty()) {
+                    ss += k.sumsq_f64(g64_.data(), g64_.size(), par);
+                }
+                norm = std::sqrt(ss);
+                if (skip_ && !std::isfinite(norm) && (std::isnan(norm) || !all_grads_finite())) {
+                    status = 2;
+                }
+                if (clip_ > 0 && norm > clip_) {
+                    scale = clip_ / (norm + 1e-12);
+                }
+            }
+            if (status == 1) {
+                run_kernels(f32_, f64_, opts_, scale);
+            }
+        }
+        if (status == 1) {
+            ++applied_;
+            if (measure) {
+                last_norm_ = norm;
+            }
+        }
+        return status;
+    }
+
+    long applied() const { return applied_; }
+    void reset_applied() { applied_ = 0; }
+    double last_norm() const { return last_norm_; }
+
+  private:
+    struct ArrayState {
+        char* data;
+        int flags;
+        std::vector<Py_ssize_t> shape;
+    };
+    struct Entry {
+        py::object key, inner;
+        long index;  // the tensor, or -1 for an entry without a grad
+    };
+    struct Tensor {
+        py::object value, grad, buffer;
+        ArrayState value_state, grad_state;
+        Kind kind;
+        std::size_t slot;  // index in f32_/f64_
+    };
+
+    static constexpr int kStateFlags = kC | kF | kAligned | kWriteable;
+
+    static ArrayState state_of(const View& v) {
+        return {v.data, v.flags & kStateFlags, std::vector<Py_ssize_t>(v.shape, v.shape + v.ndim)};
+    }
+
+    static bool unchanged(PyObject* obj, const ArrayState& s) {
+        auto* a = py::detail::array_proxy(obj);
+        const auto* dims = reinterpret_cast<const Py_ssize_t*>(a->dimensions);
+        return a->data == s.data && (a->flags & kStateFlags) == s.flags &&
+               static_cast<std::size_t>(a->nd) == s.shape.size() && std::equal(s.shape.begin(), s.shape.end(), dims);
+    }
+
+    // A grad the user replaced: take it if it can be walked like the value and overlaps nothing
+    // the step writes.
+    bool adopt_grad(Tensor& t, PyObject* grad) {
+        View w{}, g{};
+        if (inspect(t.value.ptr(), true, w) != Bad::none || inspect(grad, false, g) != Bad::none || !same_layout(w, g)) {
+            return false;
+        }
+        const auto lo = reinterpret_cast<std::uintptr_t>(g.data);
+        const auto hi = lo + g.size * itemsize(g.kind);
+        if (lo != hi) {
+            // written_ is sorted and disjoint: the first range ending after lo is the only candidate.
+            auto it = std::lower_bound(written_.begin(), written_.end(), lo,
+                                       [](const std::pair<std::uintptr_t, std::uintptr_t>& r, std::uintptr_t x) {
+                                           return r.second <= x;
+                                       });
+            if (it != written_.end() && it->first < hi) {
+                return false;
+            }
+        }
+        t.grad = py::reinterpret_borrow<py::object>(grad);
+        t.grad_state = state_of(g);
+        if (t.kind == Kind::f32) {
+            f32_[t.slot].grad = reinterpret_cast<const float*>(g.data);
+            g32_[t.slot].data = reinterpret_cast<const float*>(g.data);
+        } else {
+            f64_[t.slot].grad = reinterpret_cast<const double*>(g.data);
+            g64_[t.slot].data = reinterpret_cast<const double*>(g.data);
+        }
+        return true;
+    }
+
+    bool all_grads_finite() const {
+        for (const auto& s : g32_) {
+            for (std::size_t i = 0; i < s.size; ++i) {
+                if (!std::isfinite(s.data[i])) return false;
+            }
+        }
+        for (const auto& s : g64_) {
+            for (std::size_t i = 0; i < s.size; ++i) {
+                if (!std::isfinite(s.data[i])) return false;
+            }
+        }
+        return true;
+    }
+
+    py::dict outer_;
+    minimalsgd::SgdOptions opts_;
+    double clip_;
+    bool skip_;
+    std::vector<Entry> entries_;
+    std::vector<Tensor> tensors_;
+    std::vector<minimalsgd::TensorSpan<float>> f32_;
+    std::vector<minimalsgd::TensorSpan<double>> f64_;
+    std::vector<minimalsgd::ConstSpan<float>> g32_;
+    std::vector<minimalsgd::ConstSpan<double>> g64_;
+    std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;
+    long applied_ = 0;
+    double last_norm_ = std::nan("");
+};
+
 // Bench support: per-call seconds of `reps` batches of `inner` calls, timed in C++ without
-// Python in the loop. kind "stream": the yardstick loop; kind "step": the fused step (momentum
+// Python in the loop. kind "stream": the yardstick loop; "read": the read-only yardstick (sum of
+// g*g); kind "step": the fused step (momentum
 // 0.9, Nesterov, weight decay 1e-4) through the kernel table, i.e. the bare C call.
 std::vector<double> time_calls(const std::string& kind, py::handle w_obj, py::handle g_obj, py::handle v_obj, int reps,
                                int inner, int threads) {
@@ -358,8 +764,8 @@ std::vector<double> time_calls(const std::string& kind, py::handle w_obj, py::ha
     if (!same_layout(w, g) || !same_layout(w, v)) {
         throw py::value_error("w, g and v must have one dtype, shape and memory order");
     }
-    if (kind != "stream" && kind != "step") {
-        throw py::value_error("kind must be 'stream' or 'step'");
+    if (kind != "stream" && kind != "step" && kind != "read") {
+        throw py::value_error("kind must be 'stream', 'read' or 'step'");
     }
     if (reps < 1 || inner < 1) {
         throw py::value_error("reps and inner must be >= 1");
@@ -369,6 +775,7 @@ std::vector<double> time_calls(const std::string& kind, py::handle w_obj, py::ha
     par.num_threads = threads > 0 ? threads : par.num_threads;
     const minimalsgd::SgdOptions opts{0.01, 0.9, 0.0, 1e-4, true, false};
     std::vector<double> out;
+    volatile double sink = 0;  // keeps the read loop's result alive
     py::gil_scoped_release release;
     for (int r = 0; r < reps; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
@@ -379,6 +786,8 @@ std::vector<double> time_calls(const std::string& kind, py::handle w_obj, py::ha
                 auto* pv = reinterpret_cast<float*>(v.data);
                 if (kind == "stream") {
                     k.stream_f32(pw, pg, pv, w.size, par.num_threads);
+                } else if (kind == "read") {
+                    sink += k.read_f32(pg, w.size, par.num_threads);
                 } else {
                     const minimalsgd::TensorSpan<float> span{pw, pg, pv, w.size, false};
                     k.step_f32(&span, 1, opts, 1.0f, par);
@@ -389,6 +798,8 @@ std::vector<double> time_calls(const std::string& kind, py::handle w_obj, py::ha
                 auto* pv = reinterpret_cast<double*>(v.data);
                 if (kind == "stream") {
                     k.stream_f64(pw, pg, pv, w.size, par.num_threads);
+                } else if (kind == "read") {
+                    sink += k.read_f64(pg, w.size, par.num_threads);
                 } else {
                     const minimalsgd::TensorSpan<double> span{pw, pg, pv, w.size, false};
                     k.step_f64(&span, 1, opts, 1.0, par);
@@ -430,6 +841,23 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "The fused step over lists of float32/float64 contiguous arrays, in place, in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
           "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
+    g_str_value = PyUnicode_InternFromString("value");
+    g_str_grad = PyUnicode_InternFromString("grad");
+    m.def("try_sgd_step", &try_sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
+          py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
+          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"),
+          "The functional step when every input is valid and native; False (nothing written) otherwise.");
+    py::class_<Plan>(m, "Plan", "A validated SGD.step(), cached (private to minimalsgd.optim).")
+        .def(py::init<py::dict, py::list, py::list, py::list, py::list, py::list, py::object, double, double, double,
+                      double, bool, bool, double, bool>(),
+             py::arg("params"), py::arg("keys"), py::arg("inners"), py::arg("index"), py::arg("values"),
+             py::arg("grads"), py::arg("buffers"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
+             py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("clip"),
+             py::arg("skip_nonfinite"))
+        .def("step", &Plan::step, py::arg("params"))
+        .def_property_readonly("applied", &Plan::applied)
+        .def("reset_applied", &Plan::reset_applied)
+        .def_property_readonly("last_norm", &Plan::last_norm);
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");

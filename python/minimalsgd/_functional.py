@@ -325,6 +325,14 @@ def sgd_step(
         TypeError, ValueError: naming the tensor (``values[i]``) or hyperparameter at fault;
             nothing has been written then.
     """
+    # The common case in one native call: every input valid and every tensor native. The native
+    # side checks all of it and writes nothing unless all of it holds; anything else (another
+    # backend, a dtype or layout NumPy must serve, or an error to report) takes the path below.
+    if _core is not None and (backend == "native" or (backend == "auto" and DEFAULT_BACKEND != "numpy")):
+        if _core.try_sgd_step(
+            values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
+        ):
+            return
     hyper = check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize)
     scale = check_real("grad_scale", grad_scale, minimum=0.0)
     resolved = check_backend(backend)

@@ -26,6 +26,8 @@ _HYPERPARAMETERS = (
     "skip_nonfinite",
     "backend",
 )
+# Attributes whose change invalidates the cached native plan.
+_PLAN_INPUTS = frozenset(_HYPERPARAMETERS) | {"params"}
 _STATE_PREFIX = "state/"
 _STATE_FIELDS = ("momentum_buffer", "step")
 STATE_DICT_FORMAT = 1
@@ -84,11 +86,76 @@ class SGD:
         self.backend = backend
         self._check_settings()
         #: name -> {"momentum_buffer": ndarray, "step": int}; plain NumPy and ints.
-        self.state: dict[str, dict[str, Any]] = {}
+        self.state = {}
         #: Steps that found a non-finite gradient and wrote nothing (skip_nonfinite=True).
         self.skipped_steps = 0
         #: The global gradient norm of the latest step that measured it, else None.
         self.last_grad_norm: float | None = None
+
+    # -----------------------------------------------------------------------------------------
+    # The cached native plan. After a step that the native kernel served whole, the validated
+    # params are kept in a native Plan; later steps re-check only identities, data pointers,
+    # shapes and flags there (a replaced grad is inspected and taken) and run in one call. Any
+    # change it cannot vouch for sends the step down the full path below, which rebuilds it.
+    # Setting a hyperparameter, params or state drops it.
+
+    _plan: Any = None
+    _plan_keys: list[str] = []
+    _measures_norm = False
+    _state: dict[str, dict[str, Any]]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PLAN_INPUTS:
+            self._drop_plan()
+        object.__setattr__(self, name, value)
+
+    @property
+    def state(self) -> dict[str, dict[str, Any]]:
+        """name -> {"momentum_buffer": ndarray, "step": int}: plain NumPy arrays and ints."""
+        self._flush_plan_steps()
+        return self._state
+
+    @state.setter
+    def state(self, value: dict[str, dict[str, Any]]) -> None:
+        self._drop_plan()
+        object.__setattr__(self, "_state", value)
+
+    def _flush_plan_steps(self) -> None:
+        plan = self._plan
+        if plan is not None and plan.applied:
+            n = plan.applied
+            plan.reset_applied()
+            for key in self._plan_keys:
+                self._state[key]["step"] += n
+
+    def _drop_plan(self) -> None:
+        if self.__dict__.get("_plan") is not None:
+            self._flush_plan_steps()
+            object.__setattr__(self, "_plan", None)
+
+    def _build_plan(self, keys: list[str], values: list[np.ndarray], grads: list[np.ndarray], buffers: list[Any],
+                    hyper: tuple[float, float, float, float, bool, bool], clip: float | None, skip: bool, backend: str) -> None:
+        core = F._core
+        if core is None or backend == "numpy" or type(self.params) is not dict:
+            return
+        inners = []
+        index = []
+        included = {k: i for i, k in enumerate(keys)}
+        for name, p in self.params.items():
+            if type(p) is not dict:
+                return
+            inners.append(p)
+            index.append(included.get(name, -1))
+        with_buffer = hyper[1] != 0
+        for i in range(len(keys)):
+            if F.native_reason(values[i], grads[i], buffers[i] if with_buffer else None) is not None:
+                return
+        lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
+        plan = core.Plan(self.params, list(self.params.keys()), inners, index, values, grads,
+                         buffers if with_buffer else None, lr, momentum, dampening, weight_decay, nesterov, maximize,
+                         -1.0 if clip is None else clip, skip)
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_plan_keys", keys)
 
     # -----------------------------------------------------------------------------------------
     # Validation (nothing here writes or creates anything)
@@ -144,6 +211,20 @@ class SGD:
 
         Raises TypeError/ValueError, naming the param, before anything is written or created.
         """
+        plan = self._plan
+        if plan is not None:
+            status = plan.step(self.params)
+            if status == 1:
+                if self._measures_norm:
+                    object.__setattr__(self, "last_grad_norm", plan.last_norm)
+                return True
+            if status == 2:
+                self.skipped_steps += 1
+                return False
+            self._drop_plan()  # something changed: the full path checks it all
+        return self._full_step()
+
+    def _full_step(self) -> bool:
         hyper, clip, skip, backend = self._check_settings()
         with_buffer = hyper[1] != 0
         keys, labels, values, grads, buffers = self._collect(with_buffer)
@@ -164,11 +245,14 @@ class SGD:
                     buffers[i] = self._new_buffer(values[i])
                     firsts[i] = True
         F.run_step(labels, values, grads, buffers if with_buffer else None, firsts, hyper, scale, backend)
+        state = self.state
         for i, key in enumerate(keys):
-            st = self.state.setdefault(key, {"step": 0})
+            st = state.setdefault(key, {"step": 0})
             st["step"] = st.get("step", 0) + 1
             if with_buffer:
                 st["momentum_buffer"] = buffers[i]
+        object.__setattr__(self, "_measures_norm", clip is not None or skip)
+        self._build_plan(keys, values, grads, buffers, hyper, clip, skip, backend)
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:

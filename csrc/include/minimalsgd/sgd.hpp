@@ -144,12 +144,13 @@ void step_range(const TensorSpan<T>* spans, std::size_t count, std::size_t begin
     }
 }
 
-// Sum of squares of x[0..n) in double, in 8 interleaved partial sums combined in a fixed order:
-// the same bits whatever the vector width the compiler picks (2, 4 or 8 doubles).
+// Sum of squares of x[0..n) in double, in 32 interleaved partial sums combined in a fixed order:
+// the same bits whatever the vector width the compiler picks (2, 4 or 8 doubles), and enough
+// independent chains of additions (4 to 16 vectors) to stream at memory speed, not add latency.
 template <class T>
 double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
-    constexpr std::size_t L = 8;
-    double acc[L] = {0, 0, 0, 0, 0, 0, 0, 0};
+    constexpr std::size_t L = 32;
+    double acc[L] = {};
     const std::size_t body = n - n % L;
     for (std::size_t i = 0; i < body; i += L) {
         MINIMALSGD_SIMD
@@ -162,7 +163,13 @@ double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
         const double v = static_cast<double>(x[i]);
         acc[i - body] += v * v;
     }
-    return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    // Pairwise, in a fixed order.
+    for (std::size_t width = L / 2; width > 0; width /= 2) {
+        for (std::size_t j = 0; j < width; ++j) {
+            acc[j] += acc[j + width];
+        }
+    }
+    return acc[0];
 }
 
 // Blocks of this many elements are summed on their own and then added in order, so that the total
