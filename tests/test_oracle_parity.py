@@ -100,7 +100,7 @@ def test_multi_tensor_one_call_mixed_dtypes_and_first_flags():
 
 @pytest.fixture
 def restore_native_settings():
-    isa, threads, grain = core.get_isa(), core.get_num_threads(), core.get_grain()
+    isa, threads, grain = core.get_isa(), core.get_num_threads_setting(), core.get_grain()
     yield
     core.set_isa(isa)
     core.set_num_threads(threads)

@@ -160,13 +160,41 @@ def test_show_config_and_backend_info(capsys):
 
 
 def test_set_num_threads():
-    before = minimalsgd.get_num_threads()
+    from minimalsgd import _functional as F
+
+    before = F._core.get_num_threads_setting()
+    default = minimalsgd.get_num_threads()
     try:
         minimalsgd.set_num_threads(1)
         assert minimalsgd.get_num_threads() == 1
+        minimalsgd.set_num_threads(3)
+        assert minimalsgd.get_num_threads() == 3
+        minimalsgd.set_num_threads(0)
+        assert minimalsgd.get_num_threads() == default
         with pytest.raises(ValueError):
             minimalsgd.set_num_threads(-1)
         with pytest.raises(TypeError):
             minimalsgd.set_num_threads(1.5)
     finally:
         minimalsgd.set_num_threads(before)
+
+
+def test_threadpoolctl_sees_and_limits_the_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from minimalsgd import _functional as F
+
+    assert F._core.get_num_threads_setting() == 0
+    default = minimalsgd.get_num_threads()
+    apis = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
+    assert apis and any(i["num_threads"] == default for i in apis)
+    with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+        assert minimalsgd.get_num_threads() == 1
+        assert minimalsgd.backend_info()["num_threads"] == 1
+    assert minimalsgd.get_num_threads() == default
+    # A count set through minimalsgd is what threadpoolctl reports.
+    try:
+        minimalsgd.set_num_threads(1)
+        apis = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "openmp"]
+        assert any(i["num_threads"] == 1 for i in apis)
+    finally:
+        minimalsgd.set_num_threads(0)

@@ -61,6 +61,10 @@ void set_isa(const std::string& name) {
 
 std::string get_isa() { return minimalsgd::isa_name(static_cast<Isa>(g_isa.load())); }
 
+int g_default_threads = 1;  // omp_get_max_threads() at import: what set_num_threads(0) restores
+
+// The threads a call uses: set_num_threads(n > 0) for every thread of the process; otherwise
+// OpenMP's own setting for the calling thread (OMP_NUM_THREADS, or a threadpoolctl limit).
 int get_num_threads() {
     const int n = g_num_threads.load();
     if (n > 0) {
@@ -79,9 +83,8 @@ void set_num_threads(int n) {
     }
     g_num_threads = n;
 #if defined(_OPENMP)
-    if (n > 0) {
-        omp_set_num_threads(n);
-    }
+    // Also OpenMP's own setting of this thread, so that threadpoolctl reports what runs.
+    omp_set_num_threads(n > 0 ? n : g_default_threads);
 #endif
 }
 
@@ -828,6 +831,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.doc() = "minimalsgd native kernels (private: use the minimalsgd package)";
 
     // The kernel set: the best the CPU supports, or MINIMALSGD_ISA when it names one it supports.
+#if defined(_OPENMP)
+    g_default_threads = omp_get_max_threads();
+#endif
     g_isa = static_cast<int>(minimalsgd::best_isa());
     if (const char* env = std::getenv("MINIMALSGD_ISA")) {
         if (*env != '\0') {
@@ -865,6 +871,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
     m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");
     m.def("get_num_threads", &get_num_threads);
+    m.def(
+        "get_num_threads_setting", []() { return g_num_threads.load(); },
+        "What set_num_threads() set: 0 when OpenMP's setting rules.");
     m.def("set_num_threads", &set_num_threads, py::arg("n"));
     m.def("get_grain", []() { return g_grain.load(); });
     m.def(

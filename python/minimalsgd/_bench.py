@@ -245,7 +245,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
         for threads in (0, 1):
             label = "minimalsgd SGD.step" + (" (1 thread)" if threads == 1 else f" ({core.get_num_threads()} threads)")
             progress(f"{case.name}: {label}")
-            saved = core.get_num_threads()
+            saved = core.get_num_threads_setting()
             if threads:
                 core.set_num_threads(1)
             try:

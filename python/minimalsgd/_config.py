@@ -46,12 +46,17 @@ def show_config() -> None:
 
 
 def get_num_threads() -> int:
-    """Threads the native kernels use for large work (OMP_NUM_THREADS by default)."""
+    """Threads the native kernels use for large work, seen from the calling thread.
+
+    :func:`set_num_threads` (n > 0) decides for every thread; otherwise OpenMP's setting does:
+    ``OMP_NUM_THREADS``, all cores by default, or a ``threadpoolctl.threadpool_limits`` in force.
+    """
     return F._core.get_num_threads() if F._core is not None else 1
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for large work; 0 goes back to the OpenMP default."""
+    """Use ``n`` threads for large work, from every Python thread; 0 goes back to OpenMP's
+    setting (``OMP_NUM_THREADS`` or all cores, and threadpoolctl limits apply again)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 0:
