@@ -44,13 +44,13 @@ def _params(dtype, seed=0):
 def count_native(monkeypatch):
     """Counts the native calls and checks that every array is a view of a tensor's own memory."""
     calls = []
-    real = F._core.sgd_step
+    real = F._core.sgd_step_ptrs
 
-    def spy(values, grads, bufs, *args, **kwargs):
-        calls.append(len(values))
-        return real(values, grads, bufs, *args, **kwargs)
+    def spy(kinds, *args, **kwargs):
+        calls.append(len(kinds))
+        return real(kinds, *args, **kwargs)
 
-    monkeypatch.setattr(F._core, "sgd_step", spy)
+    monkeypatch.setattr(F._core, "sgd_step_ptrs", spy)
     return calls
 
 
@@ -99,13 +99,13 @@ def test_native_views_share_the_tensors_memory(monkeypatch):
     p.grad = torch.randn(1000)
     opt = SGD([p], lr=0.1, momentum=0.9)
     seen = {}
-    real = F._core.sgd_step
+    real = F._core.sgd_step_ptrs
 
-    def spy(values, grads, bufs, *args, **kwargs):
-        seen["ptrs"] = (values[0].ctypes.data, grads[0].ctypes.data, bufs[0].ctypes.data)
-        return real(values, grads, bufs, *args, **kwargs)
+    def spy(kinds, vptrs, gptrs, bptrs, *args, **kwargs):
+        seen["ptrs"] = (vptrs[0], gptrs[0], bptrs[0])
+        return real(kinds, vptrs, gptrs, bptrs, *args, **kwargs)
 
-    monkeypatch.setattr(F._core, "sgd_step", spy)
+    monkeypatch.setattr(F._core, "sgd_step_ptrs", spy)
     opt.step()
     buf = opt.state[p]["momentum_buffer"]
     assert seen["ptrs"] == (p.data_ptr(), p.grad.data_ptr(), buf.data_ptr())

@@ -513,6 +513,77 @@ bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers, py::h
     return true;
 }
 
+// The step over raw buffers, for minimalsgd.torch (whose tensors are not NumPy arrays): one
+// (dtype code 0 = float32 / 1 = float64, value, grad, buffer address, element count, first step)
+// per tensor, taken from live, dense, contiguous CPU tensors that the caller holds during the call.
+// Returns false (nothing written) for invalid options or buffers that overlap.
+bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptrs, py::object buf_ptrs, py::list sizes,
+                   py::list firsts, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+                   bool maximize, double grad_scale) {
+    const minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
+    if (!minimalsgd::validate(opts).empty() || !std::isfinite(grad_scale) || grad_scale < 0) {
+        return false;
+    }
+    const std::size_t n = py::len(kinds);
+    const bool with_momentum = momentum != 0;
+    if (py::len(value_ptrs) != n || py::len(grad_ptrs) != n || py::len(sizes) != n || py::len(firsts) != n ||
+        (with_momentum && (buf_ptrs.is_none() || py::len(buf_ptrs) != n))) {
+        throw py::value_error("sgd_step_ptrs: lists of different lengths");
+    }
+    const py::list bufs = with_momentum ? py::list(buf_ptrs) : py::list();
+    // Plain C API on the list items: pybind11's casts cost ~100 ns each, and there are 6 per tensor.
+    const auto address = [](py::list& l, std::size_t i) -> char* {
+        const unsigned long long v = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(l.ptr(), static_cast<Py_ssize_t>(i)));
+        if (PyErr_Occurred()) {
+            throw py::error_already_set();
+        }
+        return reinterpret_cast<char*>(static_cast<std::uintptr_t>(v));
+    };
+    std::vector<minimalsgd::TensorSpan<float>> f32;
+    std::vector<minimalsgd::TensorSpan<double>> f64;
+    std::vector<Range> ranges;
+    ranges.reserve(3 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto idx = static_cast<Py_ssize_t>(i);
+        const long kind = PyLong_AsLong(PyList_GET_ITEM(kinds.ptr(), idx));
+        char* w = address(value_ptrs, i);
+        char* g = address(grad_ptrs, i);
+        char* b = with_momentum ? address(const_cast<py::list&>(bufs), i) : nullptr;
+        const std::size_t size = reinterpret_cast<std::uintptr_t>(address(sizes, i));
+        const int first = PyObject_IsTrue(PyList_GET_ITEM(firsts.ptr(), idx));
+        if (first < 0 || (kind == -1 && PyErr_Occurred())) {
+            throw py::error_already_set();
+        }
+        if (kind != 0 && kind != 1) {
+            throw py::value_error("sgd_step_ptrs: dtype code must be 0 or 1");
+        }
+        const std::size_t bytes = size * (kind == 0 ? sizeof(float) : sizeof(double));
+        const auto add = [&](char* p, bool written) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(p);
+            ranges.push_back(Range{lo, lo + bytes, written, i});
+        };
+        add(w, true);
+        add(g, false);
+        if (with_momentum) {
+            add(b, true);
+        }
+        if (kind == 0) {
+            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b), size,
+                           first != 0});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g), reinterpret_cast<double*>(b),
+                           size, first != 0});
+        }
+    }
+    std::size_t a = 0, c = 0;
+    if (ranges.size() > 1 && find_overlap(ranges, &a, &c)) {
+        return false;
+    }
+    py::gil_scoped_release release;
+    run_kernels(f32, f64, opts, grad_scale);
+    return true;
+}
+
 // A validated SGD.step(), cached: the params dict, its entries and arrays as they were when the
 // plan was built. step() re-checks only what can change cheaply (dict entries by identity, the
 // arrays' data pointers, shapes and flags; a replaced grad is inspected and taken), then computes
@@ -853,6 +924,10 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
           py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"),
           "The functional step when every input is valid and native; False (nothing written) otherwise.");
+    m.def("sgd_step_ptrs", &sgd_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
+          py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
+          py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
+          py::arg("grad_scale"), "Private to minimalsgd.torch: the step over raw contiguous buffers.");
     py::class_<Plan>(m, "Plan", "A validated SGD.step(), cached (private to minimalsgd.optim).")
         .def(py::init<py::dict, py::list, py::list, py::list, py::list, py::list, py::object, double, double, double,
                       double, bool, bool, double, bool>(),

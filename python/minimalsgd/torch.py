@@ -11,7 +11,7 @@ It *is* a ``torch.optim.SGD`` (a subclass): the constructor, its checks and defa
 scheduler work unchanged, and checkpoints move between the two in both directions. Only
 ``step()`` differs: per param group, every CPU float32/float64 parameter whose param, grad and
 momentum buffer are dense and contiguous goes to the native multi-tensor kernel in one call,
-through NumPy views of the tensors' own memory (no copies). Everything else — other devices,
+in the tensors' own memory (no copies). Everything else — other devices,
 half precision, sparse grads, non-contiguous layouts, ``differentiable=True``, AMP grad scaling —
 goes through torch's own SGD code, with torch's results and no error.
 
@@ -30,17 +30,20 @@ from . import _functional as F
 
 __all__ = ["SGD"]
 
-_NATIVE_DTYPES = (torch.float32, torch.float64)
+# dtype -> the native kernel's code for it.
+_KIND = {torch.float32: 0, torch.float64: 1}
+_STRIDED = torch.strided
 
 
-def _native_ok(t: torch.Tensor) -> bool:
+def _dense_cpu(t: torch.Tensor, dtype: torch.dtype, numel: int) -> bool:
+    """A tensor the native kernel can walk as one flat buffer of `numel` elements of `dtype`."""
     return (
-        t.device.type == "cpu"
-        and t.dtype in _NATIVE_DTYPES
-        and t.layout == torch.strided
+        t.dtype is dtype
+        and t.is_cpu
+        and t.layout is _STRIDED
         and t.is_contiguous()
-        and not t.is_conj()
         and not t.is_neg()
+        and t.numel() == numel
     )
 
 
@@ -57,60 +60,70 @@ class SGD(torch.optim.SGD):
     torch; the native params always take the fused native kernel.
     """
 
-    def _native_group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Step the group's native-eligible params in one native call; return the others."""
+    def _native_group(self, group: dict[str, Any]) -> list[torch.Tensor]:
+        """Step the group's native-eligible params in one native call; return the others.
+
+        Per param this checks only cheap tensor facts (dtype, device, layout, contiguity, size)
+        and hands the kernel the tensors' own addresses: no copies, no per-param NumPy views.
+        """
         momentum = group["momentum"]
-        values, grads, buffers, firsts, params_native, new_buffers = [], [], [], [], [], []
-        rest_params: list[torch.Tensor] = []
+        core = F._core
+        rest: list[torch.Tensor] = []
+        if core is None:
+            return [p for p in group["params"] if p.grad is not None]
+        kinds, vptrs, gptrs, bptrs, sizes, firsts = [], [], [], [], [], []
+        keep: list[torch.Tensor] = []  # alive during the call
+        new_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        state = self.state
         for p in group["params"]:
             g = p.grad
             if g is None:
                 continue
-            buf = self.state[p].get("momentum_buffer") if momentum != 0 else None
+            dtype = p.dtype
+            kind = _KIND.get(dtype)
+            n = p.numel()
             if (
-                F._core is not None
-                and _native_ok(p)
-                and not g.is_sparse
-                and _native_ok(g)
-                and g.dtype == p.dtype
-                and (buf is None or (_native_ok(buf) and buf.dtype == p.dtype and buf.shape == p.shape))
-                and g.shape == p.shape
+                kind is None
+                or g.is_sparse
+                or not (p.is_cpu and p.layout is _STRIDED and p.is_contiguous())
+                or p.is_neg()
+                or not (g.dtype is dtype and g.is_cpu and g.layout is _STRIDED and g.is_contiguous())
+                or g.is_neg()
+                or g.numel() != n
             ):
-                first = momentum != 0 and buf is None
-                if first:
+                rest.append(p)
+                continue
+            first = False
+            if momentum != 0:
+                buf = state[p].get("momentum_buffer")
+                if buf is None:
                     buf = torch.empty_like(p, memory_format=torch.contiguous_format)
                     new_buffers.append((p, buf))
-                params_native.append(p)
-                values.append(p.detach().numpy())
-                grads.append(g.detach().numpy())
-                if momentum != 0:
-                    buffers.append(buf.detach().numpy())
-                firsts.append(first)
-            else:
-                rest_params.append(p)
-        if values:
-            try:
-                F._core.sgd_step(
-                    values,
-                    grads,
-                    buffers if momentum != 0 else None,
-                    firsts,
-                    _as_float(group["lr"]),
-                    float(momentum),
-                    float(group["dampening"]),
-                    _as_float(group["weight_decay"]),
-                    bool(group["nesterov"]),
-                    bool(group["maximize"]),
-                    1.0,
-                    check_overlap=True,
-                )
-            except ValueError:
-                # Params that share memory (views of one tensor): torch steps them one after
-                # another, which the single fused pass cannot reproduce. Let torch do it.
-                return [], [p for p in group["params"] if p.grad is not None]
+                    first = True
+                elif not _dense_cpu(buf, p.dtype, n):
+                    rest.append(p)
+                    continue
+                bptrs.append(buf.data_ptr())
+                keep.append(buf)
+            kinds.append(kind)
+            vptrs.append(p.data_ptr())
+            gptrs.append(g.data_ptr())
+            sizes.append(n)
+            firsts.append(first)
+            keep.append(g)
+        if kinds:
+            done = core.sgd_step_ptrs(
+                kinds, vptrs, gptrs, bptrs if momentum != 0 else None, sizes, firsts,
+                _as_float(group["lr"]), float(momentum), float(group["dampening"]), _as_float(group["weight_decay"]),
+                bool(group["nesterov"]), bool(group["maximize"]), 1.0,
+            )
+            if not done:
+                # Options the kernel refuses, or params that share memory (views of one tensor,
+                # which torch steps one after another): torch's own code does the whole group.
+                return [p for p in group["params"] if p.grad is not None]
             for p, buf in new_buffers:
-                self.state[p]["momentum_buffer"] = buf
-        return params_native, rest_params
+                state[p]["momentum_buffer"] = buf
+        return rest
 
     def _torch_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """torch's own SGD math for these params of the group (as torch.optim.SGD.step does)."""
@@ -149,7 +162,7 @@ class SGD(torch.optim.SGD):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            _, rest = self._native_group(group)
+            rest = self._native_group(group)
             if rest:
                 self._torch_group(group, rest)
         return loss
