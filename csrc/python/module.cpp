@@ -235,6 +235,42 @@ void check_overlap(std::vector<Range>& ranges) {
     }
 }
 
+// The tensors of one call, split by dtype into the kernels' spans, with the memory ranges they
+// read and write (for the overlap check).
+struct Batch {
+    std::vector<minimalsgd::TensorSpan<float>> f32;
+    std::vector<minimalsgd::TensorSpan<double>> f64;
+    std::vector<Range> ranges;
+
+    explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
+
+    // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
+        const std::size_t bytes = size * itemsize(kind);
+        const auto range = [&](const char* p, bool written) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(p);
+            ranges.push_back(Range{lo, lo + bytes, written, i});
+        };
+        range(w, true);
+        range(g, false);
+        if (b != nullptr) {
+            range(b, true);
+        }
+        if (kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b),
+                           size, first});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
+                           reinterpret_cast<double*>(b), size, first});
+        }
+    }
+
+    bool overlaps() {
+        std::size_t a = 0, c = 0;
+        return ranges.size() > 1 && find_overlap(ranges, &a, &c);
+    }
+};
+
 std::vector<PyObject*> items(py::handle seq, const char* what) {
     if (!PyList_Check(seq.ptr()) && !PyTuple_Check(seq.ptr())) {
         throw py::type_error(std::string(what) + " must be a list or tuple of arrays");
@@ -242,6 +278,20 @@ std::vector<PyObject*> items(py::handle seq, const char* what) {
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
     PyObject** it = PySequence_Fast_ITEMS(seq.ptr());
     return std::vector<PyObject*>(it, it + n);
+}
+
+// Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the caller).
+template <class Span32, class Span64>
+void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const minimalsgd::SgdOptions& opts,
+                 double grad_scale) {
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const minimalsgd::Parallel par = parallel();
+    if (!f32.empty()) {
+        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
+    }
+    if (!f64.empty()) {
+        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,14 +342,9 @@ void sgd_step(py::handle values, py::handle grads, py::object momentum_buffers, 
     }
 
     // Check everything before writing anything.
-    std::vector<minimalsgd::TensorSpan<float>> f32;
-    std::vector<minimalsgd::TensorSpan<double>> f64;
-    std::vector<Range> ranges;
+    Batch batch(n);
     std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
     keep.reserve(3 * n);
-    if (check_overlaps) {
-        ranges.reserve(3 * n);
-    }
     for (std::size_t i = 0; i < n; ++i) {
         const View w = view_of(vs[i], "values", i, true);
         const View g = view_of(gs[i], "grads", i, false);
@@ -315,45 +360,17 @@ void sgd_step(py::handle values, py::handle grads, py::object momentum_buffers, 
                                       "] must have the dtype, shape and memory order of values[" + std::to_string(i) +
                                       "]");
             }
+            keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
         }
         keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
         keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
-        if (with_momentum) {
-            keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
-        }
-        const std::size_t bytes = w.size * itemsize(w.kind);
-        if (check_overlaps) {
-            auto add = [&](const View& v, bool written) {
-                const auto lo = reinterpret_cast<std::uintptr_t>(v.data);
-                ranges.push_back(Range{lo, lo + bytes, written, i});
-            };
-            add(w, true);
-            add(g, false);
-            if (with_momentum) {
-                add(b, true);
-            }
-        }
-        if (w.kind == Kind::f32) {
-            f32.push_back({reinterpret_cast<float*>(w.data), reinterpret_cast<const float*>(g.data),
-                           with_momentum ? reinterpret_cast<float*>(b.data) : nullptr, w.size, first[i] != 0});
-        } else {
-            f64.push_back({reinterpret_cast<double*>(w.data), reinterpret_cast<const double*>(g.data),
-                           with_momentum ? reinterpret_cast<double*>(b.data) : nullptr, w.size, first[i] != 0});
-        }
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first[i] != 0, i);
     }
     if (check_overlaps) {
-        check_overlap(ranges);
+        check_overlap(batch.ranges);
     }
-
-    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
-    const minimalsgd::Parallel par = parallel();
     py::gil_scoped_release release;
-    if (!f32.empty()) {
-        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
-    }
-    if (!f64.empty()) {
-        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
-    }
+    run_kernels(batch.f32, batch.f64, opts, grad_scale);
 }
 
 double sum_of_squares(py::handle arrays) {
@@ -424,18 +441,6 @@ bool arrays_of(PyObject* o, std::vector<PyObject*>& out) {
     return false;
 }
 
-template <class Span32, class Span64>
-void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const minimalsgd::SgdOptions& opts,
-                 double grad_scale) {
-    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
-    const minimalsgd::Parallel par = parallel();
-    if (!f32.empty()) {
-        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
-    }
-    if (!f64.empty()) {
-        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
-    }
-}
 
 // The functional step when every input is valid and native: true when done, false (nothing
 // written) when the Python layer must look.
@@ -469,10 +474,7 @@ bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers, py::h
                            static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fs)) != n)) {
         return false;
     }
-    std::vector<minimalsgd::TensorSpan<float>> f32;
-    std::vector<minimalsgd::TensorSpan<double>> f64;
-    std::vector<Range> ranges;
-    ranges.reserve(3 * n);
+    Batch batch(n);
     for (std::size_t i = 0; i < n; ++i) {
         View w{}, g{}, b{};
         if (inspect(vs[i], true, w) != Bad::none || inspect(gs[i], false, g) != Bad::none || !same_layout(w, g)) {
@@ -485,31 +487,14 @@ bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers, py::h
         if (!PyBool_Check(f)) {
             return false;
         }
-        const std::size_t bytes = w.size * itemsize(w.kind);
-        const auto add = [&](const View& v, bool written) {
-            const auto lo = reinterpret_cast<std::uintptr_t>(v.data);
-            ranges.push_back(Range{lo, lo + bytes, written, i});
-        };
-        add(w, true);
-        add(g, false);
-        if (with_momentum) {
-            add(b, true);
-        }
-        if (w.kind == Kind::f32) {
-            f32.push_back({reinterpret_cast<float*>(w.data), reinterpret_cast<const float*>(g.data),
-                           with_momentum ? reinterpret_cast<float*>(b.data) : nullptr, w.size, f == Py_True});
-        } else {
-            f64.push_back({reinterpret_cast<double*>(w.data), reinterpret_cast<const double*>(g.data),
-                           with_momentum ? reinterpret_cast<double*>(b.data) : nullptr, w.size, f == Py_True});
-        }
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, f == Py_True, i);
     }
-    std::size_t a = 0, b = 0;
-    if (ranges.size() > 1 && find_overlap(ranges, &a, &b)) {
+    if (batch.overlaps()) {
         return false;
     }
     // The arrays stay alive while the GIL is released: the caller's arguments reference them.
     py::gil_scoped_release release;
-    run_kernels(f32, f64, opts, scale);
+    run_kernels(batch.f32, batch.f64, opts, scale);
     return true;
 }
 
@@ -539,10 +524,7 @@ bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptrs, py::
         }
         return reinterpret_cast<char*>(static_cast<std::uintptr_t>(v));
     };
-    std::vector<minimalsgd::TensorSpan<float>> f32;
-    std::vector<minimalsgd::TensorSpan<double>> f64;
-    std::vector<Range> ranges;
-    ranges.reserve(3 * n);
+    Batch batch(n);
     for (std::size_t i = 0; i < n; ++i) {
         const auto idx = static_cast<Py_ssize_t>(i);
         const long kind = PyLong_AsLong(PyList_GET_ITEM(kinds.ptr(), idx));
@@ -557,30 +539,13 @@ bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptrs, py::
         if (kind != 0 && kind != 1) {
             throw py::value_error("sgd_step_ptrs: dtype code must be 0 or 1");
         }
-        const std::size_t bytes = size * (kind == 0 ? sizeof(float) : sizeof(double));
-        const auto add = [&](char* p, bool written) {
-            const auto lo = reinterpret_cast<std::uintptr_t>(p);
-            ranges.push_back(Range{lo, lo + bytes, written, i});
-        };
-        add(w, true);
-        add(g, false);
-        if (with_momentum) {
-            add(b, true);
-        }
-        if (kind == 0) {
-            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b), size,
-                           first != 0});
-        } else {
-            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g), reinterpret_cast<double*>(b),
-                           size, first != 0});
-        }
+        batch.add(kind == 0 ? Kind::f32 : Kind::f64, w, g, b, size, first != 0, i);
     }
-    std::size_t a = 0, c = 0;
-    if (ranges.size() > 1 && find_overlap(ranges, &a, &c)) {
+    if (batch.overlaps()) {
         return false;
     }
     py::gil_scoped_release release;
-    run_kernels(f32, f64, opts, grad_scale);
+    run_kernels(batch.f32, batch.f64, opts, grad_scale);
     return true;
 }
 
@@ -607,7 +572,6 @@ class Plan {
         if (py::len(grads) != n || (with_momentum && py::len(buffers) != n)) {
             throw py::value_error("values, grads and buffers must have one length");
         }
-        std::vector<Range> ranges;
         for (std::size_t i = 0; i < n; ++i) {
             Tensor t;
             t.value = values[i];
@@ -628,30 +592,17 @@ class Plan {
             t.kind = w.kind;
             t.value_state = state_of(w);
             t.grad_state = state_of(g);
-            const std::size_t bytes = w.size * itemsize(w.kind);
-            const auto lo = reinterpret_cast<std::uintptr_t>(w.data);
-            ranges.push_back(Range{lo, lo + bytes, true, i});
-            const auto glo = reinterpret_cast<std::uintptr_t>(g.data);
-            ranges.push_back(Range{glo, glo + bytes, false, i});
-            if (with_momentum) {
-                const auto blo = reinterpret_cast<std::uintptr_t>(b.data);
-                ranges.push_back(Range{blo, blo + bytes, true, i});
-            }
+            t.slot = w.kind == Kind::f32 ? batch_.f32.size() : batch_.f64.size();
+            batch_.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, false, i);
             if (w.kind == Kind::f32) {
-                t.slot = f32_.size();
-                f32_.push_back({reinterpret_cast<float*>(w.data), reinterpret_cast<const float*>(g.data),
-                                with_momentum ? reinterpret_cast<float*>(b.data) : nullptr, w.size, false});
                 g32_.push_back({reinterpret_cast<const float*>(g.data), w.size});
             } else {
-                t.slot = f64_.size();
-                f64_.push_back({reinterpret_cast<double*>(w.data), reinterpret_cast<const double*>(g.data),
-                                with_momentum ? reinterpret_cast<double*>(b.data) : nullptr, w.size, false});
                 g64_.push_back({reinterpret_cast<const double*>(g.data), w.size});
             }
             tensors_.push_back(std::move(t));
         }
-        check_overlap(ranges);
-        for (const Range& r : ranges) {
+        check_overlap(batch_.ranges);
+        for (const Range& r : batch_.ranges) {
             if (r.written && r.lo != r.hi) {
                 written_.emplace_back(r.lo, r.hi);
             }
@@ -720,7 +671,7 @@ class Plan {
                 }
             }
             if (status == 1) {
-                run_kernels(f32_, f64_, opts_, scale);
+                run_kernels(batch_.f32, batch_.f64, opts_, scale);
             }
         }
         if (status == 1) {
@@ -750,7 +701,7 @@ class Plan {
         py::object value, grad, buffer;
         ArrayState value_state, grad_state;
         Kind kind;
-        std::size_t slot;  // index in f32_/f64_
+        std::size_t slot;  // index in batch_.f32 / batch_.f64
     };
 
     static constexpr int kStateFlags = kC | kF | kAligned | kWriteable;
@@ -788,10 +739,10 @@ class Plan {
         t.grad = py::reinterpret_borrow<py::object>(grad);
         t.grad_state = state_of(g);
         if (t.kind == Kind::f32) {
-            f32_[t.slot].grad = reinterpret_cast<const float*>(g.data);
+            batch_.f32[t.slot].grad = reinterpret_cast<const float*>(g.data);
             g32_[t.slot].data = reinterpret_cast<const float*>(g.data);
         } else {
-            f64_[t.slot].grad = reinterpret_cast<const double*>(g.data);
+            batch_.f64[t.slot].grad = reinterpret_cast<const double*>(g.data);
             g64_[t.slot].data = reinterpret_cast<const double*>(g.data);
         }
         return true;
@@ -817,8 +768,7 @@ class Plan {
     bool skip_;
     std::vector<Entry> entries_;
     std::vector<Tensor> tensors_;
-    std::vector<minimalsgd::TensorSpan<float>> f32_;
-    std::vector<minimalsgd::TensorSpan<double>> f64_;
+    Batch batch_{0};
     std::vector<minimalsgd::ConstSpan<float>> g32_;
     std::vector<minimalsgd::ConstSpan<double>> g64_;
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;

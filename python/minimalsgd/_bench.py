@@ -27,6 +27,8 @@ from ._config import backend_info
 from .optim import SGD
 
 LR, MOMENTUM, WD, CLIP = 0.01, 0.9, 1e-4, 1.0  # Nesterov on: the issue's configuration
+LIMIT = "limit: plain C stream loop (yardstick)"
+BASELINE = "classic NumPy param-dict (baseline)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,32 +108,6 @@ class Row:
         return None if self.baseline_seconds is None else self.baseline_seconds / self.seconds
 
 
-def median_time(fn: Callable[[], Any], reps: int, budget: float, warmup: int = 2) -> float:
-    """Median seconds of ``fn()`` over up to ``reps`` runs (fewer if they exceed ``budget`` s)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < reps and (len(times) < 3 or time.perf_counter() - start < budget):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def median_time_batched(fn: Callable[[], Any], inner: int, reps: int) -> float:
-    """Median over ``reps`` batches of the seconds per call, for calls too short to time alone."""
-    for _ in range(inner):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t0) / inner)
-    return statistics.median(times)
-
-
 # ---------------------------------------------------------------------------------------------
 # The classic NumPy param-dict SGD: the pure-Python baseline
 
@@ -196,133 +172,161 @@ def _numba_step() -> Callable | None:
 
 
 def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+    """Every row of one case. The yardstick and minimalsgd's rows are timed side by side: each
+    round takes one sample of each in turn, and a row's time is its median over the rounds, so
+    that they see the same drift of a shared machine's memory speed. Peers follow, each alone."""
     core = F._core
     n = case.numel
     itemsize = np.dtype(dtype).itemsize
     bytes_moved = (24 if case.clip else 20) * n * itemsize // 4
     big = n >= (1 << 22)
-    reps = (7 if big else 25) if quick else (15 if big else 60)
-    budget = 2.0 if quick else 6.0
-    rows: list[Row] = []
+    rounds = (7 if big else 25) if quick else (15 if big else 60)
+    budget = 3.0 if quick else 20.0
+    # Calls per sample: many for tiny steps; a few for cache-sized ones. Every sample starts with
+    # one untimed call, so that a cache-sized case is timed warm even though the rows of a round
+    # evict each other's data.
+    inner = (200 if quick else 1000) if case.per_call else (1 if big else 5)
     dname = np.dtype(dtype).name
+    clip = CLIP if case.clip else None
+    samplers: list[tuple[str, Callable[[], float], bool]] = []
 
-    def add(backend: str, seconds: float, **extra: Any) -> None:
-        rows.append(Row(case.name, backend, dname, n, len(case.shapes), seconds, bytes_moved, extra=extra))
+    def python_row(label: str, fn: Callable[[], Any], threads: int | None = None, interleave: bool = False) -> None:
+        def sample() -> float:
+            saved = core.get_num_threads_setting() if threads is not None else None
+            if threads is not None:
+                core.set_num_threads(threads)
+            try:
+                fn()
+                t0 = time.perf_counter()
+                for _ in range(inner):
+                    fn()
+                return (time.perf_counter() - t0) / inner
+            finally:
+                if saved is not None:
+                    core.set_num_threads(saved)
 
-    def timed(fn: Callable[[], Any]) -> float:
-        if case.per_call:
-            return median_time_batched(fn, inner=200 if quick else 1000, reps=reps)
-        return median_time(fn, reps, budget)
+        samplers.append((label, sample, interleave))
 
-    # The yardstick: a plain C streaming loop over one buffer of the same total size, same shape
-    # (3 reads, 2 writes), in C++ with no Python in the loop; the best of 1 thread and all.
+    # The yardstick: a plain C streaming loop of the same shape (3 reads, 2 writes) over one
+    # buffer of the same total size, in C++ with no Python in the loop; the better of 1 thread
+    # and all. With clipping, plus a plain read-only loop (sum of g*g) for the norm pass.
     if core is not None:
-        progress(f"{case.name}: yardstick")
-        # Real data in every buffer: an untouched np.zeros array maps the shared zero page, whose
-        # reads hit the cache and would flatter the limit.
-        w, g, v = (np.full(n, 0.5, dtype) for _ in range(3))
-        inner = max(1, (1 << 22) // n)
-        r = max(reps, 9)
-        best = min(
-            statistics.median(core._time_calls("stream", w, g, v, r, inner, threads=t)) for t in (1, core.get_num_threads())
-        )
-        if case.clip:
-            # The two-pass limit: the stream loop plus a plain read-only loop (the norm pass).
-            best += min(
-                statistics.median(core._time_calls("read", w, g, v, r, inner, threads=t)) for t in (1, core.get_num_threads())
-            )
-        add("limit: plain C stream loop (yardstick)", best)
+        # Real data in every buffer: an untouched np.zeros array maps the shared zero page,
+        # whose reads hit the cache and would flatter the limit.
+        yw, yg, yv = (np.full(n, 0.5, dtype) for _ in range(3))
+        c_inner = max(1, (1 << 22) // n)
+        threads = (1, core.get_num_threads())
+
+        def c_sample(kind: str, t: int) -> float:
+            return core._time_calls(kind, yw, yg, yv, 2, c_inner, threads=t)[1]  # the first batch warms
+
+        def yardstick() -> float:
+            best = min(c_sample("stream", t) for t in threads)
+            if case.clip:
+                best += min(c_sample("read", t) for t in threads)
+            return best
+
+        samplers.append((LIMIT, yardstick, True))
         if case.per_call:
-            bare = statistics.median(core._time_calls("step", w, g, v, r, inner, threads=1))
-            add("minimalsgd bare C++ call (no Python)", bare)
-        del w, g, v
+            samplers.append(("minimalsgd bare C++ call (no Python)", lambda: c_sample("step", 1), True))
 
     values, grads = _make_arrays(case, dtype)
-    clip = CLIP if case.clip else None
-
-    # minimalsgd SGD.step, all threads and one.
     if core is not None:
-        for threads in (0, 1):
-            label = "minimalsgd SGD.step" + (" (1 thread)" if threads == 1 else f" ({core.get_num_threads()} threads)")
-            progress(f"{case.name}: {label}")
-            saved = core.get_num_threads_setting()
-            if threads:
-                core.set_num_threads(1)
-            try:
-                opt = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
-                add(label, timed(opt.step))
-            finally:
-                core.set_num_threads(saved)
+        opt = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
+        python_row(f"minimalsgd SGD.step ({core.get_num_threads()} threads)", opt.step, threads=0, interleave=True)
+        opt1 = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
+        python_row("minimalsgd SGD.step (1 thread)", opt1.step, threads=1, interleave=True)
         if not case.clip and len(case.shapes) == 1:
-            progress(f"{case.name}: minimalsgd sgd_step")
             bufs = [np.zeros_like(values[0])]
-            add(
+            python_row(
                 "minimalsgd sgd_step (functional)",
-                timed(lambda: F.sgd_step(values, grads, bufs, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)),
+                lambda: F.sgd_step(values, grads, bufs, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD),
+                interleave=True,
             )
-
-    progress(f"{case.name}: minimalsgd NumPy backend")
-    opt = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip, backend="numpy")
-    add("minimalsgd NumPy backend", timed(opt.step))
-
-    progress(f"{case.name}: classic NumPy param-dict")
+    opt_np = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip, backend="numpy")
+    python_row("minimalsgd NumPy backend", opt_np.step)
     classic = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
-    t_classic = timed(classic.step)
-    add("classic NumPy param-dict (baseline)", t_classic)
+    python_row(BASELINE, classic.step)
 
     numba_step = _numba_step()
     if numba_step is not None and not case.clip:
-        progress(f"{case.name}: numba")
-        bufs = [np.zeros_like(x) for x in values]
-        flat = [(x.reshape(-1), g.reshape(-1), b.reshape(-1)) for x, g, b in zip(values, grads, bufs)]
+        nbufs = [np.zeros_like(x) for x in values]
+        flat = [(x.reshape(-1), g.reshape(-1), b.reshape(-1)) for x, g, b in zip(values, grads, nbufs)]
         t = dtype.type
 
         def numba_all() -> None:
             for w, g, b in flat:
                 numba_step(w, g, b, t(LR), t(MOMENTUM), t(WD), t(1))
 
-        add("numba parallel loop (one call per tensor)", timed(numba_all))
+        python_row("numba parallel loop (one call per tensor)", numba_all)
 
     torch = _optional("torch")
     if torch is not None:
-        _torch_rows(torch, values, grads, clip, timed, lambda label: progress(f"{case.name}: {label}"), add)
+        for label, fn in _torch_rows(torch, values, grads, clip):
+            python_row(label, fn)
 
-    limit = next((r.seconds for r in rows if r.backend.startswith("limit")), None)
-    for r in rows:
-        r.limit_seconds = limit
-        r.baseline_seconds = t_classic
+    # The yardstick and minimalsgd's rows (one OpenMP runtime) in interleaved rounds; then each
+    # peer in a block of its own rounds, since torch's and numba's thread pools keep spinning on
+    # the cores for a while after each call and would tax whatever ran next. Two warm-up rounds
+    # each (buffers are created, plans built, numba compiled).
+    samples: dict[str, list[float]] = {label: [] for label, _, _ in samplers}
+
+    def run_rounds(group: list[tuple[str, Callable[[], float], bool]], what: str) -> None:
+        start = time.perf_counter()
+        for r in range(rounds + 2):
+            progress(f"{case.name} ({dname}): {what}, round {r + 1}/{rounds + 2}")
+            for label, sample, _ in group:
+                value = sample()
+                if r >= 2:
+                    samples[label].append(value)
+            if r >= 6 and time.perf_counter() - start > budget:
+                break
+
+    run_rounds([x for x in samplers if x[2]], "yardstick and minimalsgd")
+    for x in samplers:
+        if not x[2]:
+            run_rounds([x], x[0])
+    rows = [Row(case.name, label, dname, n, len(case.shapes), statistics.median(samples[label]), bytes_moved) for label, _, _ in samplers]
+    limit = statistics.median(samples[LIMIT]) if LIMIT in samples else None
+    baseline = statistics.median(samples[BASELINE])
+    for row in rows:
+        row.limit_seconds = limit
+        row.baseline_seconds = baseline
+        row.extra["rounds"] = len(samples[row.backend])
     return rows
 
 
-def _torch_rows(torch, values, grads, clip, timed, progress, add) -> None:
+def _torch_rows(torch, values, grads, clip) -> list[tuple[str, Callable[[], Any]]]:
     torch.set_num_threads(max(1, F._core.get_num_threads() if F._core is not None else os.cpu_count() or 1))
-    params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
-    for p, g in zip(params, grads):
-        p.grad = torch.from_numpy(g.copy())
-    variants: list[tuple[str, Callable[[], Any]]] = []
-    for label, kwargs in [("default", {}), ("foreach", {"foreach": True}), ("fused", {"fused": True})]:
-        try:
-            opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kwargs)
-        except Exception:
-            continue
-        variants.append((f"torch.optim.SGD {label}", opt.step))
+    out: list[tuple[str, Callable[[], Any]]] = []
+    classes: list[tuple[str, Any, dict]] = [
+        ("torch.optim.SGD default", torch.optim.SGD, {}),
+        ("torch.optim.SGD foreach", torch.optim.SGD, {"foreach": True}),
+        ("torch.optim.SGD fused", torch.optim.SGD, {"fused": True}),
+    ]
     try:
-        from . import torch as msgd_torch  # the drop-in, when present
+        from . import torch as msgd_torch  # the drop-in
 
-        opt = msgd_torch.SGD(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)
-        variants.append(("minimalsgd.torch.SGD (drop-in)", opt.step))
+        classes.append(("minimalsgd.torch.SGD (drop-in)", msgd_torch.SGD, {}))
     except Exception:
         pass
-    for label, step in variants:
-        if clip is not None:
-            def fn(step=step):
-                torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-                step()
-        else:
-            fn = step
-        progress(label)
-        with torch.no_grad():
-            add(label, timed(fn))
+    for label, cls, kwargs in classes:
+        params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
+        for p, g in zip(params, grads):
+            p.grad = torch.from_numpy(g.copy())
+        try:
+            opt = cls(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kwargs)
+        except Exception:
+            continue
+
+        def fn(opt=opt, params=params) -> None:
+            with torch.no_grad():
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+                opt.step()
+
+        out.append((label, fn))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -128,21 +128,21 @@ def check_tensor(name: str, value: Any, grad: Any, buf: Any, with_buffer: bool) 
         raise TypeError(f"{name}: value must have a floating-point or complex dtype, got {value.dtype}")
     if not value.flags.writeable:
         raise ValueError(f"{name}: value is read-only; the step updates it in place")
-    if not isinstance(grad, np.ndarray):
-        raise TypeError(f"{name}: grad must be a numpy.ndarray, got {type(grad).__name__}")
-    if not _same_dtype(grad.dtype, value.dtype):
-        raise TypeError(f"{name}: grad dtype {grad.dtype} does not match value dtype {value.dtype}")
-    if grad.shape != value.shape:
-        raise ValueError(f"{name}: grad shape {grad.shape} does not match value shape {value.shape}")
+    _check_companion(name, "grad", grad, value, written=False)
     if with_buffer and buf is not None:
-        if not isinstance(buf, np.ndarray):
-            raise TypeError(f"{name}: momentum buffer must be a numpy.ndarray, got {type(buf).__name__}")
-        if not _same_dtype(buf.dtype, value.dtype):
-            raise TypeError(f"{name}: momentum buffer dtype {buf.dtype} does not match value dtype {value.dtype}")
-        if buf.shape != value.shape:
-            raise ValueError(f"{name}: momentum buffer shape {buf.shape} does not match value shape {value.shape}")
-        if not buf.flags.writeable:
-            raise ValueError(f"{name}: momentum buffer is read-only; the step updates it in place")
+        _check_companion(name, "momentum buffer", buf, value, written=True)
+
+
+def _check_companion(name: str, what: str, arr: Any, value: np.ndarray, written: bool) -> None:
+    """The grad or momentum buffer of ``value``: an array of its dtype and shape (writeable if written)."""
+    if not isinstance(arr, np.ndarray):
+        raise TypeError(f"{name}: {what} must be a numpy.ndarray, got {type(arr).__name__}")
+    if not _same_dtype(arr.dtype, value.dtype):
+        raise TypeError(f"{name}: {what} dtype {arr.dtype} does not match value dtype {value.dtype}")
+    if arr.shape != value.shape:
+        raise ValueError(f"{name}: {what} shape {arr.shape} does not match value shape {value.shape}")
+    if written and not arr.flags.writeable:
+        raise ValueError(f"{name}: {what} is read-only; the step updates it in place")
 
 
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.autograd.graph import increment_version as _increment_version
 from torch.optim.sgd import sgd as _torch_sgd
 
 from . import _functional as F
@@ -51,6 +52,48 @@ def _as_float(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
+def _run_native(
+    core: Any,
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    bufs: list[torch.Tensor] | None,
+    firsts: list[bool],
+    hyper: tuple[float, float, float, float, bool, bool, float],
+) -> bool:
+    """One native call over these dense contiguous CPU tensors, in their own memory.
+
+    False (nothing written) when the kernel refuses the options or the tensors overlap.
+    ``_core.sgd_step_ptrs`` takes the tensors' addresses (the cheapest crossing); a build
+    without it gets NumPy views of the same memory (``Tensor.numpy()`` shares it) through
+    ``_core.sgd_step``, which checks the same things and raises before writing.
+    """
+    by_address = getattr(core, "sgd_step_ptrs", None)
+    if by_address is not None:
+        return bool(
+            by_address(
+                [_KIND[p.dtype] for p in params],
+                [p.data_ptr() for p in params],
+                [g.data_ptr() for g in grads],
+                None if bufs is None else [b.data_ptr() for b in bufs],
+                [p.numel() for p in params],
+                firsts,
+                *hyper,
+            )
+        )
+    try:
+        core.sgd_step(
+            [p.detach().numpy() for p in params],
+            [g.detach().numpy() for g in grads],
+            None if bufs is None else [b.numpy() for b in bufs],
+            firsts,
+            *hyper,
+            check_overlap=True,
+        )
+    except ValueError:
+        return False
+    return True
+
+
 class SGD(torch.optim.SGD):
     """``torch.optim.SGD`` with minimalsgd's fused native step (see the module docstring).
 
@@ -63,16 +106,19 @@ class SGD(torch.optim.SGD):
     def _native_group(self, group: dict[str, Any]) -> list[torch.Tensor]:
         """Step the group's native-eligible params in one native call; return the others.
 
-        Per param this checks only cheap tensor facts (dtype, device, layout, contiguity, size)
-        and hands the kernel the tensors' own addresses: no copies, no per-param NumPy views.
+        Per param this checks only cheap tensor facts (dtype, device, layout, contiguity, neg bit,
+        size) and hands the kernel the tensors' own memory: no copies.
         """
-        momentum = group["momentum"]
         core = F._core
-        rest: list[torch.Tensor] = []
         if core is None:
             return [p for p in group["params"] if p.grad is not None]
-        kinds, vptrs, gptrs, bptrs, sizes, firsts = [], [], [], [], [], []
-        keep: list[torch.Tensor] = []  # alive during the call
+        momentum = group["momentum"]
+        with_momentum = momentum != 0
+        rest: list[torch.Tensor] = []
+        params: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        bufs: list[torch.Tensor] = []
+        firsts: list[bool] = []
         new_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         state = self.state
         for p in group["params"]:
@@ -80,11 +126,9 @@ class SGD(torch.optim.SGD):
             if g is None:
                 continue
             dtype = p.dtype
-            kind = _KIND.get(dtype)
             n = p.numel()
             if (
-                kind is None
-                or g.is_sparse
+                dtype not in _KIND
                 or not (p.is_cpu and p.layout is _STRIDED and p.is_contiguous())
                 or p.is_neg()
                 or not (g.dtype is dtype and g.is_cpu and g.layout is _STRIDED and g.is_contiguous())
@@ -94,35 +138,36 @@ class SGD(torch.optim.SGD):
                 rest.append(p)
                 continue
             first = False
-            if momentum != 0:
+            if with_momentum:
                 buf = state[p].get("momentum_buffer")
                 if buf is None:
                     buf = torch.empty_like(p, memory_format=torch.contiguous_format)
                     new_buffers.append((p, buf))
                     first = True
-                elif not _dense_cpu(buf, p.dtype, n):
+                elif not _dense_cpu(buf, dtype, n):
                     rest.append(p)
                     continue
-                bptrs.append(buf.data_ptr())
-                keep.append(buf)
-            kinds.append(kind)
-            vptrs.append(p.data_ptr())
-            gptrs.append(g.data_ptr())
-            sizes.append(n)
+                bufs.append(buf)
+            params.append(p)
+            grads.append(g)
             firsts.append(first)
-            keep.append(g)
-        if kinds:
-            done = core.sgd_step_ptrs(
-                kinds, vptrs, gptrs, bptrs if momentum != 0 else None, sizes, firsts,
+        if params:
+            hyper = (
                 _as_float(group["lr"]), float(momentum), float(group["dampening"]), _as_float(group["weight_decay"]),
                 bool(group["nesterov"]), bool(group["maximize"]), 1.0,
             )
-            if not done:
-                # Options the kernel refuses, or params that share memory (views of one tensor,
-                # which torch steps one after another): torch's own code does the whole group.
+            if not _run_native(core, params, grads, bufs if with_momentum else None, firsts, hyper):
+                # Options the kernel refuses (a scheduler may set any lr), or params that share
+                # memory (views of one tensor, which torch steps one after another): torch's own
+                # code does the whole group. Nothing has been written.
                 return [p for p in group["params"] if p.grad is not None]
             for p, buf in new_buffers:
                 state[p]["momentum_buffer"] = buf
+            # The kernel wrote through raw memory: tell autograd, as torch's in-place ops would,
+            # so that a graph that saved a param before the step refuses to backward through it.
+            _increment_version(params)
+            if with_momentum:
+                _increment_version(bufs)
         return rest
 
     def _torch_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
@@ -141,7 +186,7 @@ class SGD(torch.optim.SGD):
             nesterov=group["nesterov"],
             maximize=group["maximize"],
             has_sparse_grad=any(g.is_sparse for g in grads),
-            foreach=group["foreach"] if not any(g.is_sparse for g in grads) else False,
+            foreach=group["foreach"],
             fused=group["fused"],
             grad_scale=getattr(self, "grad_scale", None),
             found_inf=getattr(self, "found_inf", None),
