@@ -36,7 +36,7 @@ def _close(a, b, dtype):
 
 def _params(dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
-    shapes = [(7, 5), (5,), (3, 4, 2), (), (130,)]
+    shapes = [(7, 5), (5,), (3, 4, 2), (), (130,), (0, 3)]
     return [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
 
 
@@ -94,7 +94,7 @@ def test_step_by_step_parity(dtype, opts, count_native):
     assert count_native == [len(ours)] * 6  # one native call per group per step, every param native
 
 
-def test_native_views_share_the_tensors_memory(monkeypatch):
+def test_native_call_gets_the_tensors_own_memory(monkeypatch):
     p = torch.nn.Parameter(torch.randn(1000))
     p.grad = torch.randn(1000)
     opt = SGD([p], lr=0.1, momentum=0.9)
@@ -307,3 +307,177 @@ def test_differentiable_is_served_by_torch():
         results.append((p.detach().clone(), w0.grad.clone()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
+
+
+def test_mixed_group_sends_only_eligible_params_to_the_kernel(count_native):
+    """One group holding native and fallback params: the native ones in one call, the rest by torch."""
+    gen = torch.Generator().manual_seed(5)
+
+    def make():
+        g = torch.Generator().manual_seed(4)
+        return [
+            torch.nn.Parameter(torch.randn(6, generator=g)),  # native
+            torch.nn.Parameter(torch.randn(6, generator=g).half()),  # fallback: dtype
+            torch.nn.Parameter(torch.randn(4, 3, generator=g, dtype=torch.float64).t()),  # fallback: layout
+            torch.nn.Parameter(torch.randn(3, 3, generator=g, dtype=torch.float64)),  # native
+            torch.nn.Parameter(torch.randn(5, generator=g)),  # fallback: non-contiguous grad
+        ]
+
+    ref, ours = make(), make()
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=0.01)
+    o_ref, o_ours = torch.optim.SGD(ref, **kw), SGD(ours, **kw)
+    for _ in range(4):
+        for a, b in zip(ref, ours):
+            g = torch.randn(a.shape, generator=gen, dtype=a.dtype)
+            a.grad, b.grad = g.clone(), g.clone()
+        ref[4].grad = ours[4].grad = torch.randn(10, generator=gen)[::2]
+        assert not ours[4].grad.is_contiguous()
+        o_ref.step()
+        o_ours.step()
+        for i, (a, b) in enumerate(zip(ref, ours)):
+            if i in (0, 3):
+                _close(b.detach(), a.detach(), a.dtype)
+            else:
+                assert torch.equal(a, b)  # torch's own code stepped it
+    assert count_native == [2] * 4
+
+
+def test_negative_bit_grad_is_read_through_torch(count_native):
+    """A contiguous float32 tensor whose memory holds the negated values (torch's neg bit)."""
+    z = torch.randn(1, dtype=torch.complex64).conj()
+    grad = z.imag
+    assert grad.is_neg() and grad.is_contiguous() and grad.dtype == torch.float32
+    a, b = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    a.grad, b.grad = grad, grad
+    torch.optim.SGD([a], lr=0.5).step()
+    SGD([b], lr=0.5).step()
+    assert torch.equal(a, b)
+    torch.testing.assert_close(b.detach(), 1.0 - 0.5 * z.imag.clone().resolve_neg())
+    # The same for a param that is such a view (the step writes through it).
+    zs = [torch.full((1,), 1 + 2j, dtype=torch.complex64).conj() for _ in range(2)]
+    ps = [torch.nn.Parameter(z.imag) for z in zs]
+    assert all(p.is_neg() for p in ps)
+    for p in ps:
+        p.grad = torch.ones(1)
+    torch.optim.SGD(ps[:1], lr=0.5).step()
+    SGD(ps[1:], lr=0.5).step()
+    assert torch.equal(zs[0], zs[1]) and torch.equal(ps[0], ps[1])
+    torch.testing.assert_close(ps[1].detach().resolve_neg(), torch.tensor([-2.5]))
+    assert count_native == []
+
+
+def test_lr_tensor_and_options_the_kernel_refuses_follow_torch(count_native):
+    """lr may be a Tensor; a scheduler or a user may set values torch's constructor would refuse."""
+    ref = [torch.nn.Parameter(t.clone()) for t in _params(torch.float64)]
+    ours = [torch.nn.Parameter(t.clone()) for t in _params(torch.float64)]
+    o_ref = torch.optim.SGD(ref, lr=torch.tensor(0.05), momentum=0.9)
+    o_ours = SGD(ours, lr=torch.tensor(0.05), momentum=0.9)
+    _run_steps(ref, o_ref, 2, seed=11)
+    _run_steps(ours, o_ours, 2, seed=11)
+    assert count_native == [len(ours)] * 2
+    for o in (o_ref, o_ours):
+        o.param_groups[0]["lr"] = -0.05  # the kernel refuses it: torch's code runs the group
+    _run_steps(ref, o_ref, 2, seed=12)
+    _run_steps(ours, o_ours, 2, seed=12)
+    assert count_native == [len(ours)] * 4  # tried, refused with nothing written
+    for a, b in zip(ref, ours):
+        _close(b.detach(), a.detach(), torch.float64)
+        _close(o_ours.state[b]["momentum_buffer"], o_ref.state[a]["momentum_buffer"], torch.float64)
+
+
+def test_non_contiguous_loaded_buffer_falls_back(count_native):
+    ref = [torch.nn.Parameter(torch.randn(4, 4, dtype=torch.float64))]
+    o_ref = torch.optim.SGD(ref, lr=0.1, momentum=0.9)
+    _run_steps(ref, o_ref, 1, seed=1)
+    ours = [torch.nn.Parameter(ref[0].detach().clone())]
+    o_ours = SGD(ours, lr=0.1, momentum=0.9)
+    sd = copy.deepcopy(o_ref.state_dict())
+    sd["state"][0]["momentum_buffer"] = sd["state"][0]["momentum_buffer"].t().contiguous().t()
+    o_ours.load_state_dict(copy.deepcopy(sd))
+    o_ref.load_state_dict(sd)
+    assert not o_ours.state[ours[0]]["momentum_buffer"].is_contiguous()
+    _run_steps(ref, o_ref, 3, seed=2)
+    _run_steps(ours, o_ours, 3, seed=2)
+    assert count_native == []
+    assert torch.equal(ref[0], ours[0])
+
+
+@pytest.mark.parametrize("flag", [{"foreach": True}, {"foreach": False}, {"fused": True}])
+def test_foreach_and_fused_flags_are_accepted(flag, count_native):
+    """They choose torch's implementation for fallback params; native params take the kernel."""
+    ref = [torch.nn.Parameter(t.clone()) for t in _params(torch.float32)]
+    ours = [torch.nn.Parameter(t.clone()) for t in _params(torch.float32)]
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, **flag)
+    o_ref, o_ours = torch.optim.SGD(ref, **kw), SGD(ours, **kw)
+    assert o_ours.defaults == o_ref.defaults
+    _run_steps(ref, o_ref, 3, seed=4)
+    _run_steps(ours, o_ours, 3, seed=4)
+    for a, b in zip(ref, ours):
+        _close(b.detach(), a.detach(), torch.float32)
+    assert count_native == [len(ours)] * 3
+
+
+def test_autograd_sees_the_in_place_update_like_torch():
+    """A graph that saved a param before the step refuses to backward after it, as with torch."""
+    for cls in (torch.optim.SGD, SGD):
+        w = torch.nn.Parameter(torch.randn(3))
+        loss = (w * w).sum()  # saves w
+        w.grad = torch.ones(3)
+        version = w._version
+        cls([w], lr=0.1).step()
+        assert w._version > version
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+def test_step_hooks_fire_and_schedulers_see_the_step(recwarn):
+    p = torch.nn.Parameter(torch.randn(3))
+    p.grad = torch.ones(3)
+    opt = SGD([p], lr=0.1)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: seen.append("post"))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    opt.step()
+    sched.step()
+    assert seen == ["pre", "post"]
+    assert opt.param_groups[0]["lr"] == 0.05
+    assert not [w for w in recwarn if "lr_scheduler" in str(w.message)]
+
+
+@pytest.mark.parametrize("opts", [OPTIONS[0], OPTIONS[-1]], ids=["plain", "momentum-all"])
+def test_numpy_view_route_without_the_address_entry(opts, monkeypatch):
+    """A _core without sgd_step_ptrs: NumPy views of the tensors' memory go to _core.sgd_step."""
+    monkeypatch.delattr(F._core, "sgd_step_ptrs")
+    calls = []
+    real = F._core.sgd_step
+
+    def spy(values, grads, bufs, *args, **kwargs):
+        calls.append([(v.ctypes.data, g.ctypes.data, None if bufs is None else bufs[i].ctypes.data)
+                      for i, (v, g) in enumerate(zip(values, grads))])
+        return real(values, grads, bufs, *args, **kwargs)
+
+    monkeypatch.setattr(F._core, "sgd_step", spy)
+    dtype = torch.float64
+    ref = [torch.nn.Parameter(t.clone()) for t in _params(dtype)]
+    ours = [torch.nn.Parameter(t.clone()) for t in _params(dtype)]
+    o_ref, o_ours = torch.optim.SGD(ref, lr=0.05, **opts), SGD(ours, lr=0.05, **opts)
+    _run_steps(ref, o_ref, 3, seed=9)
+    _run_steps(ours, o_ours, 3, seed=9)
+    for a, b in zip(ref, ours):
+        _close(b.detach(), a.detach(), dtype)
+    assert len(calls) == 3 and all(len(c) == len(ours) for c in calls)
+    for (vp, gp, bp), p in zip(calls[-1], ours):
+        if p.numel():  # an empty tensor has no memory to share
+            assert vp == p.data_ptr()
+            if bp is not None:
+                assert bp == o_ours.state[p]["momentum_buffer"].data_ptr()
+    # Views of one tensor: _core.sgd_step refuses them, nothing written, torch's code runs.
+    base_ref, base_ours = torch.zeros(10, dtype=dtype), torch.zeros(10, dtype=dtype)
+    v_ref = [torch.nn.Parameter(base_ref[:6]), torch.nn.Parameter(base_ref[4:])]
+    v_ours = [torch.nn.Parameter(base_ours[:6]), torch.nn.Parameter(base_ours[4:])]
+    for p in v_ref + v_ours:
+        p.grad = torch.ones_like(p)
+    torch.optim.SGD(v_ref, lr=0.1).step()
+    SGD(v_ours, lr=0.1).step()
+    assert torch.equal(base_ref, base_ours)

@@ -12,8 +12,10 @@ scheduler work unchanged, and checkpoints move between the two in both direction
 ``step()`` differs: per param group, every CPU float32/float64 parameter whose param, grad and
 momentum buffer are dense and contiguous goes to the native multi-tensor kernel in one call,
 in the tensors' own memory (no copies). Everything else — other devices,
-half precision, sparse grads, non-contiguous layouts, ``differentiable=True``, AMP grad scaling —
-goes through torch's own SGD code, with torch's results and no error.
+half precision, complex, sparse grads, non-contiguous layouts, negative-bit views, views that
+share memory, ``differentiable=True``, AMP grad scaling, hyperparameters the kernel refuses (a
+negative lr set by hand) — goes through torch's own SGD code, with torch's results and no error.
+The native step bumps the params' autograd version counters as torch's in-place ops do.
 
 Importing :mod:`minimalsgd` never imports torch; this module does.
 """
@@ -100,7 +102,8 @@ class SGD(torch.optim.SGD):
     The arguments are torch's: ``params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
     nesterov=False, *, maximize=False, foreach=None, differentiable=False, fused=None``.
     ``foreach`` and ``fused`` choose torch's implementation for the params that fall back to
-    torch; the native params always take the fused native kernel.
+    torch; the native params always take the fused native kernel. ``differentiable=True``
+    (autograd through the step) hands the whole step to torch.
     """
 
     def _native_group(self, group: dict[str, Any]) -> list[torch.Tensor]:
