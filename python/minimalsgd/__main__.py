@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", choices=["config", "bench"], help="config: print backend_info()")
     parser.add_argument("--version", action="store_true", help="print the version")
     parser.add_argument("--includedir", action="store_true", help="print the directory of the C++ headers")
+    parser.add_argument("--includes", action="store_true", help="print the -I flag for the C++ headers")
     parser.add_argument("--cmakedir", action="store_true", help="print the directory of minimalsgdConfig.cmake")
     args = parser.parse_args(argv)
 
@@ -28,9 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         from ._version import __version__
 
         print(__version__)
-    if args.includedir or args.cmakedir:
+    if args.includedir or args.includes or args.cmakedir:
         from . import _paths
 
+        if args.includes:
+            print(f"-I{_paths.get_include()}")
         if args.includedir:
             print(_paths.get_include())
         if args.cmakedir:
@@ -39,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         from ._config import show_config
 
         show_config()
-    if not (args.version or args.includedir or args.cmakedir or args.command):
+    if not (args.version or args.includedir or args.includes or args.cmakedir or args.command):
         parser.print_help()
     return 0
 
