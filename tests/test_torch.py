@@ -106,9 +106,11 @@ def test_native_call_gets_the_tensors_own_memory(monkeypatch):
         return real(kinds, vptrs, gptrs, bptrs, *args, **kwargs)
 
     monkeypatch.setattr(F._core, "sgd_step_ptrs", spy)
+    assert torch.is_grad_enabled()
     opt.step()
     buf = opt.state[p]["momentum_buffer"]
     assert seen["ptrs"] == (p.data_ptr(), p.grad.data_ptr(), buf.data_ptr())
+    assert not buf.requires_grad and buf.grad_fn is None and p.grad_fn is None  # as torch's buffer
 
 
 class _Net(torch.nn.Module):
@@ -481,3 +483,17 @@ def test_numpy_view_route_without_the_address_entry(opts, monkeypatch):
     torch.optim.SGD(v_ref, lr=0.1).step()
     SGD(v_ours, lr=0.1).step()
     assert torch.equal(base_ref, base_ours)
+
+
+def test_other_devices_go_to_torch(count_native):
+    """No GPU here: the meta device stands in for one (torch's code runs on it, the kernel is not asked)."""
+    for momentum in (0.0, 0.9):
+        p = torch.nn.Parameter(torch.empty(4, device="meta"))
+        p.grad = torch.empty(4, device="meta")
+        opt = SGD([p], lr=0.1, momentum=momentum)
+        opt.step()
+        opt.step()
+        assert p.device.type == "meta"
+        if momentum:
+            assert opt.state[p]["momentum_buffer"].device.type == "meta"
+    assert count_native == []

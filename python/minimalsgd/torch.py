@@ -54,7 +54,7 @@ def _as_float(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
 
 
-def _run_native(
+def _run_views(
     core: Any,
     params: list[torch.Tensor],
     grads: list[torch.Tensor],
@@ -62,26 +62,9 @@ def _run_native(
     firsts: list[bool],
     hyper: tuple[float, float, float, float, bool, bool, float],
 ) -> bool:
-    """One native call over these dense contiguous CPU tensors, in their own memory.
-
-    False (nothing written) when the kernel refuses the options or the tensors overlap.
-    ``_core.sgd_step_ptrs`` takes the tensors' addresses (the cheapest crossing); a build
-    without it gets NumPy views of the same memory (``Tensor.numpy()`` shares it) through
-    ``_core.sgd_step``, which checks the same things and raises before writing.
-    """
-    by_address = getattr(core, "sgd_step_ptrs", None)
-    if by_address is not None:
-        return bool(
-            by_address(
-                [_KIND[p.dtype] for p in params],
-                [p.data_ptr() for p in params],
-                [g.data_ptr() for g in grads],
-                None if bufs is None else [b.data_ptr() for b in bufs],
-                [p.numel() for p in params],
-                firsts,
-                *hyper,
-            )
-        )
+    """The native call for a ``_core`` without ``sgd_step_ptrs``: NumPy views of the tensors' own
+    memory (``Tensor.numpy()`` shares it) through ``_core.sgd_step``, which checks the options and
+    overlaps and raises before writing anything. False when it refused (nothing written)."""
     try:
         core.sgd_step(
             [p.detach().numpy() for p in params],
@@ -94,6 +77,11 @@ def _run_native(
     except ValueError:
         return False
     return True
+
+
+# Tells autograd about writes it did not see (torch.autograd.graph.increment_version, minus its
+# Python wrapper where torch has the C entry).
+_bump_versions = getattr(torch._C, "_increment_version", _increment_version)
 
 
 class SGD(torch.optim.SGD):
@@ -115,6 +103,7 @@ class SGD(torch.optim.SGD):
         core = F._core
         if core is None:
             return [p for p in group["params"] if p.grad is not None]
+        by_address = getattr(core, "sgd_step_ptrs", None)
         momentum = group["momentum"]
         with_momentum = momentum != 0
         rest: list[torch.Tensor] = []
@@ -122,6 +111,11 @@ class SGD(torch.optim.SGD):
         grads: list[torch.Tensor] = []
         bufs: list[torch.Tensor] = []
         firsts: list[bool] = []
+        kinds: list[int] = []
+        vptrs: list[int] = []
+        gptrs: list[int] = []
+        bptrs: list[int] = []
+        sizes: list[int] = []
         new_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         state = self.state
         for p in group["params"]:
@@ -129,9 +123,10 @@ class SGD(torch.optim.SGD):
             if g is None:
                 continue
             dtype = p.dtype
+            kind = _KIND.get(dtype)
             n = p.numel()
             if (
-                dtype not in _KIND
+                kind is None
                 or not (p.is_cpu and p.layout is _STRIDED and p.is_contiguous())
                 or p.is_neg()
                 or not (g.dtype is dtype and g.is_cpu and g.layout is _STRIDED and g.is_contiguous())
@@ -151,15 +146,25 @@ class SGD(torch.optim.SGD):
                     rest.append(p)
                     continue
                 bufs.append(buf)
+                bptrs.append(buf.data_ptr())
             params.append(p)
             grads.append(g)
             firsts.append(first)
+            kinds.append(kind)
+            vptrs.append(p.data_ptr())
+            gptrs.append(g.data_ptr())
+            sizes.append(n)
         if params:
             hyper = (
                 _as_float(group["lr"]), float(momentum), float(group["dampening"]), _as_float(group["weight_decay"]),
                 bool(group["nesterov"]), bool(group["maximize"]), 1.0,
             )
-            if not _run_native(core, params, grads, bufs if with_momentum else None, firsts, hyper):
+            if by_address is not None:
+                # The tensors (and so their memory) stay alive in `params`, `grads` and `bufs`.
+                done = by_address(kinds, vptrs, gptrs, bptrs if with_momentum else None, sizes, firsts, *hyper)
+            else:
+                done = _run_views(core, params, grads, bufs if with_momentum else None, firsts, hyper)
+            if not done:
                 # Options the kernel refuses (a scheduler may set any lr), or params that share
                 # memory (views of one tensor, which torch steps one after another): torch's own
                 # code does the whole group. Nothing has been written.
@@ -168,9 +173,7 @@ class SGD(torch.optim.SGD):
                 state[p]["momentum_buffer"] = buf
             # The kernel wrote through raw memory: tell autograd, as torch's in-place ops would,
             # so that a graph that saved a param before the step refuses to backward through it.
-            _increment_version(params)
-            if with_momentum:
-                _increment_version(bufs)
+            _bump_versions(params + bufs if with_momentum else params)
         return rest
 
     def _torch_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
@@ -198,7 +201,6 @@ class SGD(torch.optim.SGD):
             for p, buf in zip(params, bufs):
                 self.state[p]["momentum_buffer"] = buf
 
-    @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """Perform a single optimization step (``closure`` re-evaluates the model and returns the loss)."""
         if any(g["differentiable"] for g in self.param_groups) or getattr(self, "grad_scale", None) is not None:
@@ -209,8 +211,11 @@ class SGD(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # The native kernel writes raw memory that autograd never sees, so only torch's code
+        # needs no_grad (entering it costs more than a small native step).
         for group in self.param_groups:
             rest = self._native_group(group)
             if rest:
-                self._torch_group(group, rest)
+                with torch.no_grad():
+                    self._torch_group(group, rest)
         return loss
