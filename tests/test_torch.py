@@ -17,7 +17,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import minimalsgd  # noqa: E402
 import minimalsgd._functional as F  # noqa: E402
 from minimalsgd.torch import SGD  # noqa: E402
 
