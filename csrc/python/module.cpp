@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -48,7 +49,8 @@ std::atomic<int> g_isa{static_cast<int>(Isa::baseline)};
 std::atomic<int> g_num_threads{0};      // 0: follow omp_get_max_threads() of the calling thread
 std::atomic<std::size_t> g_grain{minimalsgd::Parallel().grain};
 
-void set_isa(const std::string& name) {
+void set_isa(std::string name) {
+    std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     Isa isa;
     if (!minimalsgd::parse_isa(name.c_str(), &isa)) {
         throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512', got '" + name + "'");
@@ -565,7 +567,7 @@ class Plan {
             throw py::value_error("keys, inners and index must have one length");
         }
         for (std::size_t e = 0; e < n_entries; ++e) {
-            entries_.push_back({keys[e], inners[e], index[e].cast<long>()});
+            entries_.push_back({keys[e], inners[e], index[e].cast<long>(), {}, {}});
         }
         const std::size_t n = py::len(values);
         const bool with_momentum = momentum != 0;
@@ -620,14 +622,11 @@ class Plan {
         PyObject *key = nullptr, *inner = nullptr;
         std::size_t e = 0;
         while (PyDict_Next(d, &pos, &key, &inner)) {
-            const Entry& en = entries_[e++];
+            Entry& en = entries_[e++];
             if (key != en.key.ptr() || inner != en.inner.ptr() || !PyDict_CheckExact(inner)) {
                 return 0;
             }
-            PyObject* grad = PyDict_GetItemWithError(inner, g_str_grad);
-            if (grad == nullptr && PyErr_Occurred()) {
-                throw py::error_already_set();
-            }
+            PyObject* grad = lookup(inner, en.grad_slot, g_str_grad);
             if (en.index < 0) {
                 if (grad != nullptr && grad != Py_None) {
                     return 0;
@@ -635,7 +634,7 @@ class Plan {
                 continue;
             }
             Tensor& t = tensors_[static_cast<std::size_t>(en.index)];
-            PyObject* value = PyDict_GetItemWithError(inner, g_str_value);
+            PyObject* value = lookup(inner, en.value_slot, g_str_value);
             if (value != t.value.ptr() || !unchanged(value, t.value_state)) {
                 return 0;
             }
@@ -688,14 +687,25 @@ class Plan {
     double last_norm() const { return last_norm_; }
 
   private:
+    // What unchanged() compares: the data pointer, the layout flags and the shape (inline up to
+    // 4 dimensions: no pointer to chase, no memcmp call).
     struct ArrayState {
         char* data;
         int flags;
-        std::vector<Py_ssize_t> shape;
+        int nd;
+        Py_ssize_t dims[4];
+        std::vector<Py_ssize_t> more;  // the shape when nd > 4
+    };
+    // Where a key sat in an inner dict when last found: its position for PyDict_Next, and the key
+    // object itself (an exact str, kept alive here).
+    struct Slot {
+        Py_ssize_t pos = -1;
+        py::object key;
     };
     struct Entry {
         py::object key, inner;
         long index;  // the tensor, or -1 for an entry without a grad
+        Slot value_slot{}, grad_slot{};
     };
     struct Tensor {
         py::object value, grad, buffer;
@@ -707,14 +717,60 @@ class Plan {
     static constexpr int kStateFlags = kC | kF | kAligned | kWriteable;
 
     static ArrayState state_of(const View& v) {
-        return {v.data, v.flags & kStateFlags, std::vector<Py_ssize_t>(v.shape, v.shape + v.ndim)};
+        ArrayState s{v.data, v.flags & kStateFlags, v.ndim, {}, {}};
+        if (v.ndim <= 4) {
+            std::copy(v.shape, v.shape + v.ndim, s.dims);
+        } else {
+            s.more.assign(v.shape, v.shape + v.ndim);
+        }
+        return s;
     }
 
     static bool unchanged(PyObject* obj, const ArrayState& s) {
         auto* a = py::detail::array_proxy(obj);
+        if (a->data != s.data || (a->flags & kStateFlags) != s.flags || a->nd != s.nd) {
+            return false;
+        }
         const auto* dims = reinterpret_cast<const Py_ssize_t*>(a->dimensions);
-        return a->data == s.data && (a->flags & kStateFlags) == s.flags &&
-               static_cast<std::size_t>(a->nd) == s.shape.size() && std::equal(s.shape.begin(), s.shape.end(), dims);
+        const Py_ssize_t* want = s.nd <= 4 ? s.dims : s.more.data();
+        for (int k = 0; k < s.nd; ++k) {
+            if (dims[k] != want[k]) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    // inner[name], borrowed (null when absent). Fast through the remembered slot: PyDict_Next
+    // from a position yields the live entry at or after it, and when that entry's key is the very
+    // key object remembered there, its value is inner[name] (keys are unique), whatever the dict
+    // did in between. Otherwise an ordinary lookup, and the slot is found again.
+    static PyObject* lookup(PyObject* inner, Slot& s, PyObject* name) {
+        if (s.pos >= 0) {
+            Py_ssize_t p = s.pos;
+            PyObject *k = nullptr, *v = nullptr;
+            if (PyDict_Next(inner, &p, &k, &v) && k == s.key.ptr()) {
+                return v;
+            }
+        }
+        s.pos = -1;
+        PyObject* found = PyDict_GetItemWithError(inner, name);
+        if (found == nullptr) {
+            if (PyErr_Occurred()) {
+                throw py::error_already_set();
+            }
+            return nullptr;
+        }
+        Py_ssize_t p = 0;
+        PyObject *k = nullptr, *v = nullptr;
+        while (PyDict_Next(inner, &p, &k, &v)) {
+            if (v == found && PyUnicode_CheckExact(k) && (k == name || PyUnicode_Compare(k, name) == 0)) {
+                s.pos = p - 1;
+                s.key = py::reinterpret_borrow<py::object>(k);
+                break;
+            }
+        }
+        return found;
     }
 
     // A grad the user replaced: take it if it can be walked like the value and overlaps nothing
@@ -855,10 +911,19 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #if defined(_OPENMP)
     g_default_threads = omp_get_max_threads();
 #endif
+    // A bad MINIMALSGD_ISA warns and keeps the best kernels: failing the import instead would
+    // silently put the whole package on the NumPy backend.
     g_isa = static_cast<int>(minimalsgd::best_isa());
     if (const char* env = std::getenv("MINIMALSGD_ISA")) {
         if (*env != '\0') {
-            set_isa(env);
+            try {
+                set_isa(env);
+            } catch (const py::value_error& e) {
+                const std::string msg = std::string("MINIMALSGD_ISA ignored: ") + e.what() + "; using '" + get_isa() + "'";
+                if (PyErr_WarnEx(PyExc_RuntimeWarning, msg.c_str(), 1) < 0) {
+                    throw py::error_already_set();
+                }
+            }
         }
     }
 
