@@ -28,8 +28,11 @@ inline std::vector<double> time_calls(const std::string& kind, py::handle w_obj,
     if (!same_layout(w, g) || !same_layout(w, v)) {
         throw py::value_error("w, g and v must have one dtype, shape and memory order");
     }
-    if (kind != "stream" && kind != "step" && kind != "read") {
-        throw py::value_error("kind must be 'stream', 'read' or 'step'");
+    if (kind != "stream" && kind != "step" && kind != "read" && kind != "step_sr") {
+        throw py::value_error("kind must be 'stream', 'read', 'step' or 'step_sr'");
+    }
+    if (is_half(w.kind) && kind == "read") {
+        throw py::value_error("kind 'read' is for float32/float64");
     }
     if (reps < 1 || inner < 1) {
         throw py::value_error("reps and inner must be >= 1");
@@ -37,14 +40,40 @@ inline std::vector<double> time_calls(const std::string& kind, py::handle w_obj,
     const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
     minimalsgd::Parallel par = parallel();
     par.num_threads = threads > 0 ? threads : par.num_threads;
-    const minimalsgd::SgdOptions opts{0.01, 0.9, 0.0, 1e-4, true, false};
+    minimalsgd::SgdOptions opts{0.01, 0.9, 0.0, 1e-4, true, false};
+    opts.stochastic_rounding = kind == "step_sr";
+    opts.seed = 1;
     std::vector<double> out;
     volatile double sink = 0;  // keeps the read loop's result alive
     py::gil_scoped_release release;
     for (int r = 0; r < reps; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
         for (int j = 0; j < inner; ++j) {
-            if (w.kind == Kind::f32) {
+            if (w.kind == Kind::bf16 || w.kind == Kind::f16) {
+                if (w.kind == Kind::bf16) {
+                    using S = minimalsgd::bfloat16_t;
+                    auto* pw = reinterpret_cast<S*>(w.data);
+                    auto* pg = reinterpret_cast<const S*>(g.data);
+                    auto* pv = reinterpret_cast<S*>(v.data);
+                    if (kind == "stream") {
+                        k.stream_bf16(pw, pg, pv, w.size, par.num_threads);
+                    } else {
+                        const minimalsgd::TensorSpan<S> span{pw, pg, pv, w.size, false};
+                        k.step_bf16(&span, 1, &opts, 1, 1.0f, par);
+                    }
+                } else {
+                    using S = minimalsgd::float16_t;
+                    auto* pw = reinterpret_cast<S*>(w.data);
+                    auto* pg = reinterpret_cast<const S*>(g.data);
+                    auto* pv = reinterpret_cast<S*>(v.data);
+                    if (kind == "stream") {
+                        k.stream_f16(pw, pg, pv, w.size, par.num_threads);
+                    } else {
+                        const minimalsgd::TensorSpan<S> span{pw, pg, pv, w.size, false};
+                        k.step_f16(&span, 1, &opts, 1, 1.0f, par);
+                    }
+                }
+            } else if (w.kind == Kind::f32) {
                 auto* pw = reinterpret_cast<float*>(w.data);
                 auto* pg = reinterpret_cast<const float*>(g.data);
                 auto* pv = reinterpret_cast<float*>(v.data);

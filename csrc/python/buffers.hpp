@@ -21,7 +21,13 @@ namespace minimalsgd_python {
 // ---------------------------------------------------------------------------------------------
 // Buffer checks: read the array struct directly (no temporaries, no conversion).
 
-enum class Kind { f32, f64 };
+enum class Kind { f32, f64, bf16, f16 };
+
+// NumPy's type number of ml_dtypes.bfloat16 (a user dtype: known once ml_dtypes is imported), or
+// -1 when ml_dtypes is not available.
+inline int g_bf16_type_num = -1;
+
+inline bool is_half(Kind k) { return k == Kind::bf16 || k == Kind::f16; }
 
 struct View {
     PyObject* obj;
@@ -64,6 +70,10 @@ inline Bad inspect(PyObject* obj, bool writeable, View& v) {
         v.kind = Kind::f32;
     } else if (d->type_num == py::detail::npy_api::NPY_DOUBLE_ && native_order) {
         v.kind = Kind::f64;
+    } else if (d->type_num == 23 /* NPY_HALF */ && native_order) {
+        v.kind = Kind::f16;
+    } else if (d->type_num == g_bf16_type_num && g_bf16_type_num >= 0 && native_order) {
+        v.kind = Kind::bf16;
     } else {
         return Bad::dtype;
     }
@@ -92,7 +102,8 @@ inline View view_of(PyObject* obj, const char* what, std::size_t i, bool writeab
         case Bad::type:
             throw py::type_error(where(what, i) + " must be a numpy.ndarray, got " + std::string(Py_TYPE(obj)->tp_name));
         case Bad::dtype:
-            throw py::type_error(where(what, i) + " must be float32 or float64 in native byte order for the native backend");
+            throw py::type_error(where(what, i) +
+                                 " must be float32, float64, float16 or bfloat16 in native byte order for the native backend");
         case Bad::layout:
             throw py::value_error(where(what, i) + " must be C- or F-contiguous for the native backend");
         case Bad::aligned:
@@ -103,15 +114,32 @@ inline View view_of(PyObject* obj, const char* what, std::size_t i, bool writeab
     throw py::value_error(where(what, i) + " cannot be used");
 }
 
-inline bool same_layout(const View& a, const View& b) {
-    if (a.kind != b.kind || a.ndim != b.ndim || !std::equal(a.shape, a.shape + a.ndim, b.shape)) {
+// Same shape and memory order (element i is the same logical element in both), any dtype.
+inline bool same_order(const View& a, const View& b) {
+    if (a.ndim != b.ndim || !std::equal(a.shape, a.shape + a.ndim, b.shape)) {
         return false;
     }
     // Both C-contiguous or both F-contiguous: then element i is the same logical element in both.
     return ((a.flags & kC) && (b.flags & kC)) || ((a.flags & kF) && (b.flags & kF));
 }
 
-inline std::size_t itemsize(Kind k) { return k == Kind::f32 ? sizeof(float) : sizeof(double); }
+inline bool same_layout(const View& a, const View& b) { return a.kind == b.kind && same_order(a, b); }
+
+// The momentum buffer of value `w`: its dtype, or float32 for a 16-bit value.
+inline bool buffer_fits(const View& w, const View& b) {
+    return same_order(w, b) && (b.kind == w.kind || (is_half(w.kind) && b.kind == Kind::f32));
+}
+
+inline std::size_t itemsize(Kind k) {
+    switch (k) {
+        case Kind::f32:
+            return sizeof(float);
+        case Kind::f64:
+            return sizeof(double);
+        default:
+            return 2;
+    }
+}
 
 struct Range {
     std::uintptr_t lo, hi;  // [lo, hi)
@@ -161,31 +189,102 @@ inline void check_overlap(std::vector<Range>& ranges) {
 // The tensors of one call, split by dtype into the kernels' spans, with the memory ranges they
 // read and write (for the overlap check).
 struct Batch {
+    using bf16 = minimalsgd::bfloat16_t;
+    using f16 = minimalsgd::float16_t;
     std::vector<minimalsgd::TensorSpan<float>> f32;
     std::vector<minimalsgd::TensorSpan<double>> f64;
+    std::vector<minimalsgd::TensorSpan<bf16>> bf16s;
+    std::vector<minimalsgd::TensorSpan<bf16, float>> bf16_f32;
+    std::vector<minimalsgd::TensorSpan<f16>> f16s;
+    std::vector<minimalsgd::TensorSpan<f16, float>> f16_f32;
     std::vector<Range> ranges;
 
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
-    // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
-    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
-        const std::size_t bytes = size * itemsize(kind);
-        const auto range = [&](const char* p, bool written) {
+    // Tensor `i`: `size` elements of `kind` at w and g, and of `bkind` at b (null without
+    // momentum; bkind is kind, or f32 for a 16-bit kind). `key`: its stochastic-rounding key.
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
+             Kind bkind, std::uint64_t key) {
+        const auto range = [&](const char* p, bool written, Kind k) {
             const auto lo = reinterpret_cast<std::uintptr_t>(p);
-            ranges.push_back(Range{lo, lo + bytes, written, i});
+            ranges.push_back(Range{lo, lo + size * itemsize(k), written, i});
         };
-        range(w, true);
-        range(g, false);
+        range(w, true, kind);
+        range(g, false, kind);
         if (b != nullptr) {
-            range(b, true);
+            range(b, true, bkind);
         }
-        if (kind == Kind::f32) {
-            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b),
-                           size, first});
-        } else {
-            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                           reinterpret_cast<double*>(b), size, first});
+        switch (kind) {
+            case Kind::f32:
+                f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g),
+                               reinterpret_cast<float*>(b), size, first, 0, key});
+                break;
+            case Kind::f64:
+                f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
+                               reinterpret_cast<double*>(b), size, first, 0, key});
+                break;
+            case Kind::bf16:
+                if (b != nullptr && bkind == Kind::f32) {
+                    bf16_f32.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
+                                        reinterpret_cast<float*>(b), size, first, 0, key});
+                } else {
+                    bf16s.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
+                                     reinterpret_cast<bf16*>(b), size, first, 0, key});
+                }
+                break;
+            case Kind::f16:
+                if (b != nullptr && bkind == Kind::f32) {
+                    f16_f32.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
+                                       reinterpret_cast<float*>(b), size, first, 0, key});
+                } else {
+                    f16s.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
+                                    reinterpret_cast<f16*>(b), size, first, 0, key});
+                }
+                break;
         }
+    }
+
+    // Points tensor `slot` of the spans of (kind, bkind) (as add() filed it) at a new grad.
+    void set_grad(Kind kind, Kind bkind, bool has_buffer, std::size_t slot, const char* g) {
+        const bool f32buf = has_buffer && bkind == Kind::f32;
+        switch (kind) {
+            case Kind::f32:
+                f32[slot].grad = reinterpret_cast<const float*>(g);
+                break;
+            case Kind::f64:
+                f64[slot].grad = reinterpret_cast<const double*>(g);
+                break;
+            case Kind::bf16:
+                (f32buf ? bf16_f32[slot].grad : bf16s[slot].grad) = reinterpret_cast<const bf16*>(g);
+                break;
+            case Kind::f16:
+                (f32buf ? f16_f32[slot].grad : f16s[slot].grad) = reinterpret_cast<const f16*>(g);
+                break;
+        }
+    }
+
+    // Where add() will file the next tensor of (kind, bkind).
+    std::size_t next_slot(Kind kind, Kind bkind, bool has_buffer) const {
+        const bool f32buf = has_buffer && bkind == Kind::f32;
+        switch (kind) {
+            case Kind::f32:
+                return f32.size();
+            case Kind::f64:
+                return f64.size();
+            case Kind::bf16:
+                return f32buf ? bf16_f32.size() : bf16s.size();
+            default:
+                return f32buf ? f16_f32.size() : f16s.size();
+        }
+    }
+
+    // Backwards-compatible form: the buffer of the value's kind, key = i.
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
+        add(kind, w, g, b, size, first, i, kind, i);
+    }
+
+    bool empty() const {
+        return f32.empty() && f64.empty() && bf16s.empty() && bf16_f32.empty() && f16s.empty() && f16_f32.empty();
     }
 
     bool overlaps() {

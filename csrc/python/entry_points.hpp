@@ -19,24 +19,78 @@ namespace minimalsgd_python {
 
 // Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the
 // caller); each span refers to one of the `n_groups` options sets.
-template <class Span32, class Span64>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double grad_scale) {
+inline void run_kernels(const Batch& b, const minimalsgd::SgdOptions* groups, std::size_t n_groups,
+                        double grad_scale) {
     const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
     const minimalsgd::Parallel par = parallel();
-    if (!f32.empty()) {
-        k.step_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
+    const float scale32 = static_cast<float>(grad_scale);
+    if (!b.f32.empty()) {
+        k.step_f32(b.f32.data(), b.f32.size(), groups, n_groups, scale32, par);
     }
-    if (!f64.empty()) {
-        k.step_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
+    if (!b.f64.empty()) {
+        k.step_f64(b.f64.data(), b.f64.size(), groups, n_groups, grad_scale, par);
+    }
+    if (!b.bf16s.empty()) {
+        k.step_bf16(b.bf16s.data(), b.bf16s.size(), groups, n_groups, scale32, par);
+    }
+    if (!b.bf16_f32.empty()) {
+        k.step_bf16_f32(b.bf16_f32.data(), b.bf16_f32.size(), groups, n_groups, scale32, par);
+    }
+    if (!b.f16s.empty()) {
+        k.step_f16(b.f16s.data(), b.f16s.size(), groups, n_groups, scale32, par);
+    }
+    if (!b.f16_f32.empty()) {
+        k.step_f16_f32(b.f16_f32.data(), b.f16_f32.size(), groups, n_groups, scale32, par);
     }
 }
 
 // The same with one options set for every span.
-template <class Span32, class Span64>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64,
-                        const minimalsgd::SgdOptions& opts, double grad_scale) {
-    run_kernels(f32, f64, &opts, 1, grad_scale);
+inline void run_kernels(const Batch& b, const minimalsgd::SgdOptions& opts, double grad_scale) {
+    run_kernels(b, &opts, 1, grad_scale);
+}
+
+// A Python int in [0, 2^64) as uint64 (false for anything else; no exception left set).
+inline bool uint64_of(PyObject* o, std::uint64_t* out) {
+    if (!PyLong_Check(o) || PyBool_Check(o)) {
+        return false;
+    }
+    const unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+        PyErr_Clear();
+        return false;
+    }
+    *out = static_cast<std::uint64_t>(v);
+    return true;
+}
+
+// The per-tensor stochastic-rounding keys: None (the tensor's position) or one int per tensor.
+inline bool keys_of(PyObject* o, std::size_t n, std::vector<std::uint64_t>& out) {
+    out.resize(n);
+    if (o == Py_None) {
+        for (std::size_t i = 0; i < n; ++i) {
+            out[i] = i;
+        }
+        return true;
+    }
+    if (!(PyList_CheckExact(o) || PyTuple_CheckExact(o)) || static_cast<std::size_t>(PySequence_Fast_GET_SIZE(o)) != n) {
+        return false;
+    }
+    PyObject** it = PySequence_Fast_ITEMS(o);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!uint64_of(it[i], &out[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// The rounding fields of `opts` from Python objects; false when one is not what it must be.
+inline bool rounding_of(PyObject* sr, PyObject* seed, PyObject* step, minimalsgd::SgdOptions& opts) {
+    if (!PyBool_Check(sr)) {
+        return false;
+    }
+    opts.stochastic_rounding = sr == Py_True;
+    return uint64_of(seed, &opts.seed) && uint64_of(step, &opts.step);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -44,11 +98,19 @@ inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64
 
 inline void sgd_step(py::handle values, py::handle grads, py::object momentum_buffers, py::object first_steps, double lr,
               double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
-              double grad_scale, bool check_overlaps) {
+              double grad_scale, bool check_overlaps, bool stochastic_rounding, py::handle seed,
+              py::handle rounding_step, py::handle keys) {
     minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
     const std::string error = minimalsgd::validate(opts);
     if (!error.empty()) {
         throw py::value_error(error);
+    }
+    opts.stochastic_rounding = stochastic_rounding;
+    if (!uint64_of(seed.ptr(), &opts.seed)) {
+        throw py::type_error("seed must be an int in [0, 2**64)");
+    }
+    if (!uint64_of(rounding_step.ptr(), &opts.step)) {
+        throw py::type_error("rounding_step must be an int in [0, 2**64)");
     }
     const std::vector<PyObject*> vs = items(values, "values");
     const std::vector<PyObject*> gs = items(grads, "grads");
@@ -86,6 +148,10 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
         }
     }
 
+    std::vector<std::uint64_t> key;
+    if (!keys_of(keys.ptr(), n, key)) {
+        throw py::type_error("rounding_keys must be None or a list/tuple of one int in [0, 2**64) per tensor");
+    }
     // Check everything before writing anything.
     Batch batch(n);
     std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
@@ -100,37 +166,49 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
         View b{};
         if (with_momentum) {
             b = view_of(bs[i], "momentum_buffers", i, true);
-            if (!same_layout(w, b)) {
+            if (!buffer_fits(w, b)) {
                 throw py::value_error("momentum_buffers[" + std::to_string(i) +
-                                      "] must have the dtype, shape and memory order of values[" + std::to_string(i) +
-                                      "]");
+                                      "] must have the dtype (or float32 for a 16-bit value), shape and memory order "
+                                      "of values[" + std::to_string(i) + "]");
             }
             keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
         }
         keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
         keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
-        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first[i] != 0, i);
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first[i] != 0, i,
+                  with_momentum ? b.kind : w.kind, key[i]);
     }
     if (check_overlaps) {
         check_overlap(batch.ranges);
     }
     py::gil_scoped_release release;
-    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+    run_kernels(batch, opts, grad_scale);
 }
 
 inline double sum_of_squares(py::handle arrays) {
     const std::vector<PyObject*> xs = items(arrays, "grads");
     std::vector<minimalsgd::ConstSpan<float>> f32;
     std::vector<minimalsgd::ConstSpan<double>> f64;
+    std::vector<minimalsgd::ConstSpan<minimalsgd::bfloat16_t>> bf16;
+    std::vector<minimalsgd::ConstSpan<minimalsgd::float16_t>> f16;
     std::vector<py::object> keep;
     keep.reserve(xs.size());
     for (std::size_t i = 0; i < xs.size(); ++i) {
         const View v = view_of(xs[i], "grads", i, false);
         keep.emplace_back(py::reinterpret_borrow<py::object>(xs[i]));
-        if (v.kind == Kind::f32) {
-            f32.push_back({reinterpret_cast<const float*>(v.data), v.size});
-        } else {
-            f64.push_back({reinterpret_cast<const double*>(v.data), v.size});
+        switch (v.kind) {
+            case Kind::f32:
+                f32.push_back({reinterpret_cast<const float*>(v.data), v.size});
+                break;
+            case Kind::f64:
+                f64.push_back({reinterpret_cast<const double*>(v.data), v.size});
+                break;
+            case Kind::bf16:
+                bf16.push_back({reinterpret_cast<const minimalsgd::bfloat16_t*>(v.data), v.size});
+                break;
+            case Kind::f16:
+                f16.push_back({reinterpret_cast<const minimalsgd::float16_t*>(v.data), v.size});
+                break;
         }
     }
     const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
@@ -143,6 +221,12 @@ inline double sum_of_squares(py::handle arrays) {
     if (!f64.empty()) {
         total += k.sumsq_f64(f64.data(), f64.size(), par);
     }
+    if (!bf16.empty()) {
+        total += k.sumsq_bf16(bf16.data(), bf16.size(), par);
+    }
+    if (!f16.empty()) {
+        total += k.sumsq_f16(f16.data(), f16.size(), par);
+    }
     return total;
 }
 
@@ -151,9 +235,13 @@ inline double sum_of_squares(py::handle arrays) {
 // written) when the Python layer must look.
 inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers, py::handle first_step, py::handle lr_o,
                   py::handle momentum_o, py::handle dampening_o, py::handle weight_decay_o, py::handle nesterov_o,
-                  py::handle maximize_o, py::handle grad_scale_o) {
+                  py::handle maximize_o, py::handle grad_scale_o, py::handle sr_o, py::handle seed_o,
+                  py::handle step_o, py::handle keys_o) {
     minimalsgd::SgdOptions opts{0.0};
     double scale = 1.0;
+    if (!rounding_of(sr_o.ptr(), seed_o.ptr(), step_o.ptr(), opts)) {
+        return false;
+    }
     if (!real_of(lr_o.ptr(), &opts.lr) || !real_of(momentum_o.ptr(), &opts.momentum) ||
         !real_of(dampening_o.ptr(), &opts.dampening) || !real_of(weight_decay_o.ptr(), &opts.weight_decay) ||
         !real_of(grad_scale_o.ptr(), &scale) || !PyBool_Check(nesterov_o.ptr()) || !PyBool_Check(maximize_o.ptr())) {
@@ -173,6 +261,10 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
     if (with_momentum && (!arrays_of(buffers.ptr(), bs) || bs.size() != n)) {
         return false;
     }
+    std::vector<std::uint64_t> key;
+    if (!keys_of(keys_o.ptr(), n, key)) {
+        return false;
+    }
     PyObject* fs = first_step.ptr();
     const bool first_is_bool = PyBool_Check(fs);
     if (!first_is_bool && (!(PyList_CheckExact(fs) || PyTuple_CheckExact(fs)) ||
@@ -185,33 +277,38 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
         if (inspect(vs[i], true, w) != Bad::none || inspect(gs[i], false, g) != Bad::none || !same_layout(w, g)) {
             return false;
         }
-        if (with_momentum && (inspect(bs[i], true, b) != Bad::none || !same_layout(w, b))) {
+        if (with_momentum && (inspect(bs[i], true, b) != Bad::none || !buffer_fits(w, b))) {
             return false;
         }
         PyObject* f = first_is_bool ? fs : PySequence_Fast_ITEMS(fs)[i];
         if (!PyBool_Check(f)) {
             return false;
         }
-        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, f == Py_True, i);
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, f == Py_True, i,
+                  with_momentum ? b.kind : w.kind, key[i]);
     }
     if (batch.overlaps()) {
         return false;
     }
     // The arrays stay alive while the GIL is released: the caller's arguments reference them.
     py::gil_scoped_release release;
-    run_kernels(batch.f32, batch.f64, opts, scale);
+    run_kernels(batch, opts, scale);
     return true;
 }
 
 // The step over raw buffers, for minimalsgd.torch (whose tensors are not NumPy arrays): one
-// (dtype code 0 = float32 / 1 = float64, value, grad, buffer address, element count, first step)
-// per tensor, taken from live, dense, contiguous CPU tensors that the caller holds during the call.
-// Returns false (nothing written) for invalid options or buffers that overlap.
+// (dtype code 0 = float32 / 1 = float64 / 2 = bfloat16 / 3 = float16, value, grad, buffer address,
+// element count, first step) per tensor, taken from live, dense, contiguous CPU tensors that the
+// caller holds during the call; buffers are of the value's dtype. Returns false (nothing written)
+// for invalid options or buffers that overlap. `keys` (None: positions) are the tensors'
+// stochastic-rounding keys.
 inline bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptrs, py::object buf_ptrs, py::list sizes,
                    py::list firsts, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-                   bool maximize, double grad_scale) {
-    const minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
-    if (!minimalsgd::validate(opts).empty() || !std::isfinite(grad_scale) || grad_scale < 0) {
+                   bool maximize, double grad_scale, py::handle sr, py::handle seed, py::handle rounding_step,
+                   py::handle keys) {
+    minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
+    if (!minimalsgd::validate(opts).empty() || !std::isfinite(grad_scale) || grad_scale < 0 ||
+        !rounding_of(sr.ptr(), seed.ptr(), rounding_step.ptr(), opts)) {
         return false;
     }
     const std::size_t n = py::len(kinds);
@@ -221,6 +318,10 @@ inline bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptr
         throw py::value_error("sgd_step_ptrs: lists of different lengths");
     }
     const py::list bufs = with_momentum ? py::list(buf_ptrs) : py::list();
+    std::vector<std::uint64_t> key;
+    if (!keys_of(keys.ptr(), n, key)) {
+        throw py::value_error("sgd_step_ptrs: keys must be None or one int per tensor");
+    }
     // Plain C API on the list items: pybind11's casts cost ~100 ns each, and there are 6 per tensor.
     const auto address = [](py::list& l, std::size_t i) -> char* {
         const unsigned long long v = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(l.ptr(), static_cast<Py_ssize_t>(i)));
@@ -241,16 +342,18 @@ inline bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptr
         if (first < 0 || (kind == -1 && PyErr_Occurred())) {
             throw py::error_already_set();
         }
-        if (kind != 0 && kind != 1) {
-            throw py::value_error("sgd_step_ptrs: dtype code must be 0 or 1");
+        if (kind < 0 || kind > 3) {
+            throw py::value_error("sgd_step_ptrs: dtype code must be 0, 1, 2 or 3");
         }
-        batch.add(kind == 0 ? Kind::f32 : Kind::f64, w, g, b, size, first != 0, i);
+        static constexpr Kind kKinds[] = {Kind::f32, Kind::f64, Kind::bf16, Kind::f16};
+        const Kind k = kKinds[kind];
+        batch.add(k, w, g, b, size, first != 0, i, k, key[i]);
     }
     if (batch.overlaps()) {
         return false;
     }
     py::gil_scoped_release release;
-    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+    run_kernels(batch, opts, grad_scale);
     return true;
 }
 

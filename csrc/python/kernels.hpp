@@ -22,6 +22,20 @@ struct KernelTable {
     // ... and of the norm pass: a plain read-only loop summing squares.
     double (*read_f32)(const float*, std::size_t, int);
     double (*read_f64)(const double*, std::size_t, int);
+    // 16-bit storage: value and grad bfloat16/float16, the buffer of the same type or float.
+    void (*step_bf16)(const minimalsgd::TensorSpan<minimalsgd::bfloat16_t>*, std::size_t,
+                      const minimalsgd::SgdOptions*, std::size_t, float, const minimalsgd::Parallel&);
+    void (*step_bf16_f32)(const minimalsgd::TensorSpan<minimalsgd::bfloat16_t, float>*, std::size_t,
+                          const minimalsgd::SgdOptions*, std::size_t, float, const minimalsgd::Parallel&);
+    void (*step_f16)(const minimalsgd::TensorSpan<minimalsgd::float16_t>*, std::size_t,
+                     const minimalsgd::SgdOptions*, std::size_t, float, const minimalsgd::Parallel&);
+    void (*step_f16_f32)(const minimalsgd::TensorSpan<minimalsgd::float16_t, float>*, std::size_t,
+                         const minimalsgd::SgdOptions*, std::size_t, float, const minimalsgd::Parallel&);
+    double (*sumsq_bf16)(const minimalsgd::ConstSpan<minimalsgd::bfloat16_t>*, std::size_t, const minimalsgd::Parallel&);
+    double (*sumsq_f16)(const minimalsgd::ConstSpan<minimalsgd::float16_t>*, std::size_t, const minimalsgd::Parallel&);
+    // The 16-bit yardstick: the stream loop's shape at 10 bytes per element.
+    void (*stream_bf16)(minimalsgd::bfloat16_t*, const minimalsgd::bfloat16_t*, minimalsgd::bfloat16_t*, std::size_t, int);
+    void (*stream_f16)(minimalsgd::float16_t*, const minimalsgd::float16_t*, minimalsgd::float16_t*, std::size_t, int);
 };
 
 // The yardstick loop: v = 0.9 v + g; w = w - 0.01 v. One OpenMP "parallel for simd" with a
@@ -51,6 +65,23 @@ void stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MI
 #endif
 }
 
+// The 16-bit yardstick: the same loop over 16-bit storage (3 reads and 2 writes of 2 bytes),
+// converted with the exact scalar code in registers, rounded to nearest; no blocks, no scratch.
+template <class S>
+void stream_loop_half(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT g, S* MINIMALSGD_RESTRICT v,
+                      std::size_t n, int threads) {
+    const std::ptrdiff_t m = static_cast<std::ptrdiff_t>(n);
+#if defined(_OPENMP)
+#pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (std::ptrdiff_t i = 0; i < m; ++i) {
+        const float vi = 0.9f * minimalsgd::to_float(v[i]) + minimalsgd::to_float(g[i]);
+        v[i] = minimalsgd::round_nearest<S>(vi);
+        w[i] = minimalsgd::round_nearest<S>(minimalsgd::to_float(w[i]) - 0.01f * vi);
+    }
+    (void)threads;
+}
+
 // The yardstick of the norm pass: a plain read-only loop, sum of x*x in double.
 template <class T>
 double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
@@ -72,5 +103,6 @@ double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
 const KernelTable& kernels_baseline();
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+const KernelTable& kernels_avx512_bf16();
 
 }  // namespace minimalsgd_python

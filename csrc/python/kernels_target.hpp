@@ -16,6 +16,14 @@ const KernelTable& MINIMALSGD_KERNEL_TABLE_NAME() {
         &stream_loop<double>,
         &read_loop<float>,
         &read_loop<double>,
+        &minimalsgd::multi_tensor_sgd_step<minimalsgd::bfloat16_t, minimalsgd::bfloat16_t>,
+        &minimalsgd::multi_tensor_sgd_step<minimalsgd::bfloat16_t, float>,
+        &minimalsgd::multi_tensor_sgd_step<minimalsgd::float16_t, minimalsgd::float16_t>,
+        &minimalsgd::multi_tensor_sgd_step<minimalsgd::float16_t, float>,
+        &minimalsgd::multi_tensor_sum_of_squares<minimalsgd::bfloat16_t>,
+        &minimalsgd::multi_tensor_sum_of_squares<minimalsgd::float16_t>,
+        &stream_loop_half<minimalsgd::bfloat16_t>,
+        &stream_loop_half<minimalsgd::float16_t>,
     };
     return table;
 }

@@ -58,35 +58,51 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("sgd_step", &sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
           py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
           py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"), py::arg("check_overlap") = true,
-          "The fused step over lists of float32/float64 contiguous arrays, in place, in one call.");
+          py::arg("stochastic_rounding") = false, py::arg("seed") = 0, py::arg("rounding_step") = 0,
+          py::arg("rounding_keys") = py::none(),
+          "The fused step over lists of float32/float64/float16/bfloat16 contiguous arrays, in place, in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
-          "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
+          "Sum of x*x over a list of float32/float64/float16/bfloat16 contiguous arrays, accumulated in double.");
+    // bfloat16 is ml_dtypes' NumPy dtype: its type number exists once ml_dtypes is imported.
+    // Without ml_dtypes there is no bfloat16 array to step, and float16 still works.
+    try {
+        py::object bf16 = py::module_::import("ml_dtypes").attr("bfloat16");
+        g_bf16_type_num = py::dtype::from_args(bf16).num();
+        m.attr("bfloat16_available") = true;
+    } catch (const py::error_already_set&) {
+        m.attr("bfloat16_available") = false;
+    }
     g_str_value = PyUnicode_InternFromString("value");
     g_str_grad = PyUnicode_InternFromString("grad");
     m.def("try_sgd_step", &try_sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
           py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
-          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"),
+          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"), py::arg("stochastic_rounding") = false,
+          py::arg("seed") = 0, py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(),
           "The functional step when every input is valid and native; False (nothing written) otherwise.");
     m.def("sgd_step_ptrs", &sgd_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
-          py::arg("grad_scale"), "Private to minimalsgd.torch: the step over raw contiguous buffers.");
+          py::arg("grad_scale"), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+          py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(),
+          "Private to minimalsgd.torch: the step over raw contiguous buffers.");
     py::class_<Plan>(m, "Plan", "A validated SGD.step(), cached (private to minimalsgd.optim).")
         .def(py::init<py::dict, py::list, py::list, py::list, py::list, py::list, py::object, double, double, double,
-                      double, bool, bool, double, bool>(),
+                      double, bool, bool, double, bool, bool, py::handle, py::handle, py::handle>(),
              py::arg("params"), py::arg("keys"), py::arg("inners"), py::arg("index"), py::arg("values"),
              py::arg("grads"), py::arg("buffers"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
              py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("clip"),
-             py::arg("skip_nonfinite"))
+             py::arg("skip_nonfinite"), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+             py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none())
         .def("step", &Plan::step, py::arg("params"))
         .def_property_readonly("applied", &Plan::applied)
+        .def_property_readonly("rounding_step", &Plan::rounding_step)
         .def("reset_applied", &Plan::reset_applied)
         .def_property_readonly("last_norm", &Plan::last_norm);
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
-    m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
+    m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2', 'avx512' or 'avx512_bf16'.");
     m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");
     m.def("get_num_threads", &get_num_threads);
     m.def(
@@ -103,6 +119,6 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #else
     m.attr("openmp") = false;
 #endif
-    m.attr("compiled_isas") = py::make_tuple("baseline", "avx2", "avx512");
+    m.attr("compiled_isas") = py::make_tuple("baseline", "avx2", "avx512", "avx512_bf16");
     m.attr("__version__") = MINIMALSGD_VERSION_STRING;
 }

@@ -31,9 +31,14 @@ class Plan {
   public:
     Plan(py::dict params, py::list keys, py::list inners, py::list index, py::list values, py::list grads,
          py::object buffers, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-         bool maximize, double clip, bool skip_nonfinite)
+         bool maximize, double clip, bool skip_nonfinite, bool stochastic_rounding, py::handle seed,
+         py::handle rounding_step, py::handle rounding_keys)
         : outer_(params), opts_{lr, momentum, dampening, weight_decay, nesterov, maximize}, clip_(clip), skip_(skip_nonfinite) {
         minimalsgd::check(opts_);
+        opts_.stochastic_rounding = stochastic_rounding;
+        if (!uint64_of(seed.ptr(), &opts_.seed) || !uint64_of(rounding_step.ptr(), &base_step_)) {
+            throw py::type_error("seed and rounding_step must be ints in [0, 2**64)");
+        }
         const std::size_t n_entries = py::len(keys);
         if (py::len(inners) != n_entries || py::len(index) != n_entries) {
             throw py::value_error("keys, inners and index must have one length");
@@ -45,6 +50,10 @@ class Plan {
         const bool with_momentum = momentum != 0;
         if (py::len(grads) != n || (with_momentum && py::len(buffers) != n)) {
             throw py::value_error("values, grads and buffers must have one length");
+        }
+        std::vector<std::uint64_t> key;
+        if (!keys_of(rounding_keys.ptr(), n, key)) {
+            throw py::type_error("rounding_keys must be None or one int in [0, 2**64) per tensor");
         }
         for (std::size_t i = 0; i < n; ++i) {
             Tensor t;
@@ -59,20 +68,17 @@ class Plan {
             if (with_momentum) {
                 t.buffer = py::list(buffers)[i];
                 b = view_of(t.buffer.ptr(), "buffers", i, true);
-                if (!same_layout(w, b)) {
+                if (!buffer_fits(w, b)) {
                     throw py::value_error("buffers[" + std::to_string(i) + "] does not match values[" + std::to_string(i) + "]");
                 }
             }
             t.kind = w.kind;
+            t.bkind = with_momentum ? b.kind : w.kind;
             t.value_state = state_of(w);
             t.grad_state = state_of(g);
-            t.slot = w.kind == Kind::f32 ? batch_.f32.size() : batch_.f64.size();
-            batch_.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, false, i);
-            if (w.kind == Kind::f32) {
-                g32_.push_back({reinterpret_cast<const float*>(g.data), w.size});
-            } else {
-                g64_.push_back({reinterpret_cast<const double*>(g.data), w.size});
-            }
+            t.slot = batch_.next_slot(t.kind, t.bkind, with_momentum);
+            batch_.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, false, i, t.bkind, key[i]);
+            t.gslot = add_norm_span(w.kind, g.data, w.size);
             tensors_.push_back(std::move(t));
         }
         check_overlap(batch_.ranges);
@@ -133,6 +139,12 @@ class Plan {
                 if (!g64_.empty()) {
                     ss += k.sumsq_f64(g64_.data(), g64_.size(), par);
                 }
+                if (!gbf16_.empty()) {
+                    ss += k.sumsq_bf16(gbf16_.data(), gbf16_.size(), par);
+                }
+                if (!gf16_.empty()) {
+                    ss += k.sumsq_f16(gf16_.data(), gf16_.size(), par);
+                }
                 norm = std::sqrt(ss);
                 if (skip_ && !std::isfinite(norm) && (std::isnan(norm) || !all_grads_finite())) {
                     status = 2;
@@ -142,7 +154,9 @@ class Plan {
                 }
             }
             if (status == 1) {
-                run_kernels(batch_.f32, batch_.f64, opts_, scale);
+                minimalsgd::SgdOptions opts = opts_;
+                opts.step = base_step_ + static_cast<std::uint64_t>(applied_);
+                run_kernels(batch_, opts, scale);
             }
         }
         if (status == 1) {
@@ -155,6 +169,8 @@ class Plan {
     }
 
     long applied() const { return applied_; }
+    // The rounding step the next step uses.
+    std::uint64_t rounding_step() const { return base_step_ + static_cast<std::uint64_t>(applied_); }
     void reset_applied() { applied_ = 0; }
     double last_norm() const { return last_norm_; }
 
@@ -182,9 +198,27 @@ class Plan {
     struct Tensor {
         py::object value, grad, buffer;
         ArrayState value_state, grad_state;
-        Kind kind;
-        std::size_t slot;  // index in batch_.f32 / batch_.f64
+        Kind kind, bkind;   // of the value and grad, of the buffer
+        std::size_t slot;   // index in the batch's spans of (kind, bkind)
+        std::size_t gslot;  // index in the norm spans of kind
     };
+
+    std::size_t add_norm_span(Kind kind, const char* g, std::size_t size) {
+        switch (kind) {
+            case Kind::f32:
+                g32_.push_back({reinterpret_cast<const float*>(g), size});
+                return g32_.size() - 1;
+            case Kind::f64:
+                g64_.push_back({reinterpret_cast<const double*>(g), size});
+                return g64_.size() - 1;
+            case Kind::bf16:
+                gbf16_.push_back({reinterpret_cast<const minimalsgd::bfloat16_t*>(g), size});
+                return gbf16_.size() - 1;
+            default:
+                gf16_.push_back({reinterpret_cast<const minimalsgd::float16_t*>(g), size});
+                return gf16_.size() - 1;
+        }
+    }
 
     static constexpr int kStateFlags = kC | kF | kAligned | kWriteable;
 
@@ -266,12 +300,20 @@ class Plan {
         }
         t.grad = py::reinterpret_borrow<py::object>(grad);
         t.grad_state = state_of(g);
-        if (t.kind == Kind::f32) {
-            batch_.f32[t.slot].grad = reinterpret_cast<const float*>(g.data);
-            g32_[t.slot].data = reinterpret_cast<const float*>(g.data);
-        } else {
-            batch_.f64[t.slot].grad = reinterpret_cast<const double*>(g.data);
-            g64_[t.slot].data = reinterpret_cast<const double*>(g.data);
+        batch_.set_grad(t.kind, t.bkind, t.buffer.ptr() != nullptr, t.slot, g.data);
+        switch (t.kind) {
+            case Kind::f32:
+                g32_[t.gslot].data = reinterpret_cast<const float*>(g.data);
+                break;
+            case Kind::f64:
+                g64_[t.gslot].data = reinterpret_cast<const double*>(g.data);
+                break;
+            case Kind::bf16:
+                gbf16_[t.gslot].data = reinterpret_cast<const minimalsgd::bfloat16_t*>(g.data);
+                break;
+            case Kind::f16:
+                gf16_[t.gslot].data = reinterpret_cast<const minimalsgd::float16_t*>(g.data);
+                break;
         }
         return true;
     }
@@ -287,6 +329,16 @@ class Plan {
                 if (!std::isfinite(s.data[i])) return false;
             }
         }
+        for (const auto& s : gbf16_) {
+            for (std::size_t i = 0; i < s.size; ++i) {
+                if (!std::isfinite(minimalsgd::to_float(s.data[i]))) return false;
+            }
+        }
+        for (const auto& s : gf16_) {
+            for (std::size_t i = 0; i < s.size; ++i) {
+                if (!std::isfinite(minimalsgd::to_float(s.data[i]))) return false;
+            }
+        }
         return true;
     }
 
@@ -299,6 +351,9 @@ class Plan {
     Batch batch_{0};
     std::vector<minimalsgd::ConstSpan<float>> g32_;
     std::vector<minimalsgd::ConstSpan<double>> g64_;
+    std::vector<minimalsgd::ConstSpan<minimalsgd::bfloat16_t>> gbf16_;
+    std::vector<minimalsgd::ConstSpan<minimalsgd::float16_t>> gf16_;
+    std::uint64_t base_step_ = 0;  // the rounding step of the plan's first step
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;
     long applied_ = 0;
     double last_norm_ = std::nan("");

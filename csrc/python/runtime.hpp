@@ -22,6 +22,8 @@ using minimalsgd::Isa;
 
 inline const KernelTable& table_for(Isa isa) {
     switch (isa) {
+        case Isa::avx512_bf16:
+            return minimalsgd_python::kernels_avx512_bf16();
         case Isa::avx512:
             return minimalsgd_python::kernels_avx512();
         case Isa::avx2:
@@ -39,7 +41,7 @@ inline void set_isa(std::string name) {
     std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
     Isa isa;
     if (!minimalsgd::parse_isa(name.c_str(), &isa)) {
-        throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512', got '" + name + "'");
+        throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512', 'avx512_bf16', got '" + name + "'");
     }
     if (!minimalsgd::cpu_supports(isa)) {
         throw py::value_error("isa '" + name + "' is not supported by this CPU");
@@ -85,7 +87,7 @@ inline minimalsgd::Parallel parallel() {
 
 inline std::vector<std::string> supported_isas() {
     std::vector<std::string> out;
-    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512}) {
+    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
         if (minimalsgd::cpu_supports(isa)) {
             out.emplace_back(minimalsgd::isa_name(isa));
         }

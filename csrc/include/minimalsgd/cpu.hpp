@@ -7,7 +7,7 @@
 namespace minimalsgd {
 
 /// Instruction-set levels the Python module compiles its kernels for.
-enum class Isa { baseline = 0, avx2 = 1, avx512 = 2 };
+enum class Isa { baseline = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
 
 inline const char* isa_name(Isa isa) {
     switch (isa) {
@@ -15,13 +15,17 @@ inline const char* isa_name(Isa isa) {
             return "avx2";
         case Isa::avx512:
             return "avx512";
+        case Isa::avx512_bf16:
+            return "avx512_bf16";
         default:
             return "baseline";
     }
 }
 
 /// Whether the CPU (and the OS, which must save the wide registers) supports `isa`.
-/// avx2 means AVX2 + FMA; avx512 means AVX-512 F, VL, BW and DQ (the x86-64-v4 set).
+/// avx2 means AVX2 + FMA + F16C; avx512 means AVX-512 F, VL, BW and DQ (the x86-64-v4 set);
+/// avx512_bf16 means avx512 plus AVX512_BF16 (not implied by AVX-512 F: Cooper Lake, Sapphire
+/// Rapids and Zen 4 have it, Skylake-X and Ice Lake do not).
 inline bool cpu_supports(Isa isa) {
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
     __builtin_cpu_init();
@@ -29,10 +33,12 @@ inline bool cpu_supports(Isa isa) {
         case Isa::baseline:
             return true;
         case Isa::avx2:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
         case Isa::avx512:
             return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+        case Isa::avx512_bf16:
+            return cpu_supports(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
     }
     return false;
 #else
@@ -42,6 +48,9 @@ inline bool cpu_supports(Isa isa) {
 
 /// The best level this CPU supports.
 inline Isa best_isa() {
+    if (cpu_supports(Isa::avx512_bf16)) {
+        return Isa::avx512_bf16;
+    }
     if (cpu_supports(Isa::avx512)) {
         return Isa::avx512;
     }
@@ -51,9 +60,9 @@ inline Isa best_isa() {
     return Isa::baseline;
 }
 
-/// Parses "baseline", "avx2" or "avx512"; returns false for anything else.
+/// Parses "baseline", "avx2", "avx512" or "avx512_bf16"; returns false for anything else.
 inline bool parse_isa(const char* name, Isa* out) {
-    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512}) {
+    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
         if (name != nullptr && std::strcmp(name, isa_name(isa)) == 0) {
             *out = isa;
             return true;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -17,6 +18,11 @@ namespace minimalsgd {
 ///         v = momentum * v + (1 - dampening) * g   on later steps
 ///         g = g + momentum * v  if nesterov else v
 ///     w = w - lr * g
+///
+/// Rounding of 16-bit storage (bfloat16_t, float16_t values and buffers; see half.hpp): to nearest
+/// even by default; with `stochastic_rounding`, stochastically with the random bits of (seed,
+/// step, the span's key, element index). float and double results are stored in the dtype they
+/// are computed in: these three fields do not affect them.
 struct SgdOptions {
     double lr;
     double momentum = 0;
@@ -24,6 +30,9 @@ struct SgdOptions {
     double weight_decay = 0;
     bool nesterov = false;
     bool maximize = false;
+    bool stochastic_rounding = false;
+    std::uint64_t seed = 0;
+    std::uint64_t step = 0;
 };
 
 /// What is wrong with `opts`, or an empty string when they are valid.

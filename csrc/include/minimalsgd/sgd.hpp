@@ -15,6 +15,14 @@
 // this order; a build with -ffp-contract=off (the Python module's) therefore gives the same bits
 // on every instruction set and the same bits as the NumPy backend.
 //
+// 16-bit storage (bfloat16_t, float16_t; half.hpp): every element is converted to float exactly,
+// the formula runs in float (hyperparameters rounded to float once), and each stored result -- the
+// value, and the momentum buffer when it is 16-bit too -- is rounded once to its storage type: to
+// nearest even, or stochastically (SgdOptions::stochastic_rounding) with the random bits of
+// (seed, step, span key, element index): the value uses the low 32 bits, the buffer the high 32.
+// The momentum buffer is of the value's type, or float (TensorSpan<S, float>): then it is stored
+// unrounded. Within the step the unrounded float v feeds the update, as in torch's fused kernel.
+//
 // Memory: one pass. Reads w, grad and (with momentum) v once, writes w and v once. The grad is
 // never written. value, grad and momentum_buffer must not overlap each other; grads of different
 // tensors may overlap each other (they are only read).
@@ -28,9 +36,11 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "config.hpp"
+#include "half.hpp"
 #include "options.hpp"
 
 namespace minimalsgd {
@@ -39,14 +49,18 @@ namespace minimalsgd {
 /// (which may be null when its group's momentum is 0). `first_step` marks a momentum buffer that
 /// has not been written yet: this step sets it to the gradient. `group` is the index of the
 /// tensor's hyperparameters in the options array of the call (0 when the call has one set).
-template <class T>
+/// `key` tells this tensor's random bits from other tensors' in stochastic rounding (give each
+/// tensor of a model its own, stable across steps: its position, say).
+/// T is float, double, bfloat16_t or float16_t; the buffer type B is T, or float when T is 16-bit.
+template <class T, class B = T>
 struct TensorSpan {
     T* value;
     const T* grad;
-    T* momentum_buffer;
+    B* momentum_buffer;
     std::size_t size;
     bool first_step;
     std::uint32_t group = 0;
+    std::uint64_t key = 0;
 };
 
 /// One gradient of a multi-tensor sum of squares.
@@ -72,10 +86,11 @@ Coefficients<T> coefficients(const SgdOptions& o, double grad_scale) {
 }
 
 // The fused loop. Options are template parameters, so each variant is a plain loop with no
-// branches inside, which the compiler vectorizes.
+// branches inside, which the compiler vectorizes. (`key` and `index0` serve the 16-bit loop's
+// stochastic rounding; float and double ignore them.)
 template <class T, bool Momentum, bool Nesterov, bool WeightDecay, bool First>
-void fused_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT grad,
-                T* MINIMALSGD_RESTRICT buf, std::size_t n, Coefficients<T> c) {
+void fused_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT grad, T* MINIMALSGD_RESTRICT buf,
+                std::size_t n, Coefficients<T> c, std::uint64_t /*key*/, std::uint64_t /*index0*/) {
     const T lr = c.lr, mu = c.mu, damp1 = c.damp1, wd = c.wd, scale = c.scale;
     MINIMALSGD_SIMD
     for (std::size_t i = 0; i < n; ++i) {
@@ -102,26 +117,106 @@ void fused_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT grad,
     }
 }
 
-template <class T>
-using LoopFn = void (*)(T*, const T*, T*, std::size_t, Coefficients<T>);
+// Elements per block of the 16-bit loop: converted into float scratch arrays on the stack (L1),
+// computed by a plain loop, and rounded back.
+constexpr std::size_t kHalfBlock = 256;
+
+// The fused loop for 16-bit storage S (value and grad) and buffer type B (S or float): the same
+// formula in float, block by block; each stored result rounded once (Stochastic: with the random
+// bits of element index0 + i of the tensor whose key is `key`).
+template <class S, class B, bool Momentum, bool Nesterov, bool WeightDecay, bool First, bool Stochastic>
+void half_loop(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT grad, B* MINIMALSGD_RESTRICT buf,
+               std::size_t n, Coefficients<float> c, std::uint64_t key, std::uint64_t index0) {
+    constexpr bool kFloatBuffer = std::is_same<B, float>::value;
+    const float lr = c.lr, mu = c.mu, damp1 = c.damp1, wd = c.wd, scale = c.scale;
+    alignas(64) float wf[kHalfBlock];
+    alignas(64) float gf[kHalfBlock];
+    alignas(64) float vf[kHalfBlock];
+    alignas(64) std::uint64_t rnd[Stochastic ? kHalfBlock : 1];
+    for (std::size_t base = 0; base < n; base += kHalfBlock) {
+        const std::size_t m = n - base < kHalfBlock ? n - base : kHalfBlock;
+        load_block(w + base, wf, m);
+        load_block(grad + base, gf, m);
+        float* MINIMALSGD_RESTRICT v = vf;
+        if constexpr (Momentum) {
+            if constexpr (kFloatBuffer) {
+                v = buf + base;
+            } else if constexpr (!First) {
+                load_block(buf + base, vf, m);
+            }
+        }
+        MINIMALSGD_SIMD
+        for (std::size_t i = 0; i < m; ++i) {
+            float g = gf[i] * scale;
+            const float wi = wf[i];
+            if constexpr (WeightDecay) {
+                g = g + wd * wi;
+            }
+            if constexpr (Momentum) {
+                float vi;
+                if constexpr (First) {
+                    vi = g;
+                } else {
+                    vi = mu * v[i] + damp1 * g;
+                }
+                v[i] = vi;
+                if constexpr (Nesterov) {
+                    g = g + mu * vi;
+                } else {
+                    g = vi;
+                }
+            }
+            wf[i] = wi - lr * g;
+        }
+        if constexpr (Stochastic) {
+            random_block(key, index0 + base, rnd, m);
+            store_stochastic<0>(wf, rnd, w + base, m);
+            if constexpr (Momentum && !kFloatBuffer) {
+                store_stochastic<32>(vf, rnd, buf + base, m);
+            }
+        } else {
+            store_nearest(wf, w + base, m);
+            if constexpr (Momentum && !kFloatBuffer) {
+                store_nearest(vf, buf + base, m);
+            }
+        }
+    }
+}
+
+template <class T, class B = T>
+using LoopFn = void (*)(T*, const T*, B*, std::size_t, Coefficients<compute_t<T>>, std::uint64_t, std::uint64_t);
+
+// The loop variant of one (momentum, nesterov, weight decay, first) choice.
+template <class T, class B, bool Momentum, bool Nesterov, bool WeightDecay, bool First>
+LoopFn<T, B> loop_variant(bool stochastic) {
+    if constexpr (is_half<T>::value) {
+        return stochastic ? &half_loop<T, B, Momentum, Nesterov, WeightDecay, First, true>
+                          : &half_loop<T, B, Momentum, Nesterov, WeightDecay, First, false>;
+    } else {
+        static_assert(std::is_same<T, B>::value, "float and double tensors keep their buffer in their own type");
+        (void)stochastic;
+        return &fused_loop<T, Momentum, Nesterov, WeightDecay, First>;
+    }
+}
 
 /// The loop variant for `opts`, for buffers on their first step or later.
-template <class T>
-LoopFn<T> select_loop(const SgdOptions& o, bool first) {
+template <class T, class B = T>
+LoopFn<T, B> select_loop(const SgdOptions& o, bool first) {
     const bool wd = o.weight_decay != 0;
+    const bool sr = o.stochastic_rounding;
     if (o.momentum == 0) {
-        return wd ? &fused_loop<T, false, false, true, false> : &fused_loop<T, false, false, false, false>;
+        return wd ? loop_variant<T, B, false, false, true, false>(sr) : loop_variant<T, B, false, false, false, false>(sr);
     }
     if (o.nesterov) {
         if (first) {
-            return wd ? &fused_loop<T, true, true, true, true> : &fused_loop<T, true, true, false, true>;
+            return wd ? loop_variant<T, B, true, true, true, true>(sr) : loop_variant<T, B, true, true, false, true>(sr);
         }
-        return wd ? &fused_loop<T, true, true, true, false> : &fused_loop<T, true, true, false, false>;
+        return wd ? loop_variant<T, B, true, true, true, false>(sr) : loop_variant<T, B, true, true, false, false>(sr);
     }
     if (first) {
-        return wd ? &fused_loop<T, true, false, true, true> : &fused_loop<T, true, false, false, true>;
+        return wd ? loop_variant<T, B, true, false, true, true>(sr) : loop_variant<T, B, true, false, false, true>(sr);
     }
-    return wd ? &fused_loop<T, true, false, true, false> : &fused_loop<T, true, false, false, false>;
+    return wd ? loop_variant<T, B, true, false, true, false>(sr) : loop_variant<T, B, true, false, false, false>(sr);
 }
 
 // Elements per 64-byte cache line: chunk borders between threads are multiples of it.
@@ -130,31 +225,37 @@ constexpr std::size_t line_elems() {
     return 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;
 }
 
-/// What one options set of a call becomes: its coefficients and its two loop variants.
-template <class T>
+/// What one options set of a call becomes: its coefficients, its two loop variants and the
+/// step's part of the stochastic-rounding key.
+template <class T, class B = T>
 struct Prepared {
-    Coefficients<T> c;
-    LoopFn<T> later, first;
+    Coefficients<compute_t<T>> c;
+    LoopFn<T, B> later, first;
+    std::uint64_t step_key;
+    bool stochastic;
 };
 
-template <class T>
-Prepared<T> prepare(const SgdOptions& o, double grad_scale) {
-    return {coefficients<T>(o, grad_scale), select_loop<T>(o, false), select_loop<T>(o, true)};
+template <class T, class B = T>
+Prepared<T, B> prepare(const SgdOptions& o, double grad_scale) {
+    const bool sr = is_half<T>::value && o.stochastic_rounding;
+    return {coefficients<compute_t<T>>(o, grad_scale), select_loop<T, B>(o, false), select_loop<T, B>(o, true),
+            sr ? rounding_step_key(o.seed, o.step) : 0, sr};
 }
 
 // Runs the elements [begin, end) of the concatenation of `spans`, each with its group's loop.
-template <class T>
-void step_range(const TensorSpan<T>* spans, std::size_t count, std::size_t begin, std::size_t end,
-                const Prepared<T>* groups) {
+template <class T, class B>
+void step_range(const TensorSpan<T, B>* spans, std::size_t count, std::size_t begin, std::size_t end,
+                const Prepared<T, B>* groups) {
     std::size_t offset = 0;
     for (std::size_t k = 0; k < count && offset < end; ++k) {
-        const TensorSpan<T>& s = spans[k];
+        const TensorSpan<T, B>& s = spans[k];
         const std::size_t lo = begin > offset ? begin - offset : 0;
         const std::size_t hi = end - offset < s.size ? end - offset : s.size;
         if (lo < hi) {
-            const Prepared<T>& p = groups[s.group];
-            T* buf = s.momentum_buffer ? s.momentum_buffer + lo : nullptr;
-            (s.first_step ? p.first : p.later)(s.value + lo, s.grad + lo, buf, hi - lo, p.c);
+            const Prepared<T, B>& p = groups[s.group];
+            B* buf = s.momentum_buffer ? s.momentum_buffer + lo : nullptr;
+            const std::uint64_t key = p.stochastic ? rounding_tensor_key(p.step_key, s.key) : 0;
+            (s.first_step ? p.first : p.later)(s.value + lo, s.grad + lo, buf, hi - lo, p.c, key, lo);
         }
         offset += s.size;
     }
@@ -188,6 +289,47 @@ double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
     return acc[0];
 }
 
+// The same sum for 16-bit storage: converted to float block by block, the same 32 partial sums
+// by element index, so the result is that of sum_of_squares_serial on the converted floats.
+template <class S>
+double sum_of_squares_half(const S* MINIMALSGD_RESTRICT x, std::size_t n) {
+    constexpr std::size_t L = 32;
+    static_assert(kHalfBlock % L == 0, "blocks must hold whole rows of partial sums");
+    double acc[L] = {};
+    alignas(64) float xf[kHalfBlock];
+    for (std::size_t base = 0; base < n; base += kHalfBlock) {
+        const std::size_t m = n - base < kHalfBlock ? n - base : kHalfBlock;
+        load_block(x + base, xf, m);
+        const std::size_t body = m - m % L;
+        for (std::size_t i = 0; i < body; i += L) {
+            MINIMALSGD_SIMD
+            for (std::size_t j = 0; j < L; ++j) {
+                const double v = static_cast<double>(xf[i + j]);
+                acc[j] += v * v;
+            }
+        }
+        for (std::size_t i = body; i < m; ++i) {
+            const double v = static_cast<double>(xf[i]);
+            acc[i - body] += v * v;
+        }
+    }
+    for (std::size_t width = L / 2; width > 0; width /= 2) {
+        for (std::size_t j = 0; j < width; ++j) {
+            acc[j] += acc[j + width];
+        }
+    }
+    return acc[0];
+}
+
+template <class T>
+double sum_of_squares_block(const T* x, std::size_t n) {
+    if constexpr (is_half<T>::value) {
+        return sum_of_squares_half(x, n);
+    } else {
+        return sum_of_squares_serial(x, n);
+    }
+}
+
 // Blocks of this many elements are summed on their own and then added in order, so that the total
 // does not depend on the number of threads.
 constexpr std::size_t kSumBlock = 1 << 16;
@@ -199,9 +341,12 @@ constexpr std::size_t kSumBlock = 1 << 16;
 /// share the total element count (chunks may span tensors and groups).
 /// Throws std::invalid_argument, before writing anything, for invalid options, a group index out
 /// of range, or a null momentum buffer where the tensor's group has momentum != 0.
-template <class T>
-void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const SgdOptions* groups,
-                           std::size_t n_groups, T grad_scale = T(1), const Parallel& par = Parallel()) {
+/// T is float, double, bfloat16_t or float16_t (grad_scale is then a float); B is T, or float for
+/// a float32 momentum buffer of a 16-bit tensor.
+template <class T, class B = T>
+void multi_tensor_sgd_step(const TensorSpan<T, B>* spans, std::size_t count, const SgdOptions* groups,
+                           std::size_t n_groups, compute_t<T> grad_scale = compute_t<T>(1),
+                           const Parallel& par = Parallel()) {
     if (n_groups == 0 && count != 0) {
         throw std::invalid_argument("minimalsgd: a multi-tensor step needs at least one options set");
     }
@@ -221,15 +366,15 @@ void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const 
     }
     // The prepared groups: on the stack for the usual few, on the heap for many.
     constexpr std::size_t kInline = 8;
-    detail::Prepared<T> inline_prepared[kInline];
-    std::vector<detail::Prepared<T>> heap_prepared;
-    detail::Prepared<T>* prepared = inline_prepared;
+    detail::Prepared<T, B> inline_prepared[kInline];
+    std::vector<detail::Prepared<T, B>> heap_prepared;
+    detail::Prepared<T, B>* prepared = inline_prepared;
     if (n_groups > kInline) {
         heap_prepared.resize(n_groups);
         prepared = heap_prepared.data();
     }
     for (std::size_t j = 0; j < n_groups; ++j) {
-        prepared[j] = detail::prepare<T>(groups[j], static_cast<double>(grad_scale));
+        prepared[j] = detail::prepare<T, B>(groups[j], static_cast<double>(grad_scale));
     }
     const int nt = threads_for(total, par);
     if (nt <= 1) {
@@ -252,19 +397,21 @@ void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const 
 }
 
 /// The fused step over many tensors with one set of hyperparameters (every span's group is 0).
-template <class T>
-void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const SgdOptions& opts,
-                           T grad_scale = T(1), const Parallel& par = Parallel()) {
+template <class T, class B = T>
+void multi_tensor_sgd_step(const TensorSpan<T, B>* spans, std::size_t count, const SgdOptions& opts,
+                           compute_t<T> grad_scale = compute_t<T>(1), const Parallel& par = Parallel()) {
     multi_tensor_sgd_step(spans, count, &opts, 1, grad_scale, par);
 }
 
 /// The fused step on one tensor of n elements, in place: see the formula at the top of this file.
 /// `momentum_buffer` may be null only when momentum is 0; `first_step` makes this step set the
-/// buffer to the gradient (the buffer's old contents are not read).
-template <class T>
-void sgd_step(T* value, const T* grad, T* momentum_buffer, std::size_t n, const SgdOptions& opts,
-              bool first_step = false, T grad_scale = T(1), const Parallel& par = Parallel()) {
-    const TensorSpan<T> span{value, grad, momentum_buffer, n, first_step};
+/// buffer to the gradient (the buffer's old contents are not read). `key` is the tensor's
+/// stochastic-rounding key (16-bit storage only).
+template <class T, class B = T>
+void sgd_step(T* value, const T* grad, B* momentum_buffer, std::size_t n, const SgdOptions& opts,
+              bool first_step = false, compute_t<T> grad_scale = compute_t<T>(1), const Parallel& par = Parallel(),
+              std::uint64_t key = 0) {
+    const TensorSpan<T, B> span{value, grad, momentum_buffer, n, first_step, 0, key};
     multi_tensor_sgd_step(&span, 1, opts, grad_scale, par);
 }
 
@@ -284,7 +431,7 @@ double multi_tensor_sum_of_squares(const ConstSpan<T>* spans, std::size_t count,
         for (std::size_t k = 0; k < count; ++k) {
             for (std::size_t i = 0; i < spans[k].size; i += detail::kSumBlock) {
                 const std::size_t m = spans[k].size - i < detail::kSumBlock ? spans[k].size - i : detail::kSumBlock;
-                sum += detail::sum_of_squares_serial(spans[k].data + i, m);
+                sum += detail::sum_of_squares_block(spans[k].data + i, m);
             }
         }
         return sum;
@@ -307,7 +454,7 @@ double multi_tensor_sum_of_squares(const ConstSpan<T>* spans, std::size_t count,
     const std::ptrdiff_t nb = static_cast<std::ptrdiff_t>(blocks);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (std::ptrdiff_t j = 0; j < nb; ++j) {
-        list[j].sum = detail::sum_of_squares_serial(list[j].data, list[j].size);
+        list[j].sum = detail::sum_of_squares_block(list[j].data, list[j].size);
     }
     for (std::size_t j = 0; j < blocks; ++j) {
         sum += list[j].sum;

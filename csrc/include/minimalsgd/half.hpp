@@ -1,0 +1,389 @@
+// minimalsgd: the two 16-bit storage formats (bfloat16, float16), their exact conversions to and
+// from float, stochastic rounding, and the counter-based generator of its random bits.
+//
+// Storage only: arithmetic happens in float. Every conversion here is defined bit for bit:
+//
+//   to_float(x)                   exact (bfloat16: the bits shifted; float16: IEEE binary16, with
+//                                 subnormals, infinities and NaN payloads as NumPy converts them).
+//   round_nearest<S>(f)           round to nearest, ties to even, as ml_dtypes (bfloat16) and NumPy
+//                                 (float16) convert: overflow gives an infinity of the sign; a NaN
+//                                 gives sign|0x7fc0 (bfloat16, ml_dtypes' quiet NaN) or
+//                                 sign|0x7c00|(payload >> 13), 0x7c01 when that is 0 (float16, NumPy).
+//   round_stochastic<S>(f, r)     the neighbour toward zero, plus one unit in the last place when
+//                                 r < floor(frac * 2^32), where frac in [0, 1) is |f|'s exact position
+//                                 between its two neighbours and r is 32 random bits: it rounds up
+//                                 with probability frac (exactly, except for float16 results of
+//                                 magnitude below 2^-32, where frac is cut to 32 bits), so the
+//                                 expected result is f. NaN and infinity convert as in
+//                                 round_nearest; a magnitude at or above the format's overflow
+//                                 threshold (bfloat16: above the largest finite value when rounded
+//                                 up; float16: >= 65536) gives an infinity.
+//
+// Random bits: element i of tensor `key` at step `step` of a run seeded with `seed` uses
+//
+//     k    = mix64(mix64(mix64(seed + G) ^ step) ^ key)       (computed once per tensor and step)
+//     bits = mix64(k + i * G)                                   (uint64 arithmetic, wrapping)
+//     r_value = bits & 0xffffffff,  r_buffer = bits >> 32
+//
+// with G = 0x9E3779B97F4A7C15 and mix64 SplitMix64's finalizer:
+//
+//     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;  z = (z ^ (z >> 27)) * 0x94D049BB133111EB;  z ^ (z >> 31)
+//
+// A pure function of (seed, step, key, i): the same bits for any thread count, chunking, instruction
+// set and backend; NumPy computes it exactly with uint64 arrays. No global random state.
+//
+// Code compiled under instruction-set flags lives in the per-target namespace (see config.hpp);
+// the x86 conversion instructions (F16C vcvtps2ph/vcvtph2ps, AVX-512 BF16 vcvtneps2bf16) are used
+// only where the translation unit's own flags enable them (__F16C__, __AVX512BF16__), so the header
+// builds for any architecture and the baseline code runs on any x86-64.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "config.hpp"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__F16C__) || defined(__AVX512BF16__))
+#include <immintrin.h>
+#endif
+
+namespace minimalsgd {
+
+/// bfloat16 storage: the upper 16 bits of an IEEE binary32 (ml_dtypes.bfloat16's layout).
+struct bfloat16_t {
+    std::uint16_t bits;
+};
+
+/// float16 storage: IEEE binary16 (numpy.float16's layout).
+struct float16_t {
+    std::uint16_t bits;
+};
+
+static_assert(sizeof(bfloat16_t) == 2 && sizeof(float16_t) == 2, "16-bit storage types must be 2 bytes");
+
+/// Whether T is one of the 16-bit storage types.
+template <class T>
+struct is_half : std::false_type {};
+template <>
+struct is_half<bfloat16_t> : std::true_type {};
+template <>
+struct is_half<float16_t> : std::true_type {};
+
+/// The type a storage type computes in: float for the 16-bit formats, T itself otherwise.
+template <class T>
+struct compute_type {
+    using type = T;
+};
+template <>
+struct compute_type<bfloat16_t> {
+    using type = float;
+};
+template <>
+struct compute_type<float16_t> {
+    using type = float;
+};
+template <class T>
+using compute_t = typename compute_type<T>::type;
+
+/// The golden-ratio increment of the element counter.
+constexpr std::uint64_t kRoundingGamma = 0x9E3779B97F4A7C15ull;
+
+inline namespace MINIMALSGD_TARGET_NAMESPACE {
+
+inline std::uint32_t float_bits(float f) {
+    std::uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+inline float bits_float(std::uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/// SplitMix64's finalizer: a bijection of uint64 with good avalanche.
+inline std::uint64_t mix64(std::uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/// The per-run-and-step part of the key: mix64(mix64(seed + G) ^ step).
+inline std::uint64_t rounding_step_key(std::uint64_t seed, std::uint64_t step) {
+    return mix64(mix64(seed + kRoundingGamma) ^ step);
+}
+
+/// The key of one tensor at one step: mix64(rounding_step_key(seed, step) ^ tensor_key).
+inline std::uint64_t rounding_tensor_key(std::uint64_t step_key, std::uint64_t tensor_key) {
+    return mix64(step_key ^ tensor_key);
+}
+
+/// The 64 random bits of element `i` of a tensor whose key is `k`.
+inline std::uint64_t rounding_bits(std::uint64_t k, std::uint64_t i) { return mix64(k + i * kRoundingGamma); }
+
+// ---------------------------------------------------------------------------------------------
+// Scalar conversions on bit patterns (branch-free: the compiler vectorizes loops over them).
+
+/// bfloat16 bits -> float bits: exact.
+inline std::uint32_t bf16_to_f32_bits(std::uint16_t h) { return static_cast<std::uint32_t>(h) << 16; }
+
+/// float16 bits -> float bits: exact (subnormals normalized, Inf/NaN payloads kept, as NumPy).
+inline std::uint32_t f16_to_f32_bits(std::uint16_t h) {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t em = h & 0x7fffu;
+    const std::uint32_t shifted = em << 13;
+    const std::uint32_t exp = shifted & 0x0f800000u;
+    // Normal: rebias the exponent by 127 - 15.
+    std::uint32_t normal = shifted + (112u << 23);
+    // Inf/NaN: all exponent bits set.
+    const std::uint32_t special = shifted | 0x7f800000u;
+    // Subnormal: em * 2^-24, exactly, as a float built from bits (the magic constant is 2^-14,
+    // and em * 2^-24 = (2^-14 + em * 2^-24) - 2^-14 is exact in float).
+    const float sub = bits_float(shifted + (113u << 23)) - bits_float(113u << 23);
+    const std::uint32_t subnormal = float_bits(sub);
+    normal = exp == 0x0f800000u ? special : normal;
+    normal = exp == 0 ? subnormal : normal;
+    return sign | normal;
+}
+
+/// float bits -> bfloat16 bits, round to nearest even (ml_dtypes).
+inline std::uint16_t f32_to_bf16_rne(std::uint32_t u) {
+    const std::uint32_t a = u & 0x7fffffffu;
+    const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const std::uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    return static_cast<std::uint16_t>(a > 0x7f800000u ? nan : rounded);
+}
+
+/// float bits -> float16 bits, round to nearest even (NumPy's float16 conversion).
+inline std::uint16_t f32_to_f16_rne(std::uint32_t u) {
+    const std::uint32_t sign = (u >> 16) & 0x8000u;
+    const std::uint32_t a = u & 0x7fffffffu;
+    // NaN: NumPy keeps the top payload bits and makes sure the result stays a NaN.
+    std::uint32_t nan = 0x7c00u + ((a & 0x007fffffu) >> 13);
+    nan = nan == 0x7c00u ? 0x7c01u : nan;
+    // Normal float16 range: drop 13 bits with ties to even; a carry may reach the infinity.
+    const std::uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13;  // 0xc8000000 = -(112 << 23)
+    // Subnormal float16 range (a < 2^-14): the significand with its implicit bit, shifted right by
+    // 126 - e (clamped: at 25 and above every value rounds to 0), ties to even.
+    const std::uint32_t e = a >> 23;
+    std::uint32_t shift = 126u - (e < 1u ? 1u : e);
+    shift = shift > 25u ? 25u : shift;
+    const std::uint32_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
+    const std::uint32_t half = (1u << (shift - 1)) - 1u;
+    const std::uint32_t subnormal = (m + half + ((m >> shift) & 1u)) >> shift;
+    std::uint32_t r = a < 0x38800000u ? subnormal : normal;
+    r = a >= 0x47800000u ? 0x7c00u : r;  // >= 65536: infinity
+    r = a > 0x7f800000u ? nan : r;
+    return static_cast<std::uint16_t>(sign | r);
+}
+
+/// float bits -> bfloat16 bits, stochastically, with 32 random bits `r` (see the top of the file).
+inline std::uint16_t f32_to_bf16_sr(std::uint32_t u, std::uint32_t r) {
+    const std::uint32_t a = u & 0x7fffffffu;
+    const std::uint32_t threshold = (u & 0xffffu) << 16;
+    const std::uint32_t up = r < threshold ? 1u : 0u;
+    const std::uint32_t rounded = (u >> 16) + up;
+    const std::uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    return static_cast<std::uint16_t>(a > 0x7f800000u ? nan : rounded);
+}
+
+/// float bits -> float16 bits, stochastically, with 32 random bits `r` (see the top of the file).
+/// Below 2^-14 the position between neighbours is (m mod 2^s) / 2^s for the significand m and the
+/// s = 126 - e dropped bits: r is compared with the low 32 bits of (m << 32) >> s (s clamped to
+/// 63), exact down to 2^-32 and off by less than 2^-32 of a unit below.
+inline std::uint16_t f32_to_f16_sr(std::uint32_t u, std::uint32_t r) {
+    const std::uint32_t sign = (u >> 16) & 0x8000u;
+    const std::uint32_t a = u & 0x7fffffffu;
+    std::uint32_t nan = 0x7c00u + ((a & 0x007fffffu) >> 13);
+    nan = nan == 0x7c00u ? 0x7c01u : nan;
+    // Normal range: truncate 13 bits, round up when r < the dropped bits scaled to 2^32.
+    const std::uint32_t normal = ((a - (112u << 23)) >> 13) + (r < ((a & 0x1fffu) << 19) ? 1u : 0u);
+    // Subnormal range.
+    const std::uint32_t e = a >> 23;
+    std::uint32_t shift = 126u - (e < 1u ? 1u : e);
+    shift = shift > 63u ? 63u : shift;
+    const std::uint64_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
+    const std::uint64_t scaled = (m << 32) >> shift;
+    const std::uint32_t subnormal =
+        static_cast<std::uint32_t>(scaled >> 32) + (r < static_cast<std::uint32_t>(scaled) ? 1u : 0u);
+    std::uint32_t out = a < 0x38800000u ? subnormal : normal;
+    out = a >= 0x47800000u ? 0x7c00u : out;
+    out = a > 0x7f800000u ? nan : out;
+    return static_cast<std::uint16_t>(sign | out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The public scalar API.
+
+inline float to_float(bfloat16_t x) { return bits_float(bf16_to_f32_bits(x.bits)); }
+inline float to_float(float16_t x) { return bits_float(f16_to_f32_bits(x.bits)); }
+
+/// Round to nearest even.
+template <class S>
+S round_nearest(float f);
+template <>
+inline bfloat16_t round_nearest<bfloat16_t>(float f) {
+    return bfloat16_t{f32_to_bf16_rne(float_bits(f))};
+}
+template <>
+inline float16_t round_nearest<float16_t>(float f) {
+    return float16_t{f32_to_f16_rne(float_bits(f))};
+}
+
+/// Round stochastically with 32 random bits `r`.
+template <class S>
+S round_stochastic(float f, std::uint32_t r);
+template <>
+inline bfloat16_t round_stochastic<bfloat16_t>(float f, std::uint32_t r) {
+    return bfloat16_t{f32_to_bf16_sr(float_bits(f), r)};
+}
+template <>
+inline float16_t round_stochastic<float16_t>(float f, std::uint32_t r) {
+    return float16_t{f32_to_f16_sr(float_bits(f), r)};
+}
+
+namespace detail {
+
+// ---------------------------------------------------------------------------------------------
+// Block conversions: n <= a few hundred elements between storage and float scratch arrays.
+// Plain loops over the scalar functions above (vectorized by the compiler), replaced by the
+// conversion instructions where this translation unit's flags enable them. Every variant gives
+// the same bits.
+
+inline void load_block(const bfloat16_t* MINIMALSGD_RESTRICT src, float* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    const std::uint16_t* s = reinterpret_cast<const std::uint16_t*>(src);
+    MINIMALSGD_SIMD
+    for (std::size_t i = 0; i < n; ++i) {
+        dst[i] = bits_float(bf16_to_f32_bits(s[i]));
+    }
+}
+
+inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    const std::uint16_t* s = reinterpret_cast<const std::uint16_t*>(src);
+    std::size_t i = 0;
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__F16C__)
+    // vcvtph2ps: exact, subnormals included (it does not flush them).
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + i));
+        _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(h));
+    }
+#endif
+    for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+    }
+#endif
+    MINIMALSGD_SIMD
+    for (std::size_t j = i; j < n; ++j) {
+        dst[j] = bits_float(f16_to_f32_bits(s[j]));
+    }
+}
+
+inline void store_nearest(const float* MINIMALSGD_RESTRICT src, bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    std::size_t i = 0;
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512BF16__) && defined(__AVX512F__)
+    // vcvtneps2bf16 rounds to nearest even but flushes subnormal inputs to zero and keeps NaN
+    // payloads: those lanes (exponent all zeros or all ones with a payload) take the exact code.
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(src + i);
+        const __m256i hw = (__m256i)_mm512_cvtneps_pbh(x);
+        const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+        const __mmask16 subnormal = _mm512_mask_cmpneq_epi32_mask(
+            _mm512_cmpeq_epi32_mask(_mm512_and_si512(a, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512()), a,
+            _mm512_setzero_si512());
+        const __mmask16 special = subnormal | _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
+        if (special) {
+            for (unsigned j = 0; j < 16; ++j) {
+                if (special & (1u << j)) {
+                    d[i + j] = f32_to_bf16_rne(float_bits(src[i + j]));
+                }
+            }
+        }
+    }
+#endif
+    MINIMALSGD_SIMD
+    for (std::size_t j = i; j < n; ++j) {
+        d[j] = f32_to_bf16_rne(float_bits(src[j]));
+    }
+}
+
+inline void store_nearest(const float* MINIMALSGD_RESTRICT src, float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    std::size_t i = 0;
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__F16C__)
+    // vcvtps2ph with an explicit round-to-nearest-even: exact for every finite and infinite input
+    // (subnormal results included); NaN lanes take the exact code (NumPy keeps signalling payloads).
+#if defined(__AVX512F__)
+    for (; i + 16 <= n; i += 16) {
+        const __m512 x = _mm512_loadu_ps(src + i);
+        const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        if (nan) {
+            for (unsigned j = 0; j < 16; ++j) {
+                if (nan & (1u << j)) {
+                    d[i + j] = f32_to_f16_rne(float_bits(src[i + j]));
+                }
+            }
+        }
+    }
+#endif
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(src + i);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        const int nan = _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+        if (nan) {
+            for (unsigned j = 0; j < 8; ++j) {
+                if (nan & (1 << j)) {
+                    d[i + j] = f32_to_f16_rne(float_bits(src[i + j]));
+                }
+            }
+        }
+    }
+#endif
+    MINIMALSGD_SIMD
+    for (std::size_t j = i; j < n; ++j) {
+        d[j] = f32_to_f16_rne(float_bits(src[j]));
+    }
+}
+
+// Stochastic rounding of a block; element j uses the 32 bits of rnd[j] >> Shift.
+template <int Shift>
+void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint64_t* MINIMALSGD_RESTRICT rnd,
+                      bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    MINIMALSGD_SIMD
+    for (std::size_t j = 0; j < n; ++j) {
+        d[j] = f32_to_bf16_sr(float_bits(src[j]), static_cast<std::uint32_t>(rnd[j] >> Shift));
+    }
+}
+
+template <int Shift>
+void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint64_t* MINIMALSGD_RESTRICT rnd,
+                      float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    MINIMALSGD_SIMD
+    for (std::size_t j = 0; j < n; ++j) {
+        d[j] = f32_to_f16_sr(float_bits(src[j]), static_cast<std::uint32_t>(rnd[j] >> Shift));
+    }
+}
+
+// The random bits of elements [index0, index0 + n) of the tensor whose key is k.
+inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint64_t* MINIMALSGD_RESTRICT out,
+                         std::size_t n) {
+    const std::uint64_t base = k + index0 * kRoundingGamma;
+    MINIMALSGD_SIMD
+    for (std::size_t j = 0; j < n; ++j) {
+        out[j] = mix64(base + static_cast<std::uint64_t>(j) * kRoundingGamma);
+    }
+}
+
+}  // namespace detail
+}  // namespace MINIMALSGD_TARGET_NAMESPACE
+}  // namespace minimalsgd
