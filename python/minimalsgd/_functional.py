@@ -15,7 +15,7 @@ from typing import Any, Literal, Union
 
 import numpy as np
 
-from . import _numpy
+from . import _half, _numpy
 
 try:
     from . import _core
@@ -31,7 +31,11 @@ Backend = Literal["auto", "native", "numpy"]
 ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray]]
 
 _BACKENDS = ("auto", "native", "numpy")
-_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_NATIVE_DTYPES = tuple(
+    d for d in (np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16), _half.BFLOAT16) if d is not None
+)
+_FLOAT32 = np.dtype(np.float32)
+_U64 = 1 << 64
 _ALIGNED_CONTIG = ("C_CONTIGUOUS", "F_CONTIGUOUS")
 
 
@@ -92,6 +96,27 @@ def check_hyperparameters(
     return lr, momentum, dampening, weight_decay, nesterov, maximize
 
 
+def check_rounding(stochastic_rounding: Any, seed: Any, rounding_step: Any = 0) -> tuple[bool, int, int]:
+    """(stochastic_rounding, seed, rounding_step), checked: a bool, and ints in [0, 2**64) (the seed
+    only when stochastic rounding is on; otherwise None stands for 0)."""
+    sr = check_bool("stochastic_rounding", stochastic_rounding)
+    if seed is None and not sr:
+        seed = 0
+    seed = check_uint64("seed", seed)
+    step = check_uint64("rounding_step", rounding_step)
+    return sr, seed, step
+
+
+def check_uint64(name: str, x: Any) -> int:
+    """``x`` as an int in [0, 2**64): TypeError unless an integer, ValueError unless in range."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise TypeError(f"{name} must be an int in [0, 2**64), got {type(x).__name__}")
+    value = int(x)
+    if not 0 <= value < _U64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return value
+
+
 def check_backend(backend: Any) -> str:
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
@@ -124,8 +149,9 @@ def check_tensor(name: str, value: Any, grad: Any, buf: Any, with_buffer: bool) 
     """Raise a TypeError/ValueError naming ``name`` unless the three arrays can be stepped."""
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: value must be a numpy.ndarray, got {type(value).__name__}")
-    if value.dtype.kind not in "fc":
-        raise TypeError(f"{name}: value must have a floating-point or complex dtype, got {value.dtype}")
+    if value.dtype.kind not in "fc" and not _half.is_half(value.dtype):
+        raise TypeError(f"{name}: value must have a floating-point (float16, bfloat16, float32, float64, ...) "
+                        f"or complex dtype, got {value.dtype}")
     if not value.flags.writeable:
         raise ValueError(f"{name}: value is read-only; the step updates it in place")
     _check_companion(name, "grad", grad, value, written=False)
@@ -137,8 +163,10 @@ def _check_companion(name: str, what: str, arr: Any, value: np.ndarray, written:
     """The grad or momentum buffer of ``value``: an array of its dtype and shape (writeable if written)."""
     if not isinstance(arr, np.ndarray):
         raise TypeError(f"{name}: {what} must be a numpy.ndarray, got {type(arr).__name__}")
-    if not _same_dtype(arr.dtype, value.dtype):
-        raise TypeError(f"{name}: {what} dtype {arr.dtype} does not match value dtype {value.dtype}")
+    float32_buffer = written and _half.is_half(value.dtype) and _same_dtype(arr.dtype, _FLOAT32)
+    if not _same_dtype(arr.dtype, value.dtype) and not float32_buffer:
+        extra = " (or float32, for a 16-bit value)" if written and _half.is_half(value.dtype) else ""
+        raise TypeError(f"{name}: {what} dtype {arr.dtype} does not match value dtype {value.dtype}{extra}")
     if arr.shape != value.shape:
         raise ValueError(f"{name}: {what} shape {arr.shape} does not match value shape {value.shape}")
     if written and not arr.flags.writeable:
@@ -194,11 +222,11 @@ def native_reason(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -
     if _core is None:
         return f"the native extension could not be imported ({_CORE_IMPORT_ERROR})"
     if value.dtype not in _NATIVE_DTYPES:
-        return f"dtype {value.dtype} is not float32/float64 in native byte order"
+        return f"dtype {value.dtype} is not float16/bfloat16/float32/float64 in native byte order"
     arrays = (value, grad) if buf is None else (value, grad, buf)
     for a in arrays[1:]:
-        if a.dtype != value.dtype:
-            return f"dtype {a.dtype} is not float32/float64 in native byte order"
+        if a.dtype != value.dtype and not (a is buf and a.dtype == _FLOAT32 and _half.is_half(value.dtype)):
+            return f"dtype {a.dtype} is not float16/bfloat16/float32/float64 in native byte order"
     for a in arrays:
         if not a.flags.aligned:
             return "an array is not aligned to its dtype"
@@ -221,8 +249,16 @@ def run_step(
     hyper: tuple[float, float, float, float, bool, bool],
     grad_scale: float,
     backend: str,
+    rounding: tuple[bool, int, int] = (False, 0, 0),
+    keys: Sequence[int] | None = None,
 ) -> None:
-    """Route each validated tensor to a backend, then run: native ones in one call."""
+    """Route each validated tensor to a backend, then run: native ones in one call.
+
+    ``rounding`` = (stochastic_rounding, seed, rounding_step) for 16-bit tensors; ``keys`` are the
+    tensors' rounding keys (default: their positions in ``values``)."""
+    sr, seed, rstep = rounding
+    if keys is None:
+        keys = list(range(len(values)))
     lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
     with_buffer = momentum != 0
     native: list[int] = []
@@ -249,6 +285,10 @@ def run_step(
             [firsts[i] for i in native],
             *args,
             check_overlap=False,
+            stochastic_rounding=sr,
+            seed=seed,
+            rounding_step=rstep,
+            rounding_keys=[keys[i] for i in native],
         )
     if other:
         _numpy.sgd_step(
@@ -257,6 +297,10 @@ def run_step(
             [buffers[i] for i in other] if with_buffer and buffers is not None else None,
             [firsts[i] for i in other],
             *args,
+            stochastic_rounding=sr,
+            seed=seed,
+            rounding_step=rstep,
+            rounding_keys=[keys[i] for i in other],
         )
 
 
@@ -297,6 +341,10 @@ def sgd_step(
     grad_scale: float = 1.0,
     first_step: bool | Sequence[bool] = False,
     backend: Backend = "auto",
+    stochastic_rounding: bool = False,
+    seed: int | None = None,
+    rounding_step: int = 0,
+    rounding_keys: Sequence[int] | None = None,
 ) -> None:
     r"""One fused SGD step over one or many tensors, in place, in one pass per tensor.
 
@@ -320,6 +368,18 @@ def sgd_step(
         grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
         backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
             elsewhere), ``"native"`` (raise where it cannot) or ``"numpy"``.
+        stochastic_rounding: float16/bfloat16 tensors compute in float32 and round each stored
+            result once: to nearest even (False), or stochastically (True) with the random bits
+            of (``seed``, ``rounding_step``, the tensor's key, element index) -- the same bits for
+            any backend, thread count and instruction set. Ignored for float32/float64 tensors,
+            whose results are stored in the dtype they are computed in.
+        seed: an int in [0, 2**64); required with ``stochastic_rounding=True``.
+        rounding_step: an int in [0, 2**64): advance it every step (the step count, say), or
+            every step rounds with the same bits.
+        rounding_keys: one int in [0, 2**64) per tensor (default: its position in ``values``):
+            tensors with different keys get independent bits.
+
+    A 16-bit value's momentum buffer is of its dtype, or float32 (then stored unrounded).
 
     Raises:
         TypeError, ValueError: naming the tensor (``values[i]``) or hyperparameter at fault;
@@ -330,10 +390,13 @@ def sgd_step(
     # backend, a dtype or layout NumPy must serve, or an error to report) takes the path below.
     if _core is not None and (backend == "native" or (backend == "auto" and DEFAULT_BACKEND != "numpy")):
         if _core.try_sgd_step(
-            values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
+            values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize,
+            grad_scale, stochastic_rounding, 0 if seed is None and stochastic_rounding is False else seed,
+            rounding_step, rounding_keys,
         ):
             return
     hyper = check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize)
+    rounding = check_rounding(stochastic_rounding, seed, rounding_step)
     scale = check_real("grad_scale", grad_scale, minimum=0.0)
     resolved = check_backend(backend)
     vs = as_list(values, "values")
@@ -354,13 +417,18 @@ def sgd_step(
         firsts = [check_bool(f"first_step[{i}]", f) for i, f in enumerate(as_list(first_step, "first_step"))]
         if len(firsts) != len(vs):
             raise ValueError(f"first_step has {len(firsts)} flags for {len(vs)} values")
+    keys: list[int] | None = None
+    if rounding_keys is not None:
+        keys = [check_uint64(f"rounding_keys[{i}]", k) for i, k in enumerate(as_list(rounding_keys, "rounding_keys"))]
+        if len(keys) != len(vs):
+            raise ValueError(f"rounding_keys has {len(keys)} keys for {len(vs)} values")
     names = [f"values[{i}]" for i in range(len(vs))]
     for i in range(len(vs)):
         check_tensor(names[i], vs[i], gs[i], bs[i] if bs is not None else None, with_buffer)
         if with_buffer and bs is not None and bs[i] is None:
             raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
     check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
-    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved)
+    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved, rounding, keys)
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:
@@ -371,7 +439,7 @@ def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> floa
     for name, g in zip(names, gs):
         if not isinstance(g, np.ndarray):
             raise TypeError(f"{name} must be a numpy.ndarray, got {type(g).__name__}")
-        if g.dtype.kind not in "fc":
+        if g.dtype.kind not in "fc" and not _half.is_half(g.dtype):
             raise TypeError(f"{name} must have a floating-point or complex dtype, got {g.dtype}")
     return math.sqrt(sum_of_squares(names, gs, resolved))
 

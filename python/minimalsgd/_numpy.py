@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _half
+
 __all__ = ["sgd_step", "sum_of_squares"]
 
 # Blocks of this many elements are converted to float64 at a time for the sum of squares.
@@ -71,11 +73,23 @@ def sgd_step(
     nesterov: bool,
     maximize: bool,
     grad_scale: float,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+    rounding_step: int = 0,
+    rounding_keys: Sequence[int] | None = None,
 ) -> None:
-    """The fused step, tensor by tensor. Inputs are assumed validated (see _functional)."""
+    """The fused step, tensor by tensor. Inputs are assumed validated (see _functional).
+
+    float16/bfloat16 tensors compute in float32 temporaries and round each stored result once
+    (``_half.step_one``); ``rounding_keys`` (default: positions) key their random bits."""
     firsts = [bool(first_step)] * len(values) if isinstance(first_step, bool) else first_step
     for i, (w, g) in enumerate(zip(values, grads)):
         buf = momentum_buffers[i] if momentum != 0 and momentum_buffers is not None else None
+        if _half.is_half(w.dtype):
+            key = i if rounding_keys is None else rounding_keys[i]
+            _half.step_one(w, g, buf, firsts[i], lr, momentum, dampening, weight_decay, nesterov, maximize,
+                           grad_scale, stochastic_rounding, seed, rounding_step, key)
+            continue
         _step_one(w, g, buf, firsts[i], lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
 
 

@@ -169,7 +169,8 @@ inline std::uint16_t f32_to_f16_rne(std::uint32_t u) {
     // Subnormal float16 range (a < 2^-14): the significand with its implicit bit, shifted right by
     // 126 - e (clamped: at 25 and above every value rounds to 0), ties to even.
     const std::uint32_t e = a >> 23;
-    std::uint32_t shift = 126u - (e < 1u ? 1u : e);
+    // (Lanes of the other ranges compute this too: clamping e keeps every shift defined.)
+    std::uint32_t shift = 126u - (e < 1u ? 1u : (e > 112u ? 112u : e));
     shift = shift > 25u ? 25u : shift;
     const std::uint32_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
     const std::uint32_t half = (1u << (shift - 1)) - 1u;
@@ -203,7 +204,7 @@ inline std::uint16_t f32_to_f16_sr(std::uint32_t u, std::uint32_t r) {
     const std::uint32_t normal = ((a - (112u << 23)) >> 13) + (r < ((a & 0x1fffu) << 19) ? 1u : 0u);
     // Subnormal range.
     const std::uint32_t e = a >> 23;
-    std::uint32_t shift = 126u - (e < 1u ? 1u : e);
+    std::uint32_t shift = 126u - (e < 1u ? 1u : (e > 112u ? 112u : e));
     shift = shift > 63u ? 63u : shift;
     const std::uint64_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
     const std::uint64_t scaled = (m << 32) >> shift;
