@@ -149,7 +149,7 @@ def test_global_grad_norm(dtype, backend):
     gs = [rng.standard_normal(s).astype(dtype) for s in [(10,), (3, 7), (), (0,), (40_000,)]]
     if np.dtype(dtype).kind == "c":
         gs = [np.asarray(g + 1j * rng.standard_normal(g.shape), dtype=dtype) for g in gs]
-    if backend == "native" and np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if backend == "native" and np.dtype(dtype) not in (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)):
         with pytest.raises(ValueError, match=r"grads\[0\].*native"):
             minimalsgd.global_grad_norm(gs, backend=backend)
         return

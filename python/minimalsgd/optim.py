@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
 
 from . import _functional as F
+from . import _half
 
 __all__ = ["SGD"]
 
@@ -26,8 +28,10 @@ _HYPERPARAMETERS = (
     "skip_nonfinite",
     "backend",
 )
+# 16-bit storage settings (optional in a state dict: older ones lack them).
+_ROUNDING_SETTINGS = ("stochastic_rounding", "seed", "momentum_dtype")
 # Attributes whose change invalidates the cached native plan.
-_PLAN_INPUTS = frozenset(_HYPERPARAMETERS) | {"params"}
+_PLAN_INPUTS = frozenset(_HYPERPARAMETERS) | frozenset(_ROUNDING_SETTINGS) | {"params", "rounding_step"}
 _STATE_PREFIX = "state/"
 _STATE_FIELDS = ("momentum_buffer", "step")
 STATE_DICT_FORMAT = 1
@@ -54,6 +58,15 @@ class SGD:
 
     Hyperparameters are plain attributes (``opt.lr = 0.01`` takes effect at the next step) and
     are checked at every step like :class:`torch.optim.SGD` checks them.
+
+    float16 and bfloat16 (``ml_dtypes.bfloat16``) params compute in float32 and round each stored
+    result once: to nearest even, or with ``stochastic_rounding=True`` stochastically, with random
+    bits keyed by (``seed``, ``rounding_step``, a 64-bit key of the param's name, element index).
+    ``seed`` (an int in [0, 2**64)) defaults to one drawn from the OS; ``rounding_step`` counts
+    the applied steps. Both are in :meth:`state_dict`, so a resumed run rounds bit for bit as the
+    uninterrupted one. Stochastic rounding is ignored for float32/float64 params (nothing to
+    round). ``momentum_dtype="float32"`` keeps the momentum buffers of 16-bit params in float32
+    (unrounded); by default a buffer has its value's dtype, as in torch.
     """
 
     def __init__(
@@ -69,6 +82,9 @@ class SGD:
         maximize: bool = False,
         skip_nonfinite: bool = False,
         backend: F.Backend = "auto",
+        stochastic_rounding: bool = False,
+        seed: int | None = None,
+        momentum_dtype: Any = None,
     ) -> None:
         if not isinstance(params, MutableMapping):
             raise TypeError(
@@ -84,6 +100,11 @@ class SGD:
         self.maximize = maximize
         self.skip_nonfinite = skip_nonfinite
         self.backend = backend
+        self.stochastic_rounding = stochastic_rounding
+        self.seed = secrets.randbits(64) if seed is None else seed
+        self.momentum_dtype = momentum_dtype
+        #: Applied steps: the step part of the stochastic-rounding key.
+        self.rounding_step = 0
         self._check_settings()
         #: name -> {"momentum_buffer": ndarray, "step": int}; plain NumPy and ints.
         self.state = {}
@@ -127,6 +148,17 @@ class SGD:
             plan.reset_applied()
             for key in self._plan_keys:
                 self._state[key]["step"] += n
+            object.__setattr__(self, "_rounding_step", self.__dict__["_rounding_step"] + n)
+
+    @property
+    def rounding_step(self) -> int:
+        """Applied steps: the step part of the stochastic-rounding key of the next step."""
+        self._flush_plan_steps()
+        return self.__dict__.get("_rounding_step", 0)
+
+    @rounding_step.setter
+    def rounding_step(self, value: int) -> None:
+        object.__setattr__(self, "_rounding_step", value)
 
     def _drop_plan(self) -> None:
         if self.__dict__.get("_plan") is not None:
@@ -134,7 +166,8 @@ class SGD:
             object.__setattr__(self, "_plan", None)
 
     def _build_plan(self, keys: list[str], values: list[np.ndarray], grads: list[np.ndarray], buffers: list[Any],
-                    hyper: tuple[float, float, float, float, bool, bool], clip: float | None, skip: bool, backend: str) -> None:
+                    hyper: tuple[float, float, float, float, bool, bool], clip: float | None, skip: bool, backend: str,
+                    rounding: tuple[bool, int, int] = (False, 0, 0)) -> None:
         core = F._core
         if core is None or backend == "numpy" or type(self.params) is not dict:
             return
@@ -151,9 +184,11 @@ class SGD:
             if F.native_reason(values[i], grads[i], buffers[i] if with_buffer else None) is not None:
                 return
         lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
+        sr, seed, _ = rounding
         plan = core.Plan(self.params, list(self.params.keys()), inners, index, values, grads,
                          buffers if with_buffer else None, lr, momentum, dampening, weight_decay, nesterov, maximize,
-                         -1.0 if clip is None else clip, skip)
+                         -1.0 if clip is None else clip, skip, sr, seed, self.__dict__["_rounding_step"],
+                         [_half.name_key(k) for k in keys])
         object.__setattr__(self, "_plan", plan)
         object.__setattr__(self, "_plan_keys", keys)
 
@@ -168,7 +203,13 @@ class SGD:
         if self.clip_grad_norm is not None:
             clip = F.check_real("clip_grad_norm", self.clip_grad_norm, positive=True)
         skip = F.check_bool("skip_nonfinite", self.skip_nonfinite)
+        self._check_rounding()
         return hyper, clip, skip, F.check_backend(self.backend)
+
+    def _check_rounding(self) -> tuple[bool, int, int]:
+        """(stochastic_rounding, seed, rounding_step), checked; and momentum_dtype."""
+        _momentum_dtype(self.momentum_dtype)
+        return F.check_rounding(self.stochastic_rounding, self.seed, self.__dict__.get("_rounding_step", 0))
 
     def _collect(self, with_buffer: bool) -> tuple[list[str], list[str], list[np.ndarray], list[np.ndarray], list[Any]]:
         """The params that have a grad, validated: (keys, labels, values, grads, buffers)."""
@@ -197,10 +238,13 @@ class SGD:
         F.check_no_overlap(labels, list(zip(values, grads, buffers)))
         return keys, labels, values, grads, buffers
 
-    @staticmethod
-    def _new_buffer(value: np.ndarray) -> np.ndarray:
-        # Same memory order as the value (so the native kernel can walk both), native byte order.
-        return np.empty_like(value, dtype=value.dtype.newbyteorder("="))
+    def _new_buffer(self, value: np.ndarray) -> np.ndarray:
+        # Same memory order as the value (so the native kernel can walk both), native byte order;
+        # float32 for a 16-bit value with momentum_dtype float32.
+        dtype = value.dtype.newbyteorder("=")
+        if _momentum_dtype(self.momentum_dtype) is not None and _half.is_half(value.dtype):
+            dtype = np.dtype(np.float32)
+        return np.empty_like(value, dtype=dtype)
 
     # -----------------------------------------------------------------------------------------
     # The step
@@ -226,6 +270,7 @@ class SGD:
 
     def _full_step(self) -> bool:
         hyper, clip, skip, backend = self._check_settings()
+        rounding = self._check_rounding()
         with_buffer = hyper[1] != 0
         keys, labels, values, grads, buffers = self._collect(with_buffer)
 
@@ -244,7 +289,9 @@ class SGD:
                 if buffers[i] is None:
                     buffers[i] = self._new_buffer(values[i])
                     firsts[i] = True
-        F.run_step(labels, values, grads, buffers if with_buffer else None, firsts, hyper, scale, backend)
+        F.run_step(labels, values, grads, buffers if with_buffer else None, firsts, hyper, scale, backend,
+                   rounding, [_half.name_key(k) for k in keys])
+        object.__setattr__(self, "_rounding_step", rounding[2] + 1)
         state = self.state
         for i, key in enumerate(keys):
             st = state.setdefault(key, {"step": 0})
@@ -252,7 +299,7 @@ class SGD:
             if with_buffer:
                 st["momentum_buffer"] = buffers[i]
         object.__setattr__(self, "_measures_norm", clip is not None or skip)
-        self._build_plan(keys, values, grads, buffers, hyper, clip, skip, backend)
+        self._build_plan(keys, values, grads, buffers, hyper, clip, skip, backend, rounding)
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
@@ -293,6 +340,11 @@ class SGD:
         for key in _HYPERPARAMETERS:
             sd[key] = getattr(self, key)
         sd["clip_grad_norm"] = math.nan if self.clip_grad_norm is None else float(self.clip_grad_norm)
+        sd["stochastic_rounding"] = bool(self.stochastic_rounding)
+        sd["seed"] = int(self.seed)
+        md = _momentum_dtype(self.momentum_dtype)
+        sd["momentum_dtype"] = "" if md is None else md.name
+        sd["rounding_step"] = int(self.rounding_step)
         sd["skipped_steps"] = self.skipped_steps
         sd["last_grad_norm"] = math.nan if self.last_grad_norm is None else self.last_grad_norm
         for name, st in self.state.items():
@@ -327,9 +379,20 @@ class SGD:
         for k in ("nesterov", "maximize", "skip_nonfinite"):
             if isinstance(hyper[k], np.bool_):
                 hyper[k] = bool(hyper[k])
+        rounding = {"stochastic_rounding": False, "seed": 0, "momentum_dtype": "", "rounding_step": 0}
+        for k in rounding:
+            if k in sd:
+                rounding[k] = _scalar(sd[k], k)
+        if isinstance(rounding["stochastic_rounding"], np.bool_):
+            rounding["stochastic_rounding"] = bool(rounding["stochastic_rounding"])
+        rounding["momentum_dtype"] = rounding["momentum_dtype"] or None
         trial = object.__new__(SGD)
         trial.__dict__.update(hyper)
+        trial.__dict__.update(rounding)
         trial._check_settings()
+        rounding["seed"] = int(rounding["seed"])
+        rounding["rounding_step"] = F.check_uint64("rounding_step", rounding["rounding_step"])
+        f32_buffers = _momentum_dtype(rounding["momentum_dtype"]) is not None
 
         # Per-param state: names must exist, buffers must fit.
         per_name: dict[str, dict[str, Any]] = {}
@@ -360,8 +423,12 @@ class SGD:
                     raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
                 if buf.shape != value.shape:
                     raise ValueError(f"{label}: momentum buffer shape {buf.shape} does not match value shape {value.shape}")
-                if buf.dtype.newbyteorder("=") != value.dtype.newbyteorder("="):
-                    raise TypeError(f"{label}: momentum buffer dtype {buf.dtype} does not match value dtype {value.dtype}")
+                want = value.dtype.newbyteorder("=")
+                if f32_buffers and _half.is_half(value.dtype):
+                    want = np.dtype(np.float32)
+                if buf.dtype.newbyteorder("=") != want:
+                    raise TypeError(f"{label}: momentum buffer dtype {buf.dtype} does not match {want} "
+                                    f"(value dtype {value.dtype})")
                 entry["momentum_buffer"] = buf
             new_state[name] = entry
         skipped = _scalar(sd.get("skipped_steps", 0), "skipped_steps")
@@ -372,6 +439,8 @@ class SGD:
 
         # Everything fits: now change the optimizer.
         for key, val in hyper.items():
+            setattr(self, key, val)
+        for key, val in rounding.items():
             setattr(self, key, val)
         state: dict[str, dict[str, Any]] = {}
         for name, entry in new_state.items():
@@ -392,8 +461,22 @@ class SGD:
             f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov}, "
             f"weight_decay={self.weight_decay}, clip_grad_norm={self.clip_grad_norm}, "
             f"dampening={self.dampening}, maximize={self.maximize}, "
-            f"skip_nonfinite={self.skip_nonfinite}, backend={self.backend!r})"
+            f"skip_nonfinite={self.skip_nonfinite}, backend={self.backend!r}, "
+            f"stochastic_rounding={self.stochastic_rounding}, seed={self.seed}, momentum_dtype={self.momentum_dtype!r})"
         )
+
+
+def _momentum_dtype(x: Any) -> np.dtype | None:
+    """None (a buffer of the value's dtype) or float32; ValueError for anything else."""
+    if x is None:
+        return None
+    try:
+        d = np.dtype(x)
+    except TypeError:
+        raise TypeError(f"momentum_dtype must be None or float32, got {x!r}") from None
+    if d != np.dtype(np.float32):
+        raise ValueError(f"momentum_dtype must be None or float32, got {d}")
+    return d
 
 
 def _scalar(x: Any, name: str) -> Any:
