@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -68,3 +70,103 @@ class ClassicSGD:
             self.v[k] = self.momentum * self.v[k] + g
             update = g + self.momentum * self.v[k] if self.nesterov else self.v[k]
             p["value"] -= self.lr * update
+
+
+# ---------------------------------------------------------------------------------------------
+# 16-bit storage: the float32-math oracle. Written from the specification (README, "bfloat16 and
+# float16"), independently of minimalsgd's code: per-element Python integers for the random bits,
+# np.nextafter neighbours and exact float64 fractions for stochastic rounding, and the reference
+# conversions of ml_dtypes / NumPy (astype) for rounding to nearest.
+
+_MASK64 = (1 << 64) - 1
+_G = 0x9E3779B97F4A7C15
+
+
+def _mix64(z: int) -> int:
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def random_bits(seed: int, step: int, key: int, n: int) -> list[int]:
+    """64 random bits per element: mix64(k + i*G), k = mix64(mix64(mix64(seed + G) ^ step) ^ key)."""
+    k = _mix64(_mix64(_mix64(seed + _G) ^ step) ^ key)
+    return [_mix64(k + i * _G) for i in range(n)]
+
+
+def _neighbours(ax: float, dtype) -> tuple[float, float]:
+    """(toward zero, away from zero) representable neighbours of the magnitude ax >= 0 in dtype,
+    as float64; the one above the largest finite value is the next power of two."""
+    dt = np.dtype(dtype)
+    big = float(np.asarray(np.finfo(dt).max if dt.kind == "f" else _bf16_max(), dtype=np.float64))
+    with np.errstate(over="ignore"):
+        c = float(np.asarray(np.float32(ax)).astype(dt).astype(np.float64))
+    if c > ax:
+        lo = float(np.nextafter(np.asarray(c, dtype=dt), np.asarray(0, dtype=dt)).astype(np.float64))
+    else:
+        lo = c
+    if lo >= big:
+        lo = big
+        hi = 2.0 ** math.ceil(math.log2(big))
+    else:
+        hi = float(np.nextafter(np.asarray(lo, dtype=dt), np.asarray(np.inf, dtype=dt)).astype(np.float64))
+    return lo, hi
+
+
+def _bf16_max():
+    import ml_dtypes
+
+    return ml_dtypes.finfo(ml_dtypes.bfloat16).max
+
+
+def round_stochastic_oracle(x32: np.ndarray, r32: list[int], dtype) -> np.ndarray:
+    """Each float32 x rounded to dtype: toward zero, plus one ulp when r < floor(frac * 2**32)."""
+    dt = np.dtype(dtype)
+    flat = np.asarray(x32, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.size, dtype=dt)
+    for i, x in enumerate(flat.tolist()):
+        if math.isnan(x) or math.isinf(x):
+            out[i] = np.asarray(np.float32(x)).astype(dt)
+            continue
+        ax = abs(x)
+        if dt.kind == "f" and ax >= 65536.0:
+            out[i] = math.copysign(math.inf, x)
+            continue
+        lo, hi = _neighbours(ax, dt)
+        threshold = math.floor((ax - lo) / (hi - lo) * 2.0**32)
+        mag = hi if r32[i] < threshold else lo
+        with np.errstate(over="ignore"):
+            out[i] = np.asarray(math.copysign(mag, x) if mag < 2.0**128 else math.copysign(math.inf, x)).astype(dt)
+    return out.reshape(np.shape(x32))
+
+
+def oracle_step_half(w, grad, v, *, first, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                     maximize=False, grad_scale=1.0, stochastic=False, seed=0, step=0, key=0):
+    """One step of a 16-bit tensor: float32 arithmetic in the order of DESIGN.md's formula with
+    each coefficient rounded to float32 once; the new value and (16-bit) buffer rounded once.
+    Elements are counted in C order. Returns (new w, new v) of the input dtypes."""
+    f = np.float32
+    w32 = np.asarray(w).astype(f)
+    g = np.asarray(grad).astype(f) * f(-grad_scale if maximize else grad_scale)
+    if weight_decay != 0:
+        g = g + f(weight_decay) * w32
+    n = w32.size
+    bits = random_bits(seed, step, key, n) if stochastic else None
+
+    def store(x, dtype, half):
+        dt = np.dtype(dtype)
+        if dt == np.float32:
+            return np.asarray(x, dtype=f)
+        if not stochastic:
+            with np.errstate(over="ignore", invalid="ignore"):
+                return np.asarray(x).astype(dt)
+        r = [(b >> 32) if half else (b & 0xFFFFFFFF) for b in bits]
+        return round_stochastic_oracle(np.asarray(x, dtype=f), r, dt)
+
+    v_new = None
+    if momentum != 0:
+        vv = g.copy() if first else f(momentum) * np.asarray(v).astype(f) + f(1.0 - dampening) * g
+        v_new = store(vv, np.asarray(v).dtype, True)
+        g = g + f(momentum) * vv if nesterov else vv
+    return store(w32 - f(lr) * g, np.asarray(w).dtype, False), v_new

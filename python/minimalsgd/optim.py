@@ -424,6 +424,9 @@ class SGD:
                 if buf.shape != value.shape:
                     raise ValueError(f"{label}: momentum buffer shape {buf.shape} does not match value shape {value.shape}")
                 want = value.dtype.newbyteorder("=")
+                if buf.dtype.kind == "V" and buf.dtype.itemsize == 2 and buf.dtype.names is None and want.kind == "V":
+                    # np.savez/np.load keep a bfloat16 array as raw 2-byte voids: the bits are intact.
+                    buf = buf.view(want)
                 if f32_buffers and _half.is_half(value.dtype):
                     want = np.dtype(np.float32)
                 if buf.dtype.newbyteorder("=") != want:

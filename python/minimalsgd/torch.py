@@ -9,10 +9,15 @@ It *is* a ``torch.optim.SGD`` (a subclass): the constructor, its checks and defa
 ``param_groups``, ``add_param_group``, ``zero_grad(set_to_none=True)``, ``state_dict()`` /
 ``load_state_dict()`` (``momentum_buffer`` per parameter, the same group keys) and every LR
 scheduler work unchanged, and checkpoints move between the two in both directions. Only
-``step()`` differs: per param group, every CPU float32/float64 parameter whose param, grad and
-momentum buffer are dense and contiguous goes to the native multi-tensor kernel in one call,
-in the tensors' own memory (no copies). Everything else — other devices,
-half precision, complex, sparse grads, non-contiguous layouts, negative-bit views, views that
+``step()`` differs: per param group, every CPU float32/float64/bfloat16/float16 parameter whose
+param, grad and momentum buffer are dense and contiguous goes to the native multi-tensor kernel
+in one call, in the tensors' own memory (no copies). bfloat16/float16 params compute in float32
+and round each stored result once (to nearest even: within one unit in the last place of
+``torch.optim.SGD(foreach=False)``, which rounds every intermediate too), or stochastically with
+``stochastic_rounding=True`` (an extra option: random bits keyed by the group's ``seed`` and
+``rounding_step``, which live in the param group and so in ``state_dict()``, and by the param's
+index in the optimizer, as torch's state dict numbers them). Everything else — other devices,
+complex, sparse grads, non-contiguous layouts, negative-bit views, views that
 share memory, ``differentiable=True``, AMP grad scaling, hyperparameters the kernel refuses (a
 negative lr set by hand) — goes through torch's own SGD code, with torch's results and no error.
 The native step bumps the params' autograd version counters as torch's in-place ops do.
@@ -25,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import secrets
+
 import torch
 from torch.autograd.graph import increment_version as _increment_version
 from torch.optim.sgd import sgd as _torch_sgd
@@ -34,7 +41,7 @@ from . import _functional as F
 __all__ = ["SGD"]
 
 # dtype -> the native kernel's code for it.
-_KIND = {torch.float32: 0, torch.float64: 1}
+_KIND = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _STRIDED = torch.strided
 
 
@@ -92,9 +99,32 @@ class SGD(torch.optim.SGD):
     ``foreach`` and ``fused`` choose torch's implementation for the params that fall back to
     torch; the native params always take the fused native kernel. ``differentiable=True``
     (autograd through the step) hands the whole step to torch.
+
+    Extra options: ``stochastic_rounding=True`` rounds the stored bfloat16/float16 results of the
+    native params stochastically (params that fall back to torch round to nearest), with random
+    bits of (``seed``, the group's ``rounding_step``, the param's index, element index); ``seed``
+    defaults to one drawn from the OS. Both are per-group settings kept in ``state_dict()``.
     """
 
-    def _native_group(self, group: dict[str, Any]) -> list[torch.Tensor]:
+    def __init__(self, params: Any, lr: Any = 1e-3, momentum: float = 0, dampening: float = 0,
+                 weight_decay: Any = 0, nesterov: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
+                 stochastic_rounding: bool = False, seed: int | None = None) -> None:
+        sr, seed_checked, _ = F.check_rounding(stochastic_rounding, secrets.randbits(64) if seed is None else seed)
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused)
+        self.defaults.update(stochastic_rounding=sr, seed=seed_checked, rounding_step=0)
+        for group in self.param_groups:
+            group.setdefault("stochastic_rounding", sr)
+            group.setdefault("seed", seed_checked)
+            group.setdefault("rounding_step", 0)
+
+    def _rounding_of(self, group: dict[str, Any]) -> tuple[bool, int, int]:
+        return F.check_rounding(group.get("stochastic_rounding", False), group.get("seed", 0),
+                                group.get("rounding_step", 0))
+
+    def _native_group(self, group: dict[str, Any], first_index: int = 0) -> list[torch.Tensor]:
         """Step the group's native-eligible params in one native call; return the others.
 
         Per param this checks only cheap tensor facts (dtype, device, layout, contiguity, neg bit,
@@ -116,9 +146,10 @@ class SGD(torch.optim.SGD):
         gptrs: list[int] = []
         bptrs: list[int] = []
         sizes: list[int] = []
+        keys: list[int] = []
         new_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
         state = self.state
-        for p in group["params"]:
+        for index, p in enumerate(group["params"], first_index):
             g = p.grad
             if g is None:
                 continue
@@ -154,14 +185,19 @@ class SGD(torch.optim.SGD):
             vptrs.append(p.data_ptr())
             gptrs.append(g.data_ptr())
             sizes.append(n)
+            keys.append(index)
         if params:
             hyper = (
                 _as_float(group["lr"]), float(momentum), float(group["dampening"]), _as_float(group["weight_decay"]),
                 bool(group["nesterov"]), bool(group["maximize"]), 1.0,
             )
+            sr, seed, rstep = self._rounding_of(group)
             if by_address is not None:
                 # The tensors (and so their memory) stay alive in `params`, `grads` and `bufs`.
-                done = by_address(kinds, vptrs, gptrs, bptrs if with_momentum else None, sizes, firsts, *hyper)
+                done = by_address(kinds, vptrs, gptrs, bptrs if with_momentum else None, sizes, firsts, *hyper,
+                                  sr, seed, rstep, keys)
+            elif any(k >= 2 for k in kinds):
+                done = False  # an old _core without 16-bit kernels
             else:
                 done = _run_views(core, params, grads, bufs if with_momentum else None, firsts, hyper)
             if not done:
@@ -213,9 +249,12 @@ class SGD(torch.optim.SGD):
                 loss = closure()
         # The native kernel writes raw memory that autograd never sees, so only torch's code
         # needs no_grad (entering it costs more than a small native step).
+        first_index = 0
         for group in self.param_groups:
-            rest = self._native_group(group)
+            rest = self._native_group(group, first_index)
             if rest:
                 with torch.no_grad():
                     self._torch_group(group, rest)
+            first_index += len(group["params"])
+            group["rounding_step"] = group.get("rounding_step", 0) + 1
         return loss
