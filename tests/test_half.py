@@ -444,3 +444,112 @@ def test_oracle_random_bits_match_the_library():
     got = _half.rounding_bits(k, 64, index0=0)
     want = random_bits(2**63 + 5, 17, 2**40 + 3, 64)
     assert [int(x) for x in got] == want
+
+
+# ---------------------------------------------------------------------------------------------
+# minimalsgd.torch
+
+
+def _torch():
+    return pytest.importorskip("torch")
+
+
+TORCH_OPTIONS = [
+    dict(),
+    dict(weight_decay=0.1),
+    dict(momentum=0.9),
+    dict(momentum=0.9, dampening=0.1),
+    dict(momentum=0.9, nesterov=True, weight_decay=1e-2),
+]
+
+
+@pytest.mark.skipif(core is None, reason="native extension missing")
+@pytest.mark.parametrize("opts", TORCH_OPTIONS)
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_torch_matches_torch_sgd_within_an_ulp(dtype_name, opts):
+    """One step from the same param, grad and buffer: minimalsgd.torch.SGD (native, rounded once)
+    against torch.optim.SGD(foreach=False), which rounds every intermediate to the dtype too. The
+    bound: one unit in the last place of the result's scale, plus lr times half a unit of each
+    16-bit intermediate torch rounds (the grad after weight decay, the buffer, the Nesterov sum)."""
+    torch = _torch()
+    from minimalsgd.torch import SGD as MSGD
+
+    dt = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    n = 50_000
+    p0 = torch.randn(n, generator=gen).to(dt)
+    b0 = torch.randn(n, generator=gen).to(dt)
+    g0 = (torch.randn(n, generator=gen) * 0.1).to(dt)
+    lr = 0.1
+    out = {}
+    for name, cls, extra in (("ours", MSGD, {}), ("torch", torch.optim.SGD, {"foreach": False})):
+        p = torch.nn.Parameter(p0.clone())
+        opt = cls([p], lr=lr, **opts, **extra)
+        if opts.get("momentum"):
+            opt.state[p]["momentum_buffer"] = b0.clone()
+        p.grad = g0.clone()
+        opt.step()
+        out[name] = p.detach().double()
+    eps = float(torch.finfo(dt).eps)
+    tiny = float(torch.finfo(dt).smallest_normal)
+    ulp = lambda x: np.maximum(np.abs(x), tiny) * eps  # noqa: E731
+    w, g, b = p0.double().numpy(), g0.double().numpy(), b0.double().numpy()
+    mu, wd = opts.get("momentum", 0.0), opts.get("weight_decay", 0.0)
+    gw = np.abs(g) + wd * np.abs(w)
+    v = mu * np.abs(b) + gw
+    inter = gw + (v + (gw + mu * v) if opts.get("momentum") else 0)
+    bound = ulp(np.maximum(np.abs(w), np.abs(out["torch"].numpy()))) + lr * ulp(inter)
+    diff = np.abs(out["ours"].numpy() - out["torch"].numpy())
+    assert (diff <= bound).all(), float((diff / bound).max())
+    if not opts:
+        # No intermediate to round: w - lr*g rounded once in both (torch may fuse the multiply-add,
+        # which moves a result by at most one unit).
+        assert (diff <= ulp(np.maximum(np.abs(w), np.abs(out["torch"].numpy())))).all()
+
+
+@pytest.mark.skipif(core is None, reason="native extension missing")
+@pytest.mark.parametrize("dtype_name", ["bfloat16", "float16"])
+def test_torch_stochastic_rounding_matches_functional_and_resumes(dtype_name):
+    torch = _torch()
+    from minimalsgd.torch import SGD as MSGD
+
+    dt = getattr(torch, dtype_name)
+    np_dt = BF16 if dtype_name == "bfloat16" else F16
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(40, 30), (501,)]
+    init = [torch.randn(s, generator=gen).to(dt) for s in shapes]
+    grads = [[(torch.randn(s, generator=gen) * 0.01).to(dt) for s in shapes] for _ in range(4)]
+
+    def torch_run(steps, params=None, opt_state=None):
+        params = params or [torch.nn.Parameter(t.clone()) for t in init]
+        opt = MSGD(params[:1], lr=0.05, momentum=0.9, stochastic_rounding=True, seed=77)
+        opt.add_param_group({"params": params[1:], "lr": 0.05})
+        if opt_state is not None:
+            opt.load_state_dict(opt_state)
+        for s in steps:
+            for p, g in zip(params, grads[s]):
+                p.grad = g.clone()
+            opt.step()
+        return params, opt
+
+    params, opt = torch_run(range(4))
+    assert opt.param_groups[1]["seed"] == 77 and opt.param_groups[1]["rounding_step"] == 4
+
+    # The same numbers from the functional API: keys = the params' indices, step = the group's count.
+    ws = [t.float().numpy().astype(np_dt) for t in init]
+    bufs = [np.empty_like(w) for w in ws]
+    for s in range(4):
+        for i, w in enumerate(ws):
+            minimalsgd.sgd_step([w], [grads[s][i].float().numpy().astype(np_dt)], [bufs[i]], lr=0.05, momentum=0.9,
+                                first_step=s == 0, stochastic_rounding=True, seed=77, rounding_step=s,
+                                rounding_keys=[i])
+    for p, w in zip(params, ws):
+        assert_same_bits(p.detach().float().numpy().astype(np_dt), w)
+
+    # Resume through state_dict(): bit for bit.
+    half_params, half_opt = torch_run(range(2))
+    sd = half_opt.state_dict()
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in half_params]
+    resumed, _ = torch_run(range(2, 4), params=resumed, opt_state=sd)
+    for a, b in zip(resumed, params):
+        assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))

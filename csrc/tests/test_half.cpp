@@ -1,0 +1,262 @@
+// Tests of the 16-bit storage types: conversions against a reference written here in double
+// arithmetic (quantum, nearbyint, floor), the kernel against the same-order float32 formula, and
+// stochastic rounding's independence from threads and chunking.
+#include <minimalsgd/minimalsgd.hpp>
+
+#include <cfenv>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "check.hpp"
+
+namespace {
+
+using minimalsgd::bfloat16_t;
+using minimalsgd::float16_t;
+using minimalsgd::SgdOptions;
+
+struct Format {
+    int mant;         // explicit significand bits
+    int min_exp;      // exponent of the smallest normal
+    double overflow;  // magnitudes at or above round to infinity (nearest)
+    double top;       // the power of two above the largest finite value
+};
+
+template <class S>
+Format format() {
+    if (std::is_same<S, bfloat16_t>::value) {
+        return {7, -126, std::ldexp(2.0 - std::ldexp(1.0, -8), 127), std::ldexp(1.0, 128)};
+    }
+    return {10, -14, 65520.0, 65536.0};
+}
+
+// The quantum (unit in the last place) of |x| in the format.
+double quantum(double ax, const Format& f) {
+    int e = ax > 0 ? std::ilogb(ax) : f.min_exp;
+    if (e < f.min_exp) e = f.min_exp;
+    return std::ldexp(1.0, e - f.mant);
+}
+
+// Round to nearest even in double: the reference for finite x.
+template <class S>
+double ref_nearest(float x) {
+    const Format f = format<S>();
+    const double ax = std::fabs(static_cast<double>(x));
+    if (ax >= f.overflow) return std::copysign(INFINITY, static_cast<double>(x));
+    const double q = quantum(ax, f);
+    const double r = std::nearbyint(ax / q) * q;  // default rounding mode: ties to even
+    return std::copysign(r, static_cast<double>(x));
+}
+
+// Stochastic rounding in double: toward zero, plus one quantum when r < floor(frac * 2^32).
+template <class S>
+double ref_stochastic(float x, std::uint32_t r) {
+    const Format f = format<S>();
+    const double ax = std::fabs(static_cast<double>(x));
+    if (std::is_same<S, float16_t>::value && ax >= 65536.0) return std::copysign(INFINITY, static_cast<double>(x));
+    const double q = quantum(ax, f);
+    const double lo = std::floor(ax / q);
+    const double frac = ax / q - lo;
+    const double threshold = std::floor(std::ldexp(frac, 32));
+    double mag = (static_cast<double>(r) < threshold ? lo + 1 : lo) * q;
+    if (mag >= f.top) mag = INFINITY;
+    return std::copysign(mag, static_cast<double>(x));
+}
+
+template <class S>
+double as_double(S s) {
+    return static_cast<double>(minimalsgd::to_float(s));
+}
+
+bool same(double a, double b) { return a == b && std::signbit(a) == std::signbit(b); }
+
+std::vector<float> sample_floats(std::size_t n, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<float> out;
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto u = static_cast<std::uint32_t>(rng());
+        float f;
+        std::memcpy(&f, &u, 4);
+        if (std::isfinite(f)) out.push_back(f);
+    }
+    // Every exponent's edges.
+    for (std::uint32_t e = 0; e < 255; ++e) {
+        for (std::uint32_t m : {0u, 1u, 0x7fffu, 0x8000u, 0x8001u, 0x17ffu, 0x1000u, 0x1001u, 0x3000u, 0x7fffffu}) {
+            for (std::uint32_t s : {0u, 0x80000000u}) {
+                const std::uint32_t u = s | (e << 23) | m;
+                float f;
+                std::memcpy(&f, &u, 4);
+                out.push_back(f);
+            }
+        }
+    }
+    return out;
+}
+
+template <class S>
+void check_conversions() {
+    // Every 16-bit pattern converts to float and back unchanged (NaN excepted: it stays a NaN).
+    for (std::uint32_t h = 0; h < 65536; ++h) {
+        const S s{static_cast<std::uint16_t>(h)};
+        const float x = minimalsgd::to_float(s);
+        if (std::isnan(x)) continue;
+        CHECK(minimalsgd::round_nearest<S>(x).bits == h);
+        CHECK(minimalsgd::round_stochastic<S>(x, 0u).bits == h);
+        CHECK(minimalsgd::round_stochastic<S>(x, 0xffffffffu).bits == h);
+    }
+    const std::vector<float> xs = sample_floats(1 << 18, 3);
+    std::mt19937_64 rng(4);
+    int bad_nearest = 0, bad_sr = 0;
+    for (float x : xs) {
+        if (!same(as_double(minimalsgd::round_nearest<S>(x)), ref_nearest<S>(x))) ++bad_nearest;
+        const auto r = static_cast<std::uint32_t>(rng());
+        if (!same(as_double(minimalsgd::round_stochastic<S>(x, r)), ref_stochastic<S>(x, r))) ++bad_sr;
+    }
+    CHECK(bad_nearest == 0);
+    CHECK(bad_sr == 0);
+    // NaN stays NaN; infinities stay.
+    CHECK(std::isnan(minimalsgd::to_float(minimalsgd::round_nearest<S>(NAN))));
+    CHECK(std::isnan(minimalsgd::to_float(minimalsgd::round_stochastic<S>(NAN, 123u))));
+    CHECK(minimalsgd::to_float(minimalsgd::round_stochastic<S>(INFINITY, 0u)) == INFINITY);
+    CHECK(minimalsgd::to_float(minimalsgd::round_nearest<S>(-INFINITY)) == -INFINITY);
+}
+
+TEST_CASE(half_conversions_bfloat16) { check_conversions<bfloat16_t>(); }
+TEST_CASE(half_conversions_float16) { check_conversions<float16_t>(); }
+
+TEST_CASE(half_known_values) {
+    CHECK(minimalsgd::round_nearest<bfloat16_t>(1.0f).bits == 0x3f80);
+    CHECK(minimalsgd::round_nearest<float16_t>(1.0f).bits == 0x3c00);
+    CHECK(minimalsgd::round_nearest<float16_t>(65520.0f).bits == 0x7c00);
+    CHECK(minimalsgd::round_nearest<float16_t>(65519.0f).bits == 0x7bff);
+    CHECK(minimalsgd::round_nearest<float16_t>(std::ldexp(1.0f, -24)).bits == 0x0001);
+    CHECK(minimalsgd::round_nearest<float16_t>(std::ldexp(1.0f, -25)).bits == 0x0000);  // tie to even
+    CHECK(minimalsgd::round_nearest<bfloat16_t>(-NAN).bits == 0xffc0);
+    // SplitMix64: the first output of a generator seeded with 0 is mix64(0 + gamma).
+    CHECK(minimalsgd::mix64(minimalsgd::kRoundingGamma) == 0xE220A8397B1DCDAFull);
+}
+
+// The step on 16-bit storage in float, in the kernel's order, each stored result rounded once.
+template <class S, class B>
+void half_reference(std::vector<S>& w, const std::vector<S>& grad, std::vector<B>& v, const SgdOptions& o, bool first,
+                    std::uint64_t key) {
+    const float lr = float(o.lr), mu = float(o.momentum), d1 = float(1.0 - o.dampening), wd = float(o.weight_decay);
+    const float s = o.maximize ? -1.0f : 1.0f;
+    const std::uint64_t k = minimalsgd::rounding_tensor_key(minimalsgd::rounding_step_key(o.seed, o.step), key);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        const std::uint64_t bits = minimalsgd::rounding_bits(k, i);
+        const auto store = [&](float x, std::uint32_t r) {
+            return o.stochastic_rounding ? minimalsgd::round_stochastic<S>(x, r) : minimalsgd::round_nearest<S>(x);
+        };
+        const float wi = minimalsgd::to_float(w[i]);
+        float g = minimalsgd::to_float(grad[i]) * s;
+        if (o.weight_decay != 0) g = g + wd * wi;
+        if (o.momentum != 0) {
+            float vi;
+            if (first) {
+                vi = g;
+            } else if constexpr (std::is_same<B, float>::value) {
+                vi = mu * v[i] + d1 * g;
+            } else {
+                vi = mu * minimalsgd::to_float(v[i]) + d1 * g;
+            }
+            if constexpr (std::is_same<B, float>::value) {
+                v[i] = vi;
+            } else {
+                v[i] = store(vi, static_cast<std::uint32_t>(bits >> 32));
+            }
+            g = o.nesterov ? g + mu * vi : vi;
+        }
+        w[i] = store(wi - lr * g, static_cast<std::uint32_t>(bits));
+    }
+}
+
+template <class S>
+std::vector<S> randh(std::size_t n, std::mt19937_64& rng, double scale) {
+    std::normal_distribution<double> d(0.0, scale);
+    std::vector<S> out(n);
+    for (auto& x : out) x = minimalsgd::round_nearest<S>(static_cast<float>(d(rng)));
+    return out;
+}
+
+template <class S, class B>
+void check_kernel() {
+    std::mt19937_64 rng(7);
+    const std::size_t sizes[] = {0, 1, 15, 255, 256, 257, 1000, 5000};
+    for (bool sr : {false, true}) {
+        for (double mu : {0.0, 0.9}) {
+            for (bool nesterov : {false, true}) {
+                if (nesterov && mu == 0) continue;
+                SgdOptions o{0.05, mu, 0.0, 1e-3, nesterov, false};
+                o.stochastic_rounding = sr;
+                o.seed = 11;
+                o.step = 3;
+                for (bool first : {false, true}) {
+                    std::vector<std::vector<S>> ws, gs, ws_ref;
+                    std::vector<std::vector<B>> vs, vs_ref;
+                    for (std::size_t n : sizes) {
+                        ws.push_back(randh<S>(n, rng, 1.0));
+                        gs.push_back(randh<S>(n, rng, 0.1));
+                        std::vector<B> v(n);
+                        std::normal_distribution<double> d(0.0, 1.0);
+                        for (auto& x : v) {
+                            if constexpr (std::is_same<B, float>::value) {
+                                x = static_cast<float>(d(rng));
+                            } else {
+                                x = minimalsgd::round_nearest<S>(static_cast<float>(d(rng)));
+                            }
+                        }
+                        vs.push_back(v);
+                    }
+                    ws_ref = ws;
+                    vs_ref = vs;
+                    std::vector<minimalsgd::TensorSpan<S, B>> spans;
+                    for (std::size_t k = 0; k < ws.size(); ++k) {
+                        half_reference(ws_ref[k], gs[k], vs_ref[k], o, first, 100 + k);
+                        spans.push_back({ws[k].data(), gs[k].data(), mu != 0 ? vs[k].data() : nullptr, ws[k].size(),
+                                         first, 0, 100 + k});
+                    }
+                    // Many threads, a tiny grain: chunks split tensors at odd places.
+                    minimalsgd::Parallel par;
+                    par.num_threads = 3;
+                    par.grain = 1;
+                    minimalsgd::multi_tensor_sgd_step(spans.data(), spans.size(), o, 1.0f, par);
+                    int bad = 0;
+                    for (std::size_t k = 0; k < ws.size(); ++k) {
+                        for (std::size_t i = 0; i < ws[k].size(); ++i) {
+                            if (ws[k][i].bits != ws_ref[k][i].bits) ++bad;
+                            if constexpr (std::is_same<B, float>::value) {
+                                if (mu != 0 && !(vs[k][i] == vs_ref[k][i])) ++bad;
+                            } else {
+                                if (mu != 0 && vs[k][i].bits != vs_ref[k][i].bits) ++bad;
+                            }
+                        }
+                    }
+                    CHECK_MSG(bad == 0, std::to_string(bad) + " elements differ");
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE(half_kernel_bfloat16) { check_kernel<bfloat16_t, bfloat16_t>(); }
+TEST_CASE(half_kernel_bfloat16_float_buffer) { check_kernel<bfloat16_t, float>(); }
+TEST_CASE(half_kernel_float16) { check_kernel<float16_t, float16_t>(); }
+TEST_CASE(half_kernel_float16_float_buffer) { check_kernel<float16_t, float>(); }
+
+TEST_CASE(half_sum_of_squares) {
+    std::mt19937_64 rng(9);
+    const auto x = randh<bfloat16_t>(100003, rng, 1.0);
+    std::vector<float> xf(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) xf[i] = minimalsgd::to_float(x[i]);
+    minimalsgd::Parallel par;
+    par.num_threads = 2;
+    par.grain = 1;
+    // The same blocks and partial sums as on the converted floats: the same bits.
+    CHECK(minimalsgd::sum_of_squares(x.data(), x.size(), par) == minimalsgd::sum_of_squares(xf.data(), xf.size(), par));
+}
+
+}  // namespace
