@@ -89,10 +89,23 @@ def _mix64(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def random_bits(seed: int, step: int, key: int, n: int) -> list[int]:
-    """64 random bits per element: mix64(k + i*G), k = mix64(mix64(mix64(seed + G) ^ step) ^ key)."""
+def _fmix32(h: int) -> int:
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+def random_bits(seed: int, step: int, key: int, n: int, index0: int = 0) -> list[int]:
+    """32 random bits per element: fmix32((lo32(k) | 1) * lo32(i) + hi32(k) + 0x9E3779B9 * hi32(i)),
+    k = mix64(mix64(mix64(seed + G) ^ step) ^ key)."""
     k = _mix64(_mix64(_mix64(seed + _G) ^ step) ^ key)
-    return [_mix64(k + i * _G) for i in range(n)]
+    out = []
+    for i in range(index0, index0 + n):
+        x = ((k & 0xFFFFFFFF) | 1) * (i & 0xFFFFFFFF) + (k >> 32) + 0x9E3779B9 * (i >> 32)
+        out.append(_fmix32(x & 0xFFFFFFFF))
+    return out
 
 
 def _neighbours(ax: float, dtype) -> tuple[float, float]:
@@ -161,7 +174,7 @@ def oracle_step_half(w, grad, v, *, first, lr, momentum=0.0, dampening=0.0, weig
         if not stochastic:
             with np.errstate(over="ignore", invalid="ignore"):
                 return np.asarray(x).astype(dt)
-        r = [(b >> 32) if half else (b & 0xFFFFFFFF) for b in bits]
+        r = [((b << 16) & 0xFFFFFFFF) if half else (b & 0xFFFF0000) for b in bits]
         return round_stochastic_oracle(np.asarray(x, dtype=f), r, dt)
 
     v_new = None

@@ -441,9 +441,10 @@ def test_oracle_random_bits_match_the_library():
     from minimalsgd import _half
 
     k = _half.rounding_tensor_key(_half.rounding_step_key(2**63 + 5, 17), 2**40 + 3)
-    got = _half.rounding_bits(k, 64, index0=0)
-    want = random_bits(2**63 + 5, 17, 2**40 + 3, 64)
-    assert [int(x) for x in got] == want
+    for index0 in (0, 2**32 - 10, 5 * 2**32 + 7):
+        got = _half.rounding_bits(k, 64, index0=index0)
+        want = random_bits(2**63 + 5, 17, 2**40 + 3, 64, index0=index0)
+        assert [int(x) for x in got] == want
 
 
 # ---------------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ void half_reference(std::vector<S>& w, const std::vector<S>& grad, std::vector<B
     const float s = o.maximize ? -1.0f : 1.0f;
     const std::uint64_t k = minimalsgd::rounding_tensor_key(minimalsgd::rounding_step_key(o.seed, o.step), key);
     for (std::size_t i = 0; i < w.size(); ++i) {
-        const std::uint64_t bits = minimalsgd::rounding_bits(k, i);
+        const std::uint32_t bits = minimalsgd::rounding_bits(k, i);
         const auto store = [&](float x, std::uint32_t r) {
             return o.stochastic_rounding ? minimalsgd::round_stochastic<S>(x, r) : minimalsgd::round_nearest<S>(x);
         };
@@ -166,11 +166,11 @@ void half_reference(std::vector<S>& w, const std::vector<S>& grad, std::vector<B
             if constexpr (std::is_same<B, float>::value) {
                 v[i] = vi;
             } else {
-                v[i] = store(vi, static_cast<std::uint32_t>(bits >> 32));
+                v[i] = store(vi, bits << 16);
             }
             g = o.nesterov ? g + mu * vi : vi;
         }
-        w[i] = store(wi - lr * g, static_cast<std::uint32_t>(bits));
+        w[i] = store(wi - lr * g, bits & 0xffff0000u);
     }
 }
 

@@ -23,11 +23,13 @@ from typing import Any
 import numpy as np
 
 from . import _functional as F
+from . import _half
 from ._config import backend_info
 from .optim import SGD
 
 LR, MOMENTUM, WD, CLIP = 0.01, 0.9, 1e-4, 1.0  # Nesterov on: the configuration
 LIMIT = "limit: plain C stream loop (yardstick)"
+LIMIT_HALF = "limit: plain C stream loop, 16-bit (yardstick)"
 BASELINE = "classic NumPy param-dict (baseline)"
 
 
@@ -64,7 +66,14 @@ class Case:
         return int(sum(int(np.prod(s)) for s in self.shapes))
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, dtype: np.dtype | None = None) -> list[Case]:
+    if dtype is not None and _half.is_half(dtype):
+        # 16-bit storage: the memory-bound sizes the targets name, and a model's set.
+        half = [Case("one 1M tensor", [(1 << 20,)]), Case("one 16M tensor", [(1 << 24,)]),
+                Case("ResNet-50 set (161 tensors)", resnet50_shapes())]
+        if not quick:
+            half.insert(2, Case("one 64M tensor", [(1 << 26,)]))
+        return half
     out = [
         Case("one 4K tensor", [(4096,)], per_call=True),
         Case("one 1M tensor", [(1 << 20,)]),
@@ -187,6 +196,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
     # evict each other's data.
     inner = (200 if quick else 1000) if case.per_call else (1 if big else 5)
     dname = np.dtype(dtype).name
+    half = _half.is_half(dtype)
     clip = CLIP if case.clip else None
     samplers: list[tuple[str, Callable[[], float], bool]] = []
 
@@ -226,7 +236,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
                 best += min(c_sample("read", t) for t in threads)
             return best
 
-        samplers.append((LIMIT, yardstick, True))
+        samplers.append((LIMIT if not half else LIMIT_HALF, yardstick, True))
         if case.per_call:
             samplers.append(("minimalsgd bare C++ call (no Python)", lambda: c_sample("step", 1), True))
 
@@ -236,6 +246,11 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
         python_row(f"minimalsgd SGD.step ({core.get_num_threads()} threads)", opt.step, threads=0, interleave=True)
         opt1 = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
         python_row("minimalsgd SGD.step (1 thread)", opt1.step, threads=1, interleave=True)
+        if half:
+            opt_sr = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD,
+                         clip_grad_norm=clip, stochastic_rounding=True, seed=0)
+            python_row(f"minimalsgd SGD.step stochastic rounding ({core.get_num_threads()} threads)", opt_sr.step,
+                       threads=0, interleave=True)
         if not case.clip and len(case.shapes) == 1:
             bufs = [np.zeros_like(values[0])]
             python_row(
@@ -243,13 +258,16 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
                 lambda: F.sgd_step(values, grads, bufs, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD),
                 interleave=True,
             )
-    opt_np = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip, backend="numpy")
-    python_row("minimalsgd NumPy backend", opt_np.step)
-    classic = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
-    python_row(BASELINE, classic.step)
+    if not half or n <= (1 << 20):
+        opt_np = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD,
+                     clip_grad_norm=clip, backend="numpy")
+        python_row("minimalsgd NumPy backend", opt_np.step)
+    if not half:
+        classic = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
+        python_row(BASELINE, classic.step)
 
     numba_step = _numba_step()
-    if numba_step is not None and not case.clip:
+    if numba_step is not None and not case.clip and not half:
         nbufs = [np.zeros_like(x) for x in values]
         flat = [(x.reshape(-1), g.reshape(-1), b.reshape(-1)) for x, g, b in zip(values, grads, nbufs)]
         t = dtype.type
@@ -287,8 +305,9 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
         if not x[2]:
             run_rounds([x], x[0])
     rows = [Row(case.name, label, dname, n, len(case.shapes), statistics.median(samples[label]), bytes_moved) for label, _, _ in samplers]
-    limit = statistics.median(samples[LIMIT]) if LIMIT in samples else None
-    baseline = statistics.median(samples[BASELINE])
+    limit_label = LIMIT_HALF if half else LIMIT
+    limit = statistics.median(samples[limit_label]) if limit_label in samples else None
+    baseline = statistics.median(samples[BASELINE]) if BASELINE in samples else None
     for row in rows:
         row.limit_seconds = limit
         row.baseline_seconds = baseline
@@ -310,10 +329,15 @@ def _torch_rows(torch, values, grads, clip) -> list[tuple[str, Callable[[], Any]
         classes.append(("minimalsgd.torch.SGD (drop-in)", msgd_torch.SGD, {}))
     except Exception:
         pass
+    def tensor(a: np.ndarray) -> Any:
+        if _half.BFLOAT16 is not None and a.dtype == _half.BFLOAT16:
+            return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(a.copy())
+
     for label, cls, kwargs in classes:
-        params = [torch.nn.Parameter(torch.from_numpy(v.copy())) for v in values]
+        params = [torch.nn.Parameter(tensor(v)) for v in values]
         for p, g in zip(params, grads):
-            p.grad = torch.from_numpy(g.copy())
+            p.grad = tensor(g)
         try:
             opt = cls(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kwargs)
         except Exception:
@@ -421,7 +445,9 @@ def format_table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minimalsgd bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no 64M case (about a minute)")
-    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both", "bfloat16", "float16", "half", "all"],
+                        default="float32",
+                        help="both: float32 and float64; half: bfloat16 and float16; all: float32, bfloat16, float16")
     parser.add_argument("--case", action="append", default=None, help="run only cases whose name contains this (repeatable)")
     parser.add_argument("--json", metavar="FILE", help="write the rows and the machine as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="draw GB/s against size per backend (needs matplotlib)")
@@ -430,7 +456,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.no_torch:
         sys.modules["torch"] = None  # type: ignore[assignment]
-    dtypes = [np.dtype(np.float32), np.dtype(np.float64)] if args.dtype == "both" else [np.dtype(args.dtype)]
+    named = {"both": ["float32", "float64"], "half": ["bfloat16", "float16"], "all": ["float32", "bfloat16", "float16"]}
+    dtypes = [_half.BFLOAT16 if d == "bfloat16" else np.dtype(d) for d in named.get(args.dtype, [args.dtype])]
+    if any(d is None for d in dtypes):
+        parser.error("bfloat16 needs ml_dtypes (pip install ml_dtypes)")
 
     def progress(msg: str) -> None:
         print(f"  ... {msg}", file=sys.stderr, flush=True)
@@ -443,10 +472,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"step: lr={LR}, momentum={MOMENTUM}, nesterov, weight_decay={WD}; clip cases: max_norm={CLIP}")
     print("limit = a plain C streaming loop of the same 3-read/2-write shape over the same number of elements,")
     print("        timed in C++ in this run (clip + step: plus a plain C read-only loop, sum of g*g, for the norm pass).")
-    print("GB/s = bytes the step must move (20 B/elem float32, 40 float64; +20% with clip) / median time.")
+    print("GB/s = bytes the step must move (20 B/elem float32, 40 float64, 10 bfloat16/float16; +20% with clip) / median time.")
+    print("16-bit cases: their own yardstick, the same loop over 16-bit storage (10 B/elem), converted in registers.")
     rows: list[Row] = []
     for dtype in dtypes:
-        for case in cases(args.quick):
+        for case in cases(args.quick, dtype):
             if args.case and not any(s.lower() in case.name.lower() for s in args.case):
                 continue
             case_rows = run_case(case, dtype, args.quick, progress)

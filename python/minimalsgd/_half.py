@@ -9,11 +9,12 @@ The same definitions as the C++ core (``csrc/include/minimalsgd/half.hpp``), bit
   of ``|x|`` between its two neighbours), so the expected result is ``x``. NaN and infinity convert
   as with nearest rounding; float16 magnitudes >= 65536 give infinity.
 * **Random bits**: element ``i`` of the tensor with key ``key`` at step ``step`` of a run seeded
-  with ``seed`` (uint64 arithmetic, wrapping; ``G = 0x9E3779B97F4A7C15``; ``mix64`` is SplitMix64's
-  finalizer)::
+  with ``seed`` (wrapping unsigned arithmetic; ``G = 0x9E3779B97F4A7C15``; ``mix64`` is
+  SplitMix64's finalizer, ``fmix32`` MurmurHash3's)::
 
-      k    = mix64(mix64(mix64(seed + G) ^ step) ^ key)
-      bits = mix64(k + i * G)          # value: bits & 0xffffffff; momentum buffer: bits >> 32
+      k = mix64(mix64(mix64(seed + G) ^ step) ^ key)                       # uint64, per tensor
+      h = fmix32((lo32(k) | 1) * lo32(i) + hi32(k) + 0x9E3779B9 * hi32(i))  # uint32, per element
+      r_value = h & 0xffff0000;  r_buffer = (h << 16) mod 2**32
 
   ``i`` counts elements in the value's memory order: C order, or F order for an array that is
   F-contiguous and not C-contiguous (the order the native kernel walks).
@@ -88,10 +89,24 @@ def rounding_tensor_key(step_key: int, key: int) -> int:
     return _mix64_int(step_key ^ key)
 
 
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's finalizer on a uint32 array (wrapping multiplication)."""
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
 def rounding_bits(k: int, n: int, index0: int = 0) -> np.ndarray:
-    """The 64 random bits of elements ``index0 .. index0 + n - 1`` of the tensor whose key is ``k``."""
+    """The 32 random bits (uint32) of elements ``index0 .. index0 + n - 1`` of the tensor whose key
+    is ``k``: the value rounds with the high 16, the momentum buffer with the low 16."""
     idx = np.arange(n, dtype=np.uint64) + np.uint64(index0)
-    return mix64(idx * np.uint64(_GAMMA) + np.uint64(k))
+    lo = (idx & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    hi = (idx >> np.uint64(32)).astype(np.uint32)
+    mul = np.uint32((k & 0xFFFFFFFF) | 1)
+    add = np.uint32(k >> 32) + np.uint32(0x9E3779B9) * hi
+    return fmix32(mul * lo + add)
 
 
 def name_key(name: Any) -> int:
@@ -183,8 +198,8 @@ def step_one(
     if stochastic_rounding:
         k = rounding_tensor_key(rounding_step_key(seed, rounding_step), key)
         bits = rounding_bits(k, w.size)
-        r_w = (bits & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-        r_b = (bits >> np.uint64(32)).astype(np.uint32)
+        r_w = bits & np.uint32(0xFFFF0000)
+        r_b = bits << np.uint32(16)
     if momentum != 0:
         assert buf is not None
         mu = f32(momentum)

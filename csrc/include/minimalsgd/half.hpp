@@ -21,16 +21,25 @@
 //
 // Random bits: element i of tensor `key` at step `step` of a run seeded with `seed` uses
 //
-//     k    = mix64(mix64(mix64(seed + G) ^ step) ^ key)       (computed once per tensor and step)
-//     bits = mix64(k + i * G)                                   (uint64 arithmetic, wrapping)
-//     r_value = bits & 0xffffffff,  r_buffer = bits >> 32
+//     k = mix64(mix64(mix64(seed + G) ^ step) ^ key)     (64 bits, once per tensor and step)
+//     x = (lo32(k) | 1) * lo32(i) + hi32(k) + 0x9E3779B9 * hi32(i)      (uint32, wrapping)
+//     h = fmix32(x)
+//     r_value = h & 0xffff0000,  r_buffer = h << 16          (16 random bits each, as the top bits)
 //
-// with G = 0x9E3779B97F4A7C15 and mix64 SplitMix64's finalizer:
+// with G = 0x9E3779B97F4A7C15, mix64 SplitMix64's finalizer
 //
 //     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;  z = (z ^ (z >> 27)) * 0x94D049BB133111EB;  z ^ (z >> 31)
 //
-// A pure function of (seed, step, key, i): the same bits for any thread count, chunking, instruction
-// set and backend; NumPy computes it exactly with uint64 arrays. No global random state.
+// and fmix32 MurmurHash3's finalizer
+//
+//     h ^= h >> 16;  h *= 0x85EBCA6B;  h ^= h >> 13;  h *= 0xC2B2AE35;  h ^= h >> 16
+//
+// The per-element part is 32-bit arithmetic (three 32-bit multiplies: cheap on SSE4/AVX2/AVX-512
+// and in NumPy uint32 arrays); each tensor's key makes its own odd multiplier and offset, so two
+// tensors do not see shifted copies of one stream. 16 bits per stored result make stochastic
+// rounding exact for bfloat16 (16 dropped bits) and normal float16 results (13), and bias a
+// float16 subnormal result by less than 2^-16 of a unit. A pure function of (seed, step, key, i):
+// the same bits for any thread count, chunking, instruction set and backend. No global state.
 //
 // Code compiled under instruction-set flags lives in the per-target namespace (see config.hpp);
 // the x86 conversion instructions (F16C vcvtps2ph/vcvtph2ps, AVX-512 BF16 vcvtneps2bf16) are used
@@ -121,8 +130,23 @@ inline std::uint64_t rounding_tensor_key(std::uint64_t step_key, std::uint64_t t
     return mix64(step_key ^ tensor_key);
 }
 
-/// The 64 random bits of element `i` of a tensor whose key is `k`.
-inline std::uint64_t rounding_bits(std::uint64_t k, std::uint64_t i) { return mix64(k + i * kRoundingGamma); }
+/// MurmurHash3's 32-bit finalizer: a bijection of uint32.
+inline std::uint32_t fmix32(std::uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85EBCA6Bu;
+    h ^= h >> 13;
+    h *= 0xC2B2AE35u;
+    h ^= h >> 16;
+    return h;
+}
+
+/// The 32 random bits of element `i` of a tensor whose key is `k` (value: the high 16, buffer:
+/// the low 16).
+inline std::uint32_t rounding_bits(std::uint64_t k, std::uint64_t i) {
+    const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
+    const std::uint32_t add = static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * static_cast<std::uint32_t>(i >> 32);
+    return fmix32(mul * static_cast<std::uint32_t>(i) + add);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Scalar conversions on bit patterns (branch-free: the compiler vectorizes loops over them).
@@ -140,9 +164,8 @@ inline std::uint32_t f16_to_f32_bits(std::uint16_t h) {
     std::uint32_t normal = shifted + (112u << 23);
     // Inf/NaN: all exponent bits set.
     const std::uint32_t special = shifted | 0x7f800000u;
-    // Subnormal: em * 2^-24, exactly, as a float built from bits (the magic constant is 2^-14,
-    // and em * 2^-24 = (2^-14 + em * 2^-24) - 2^-14 is exact in float).
-    const float sub = bits_float(shifted + (113u << 23)) - bits_float(113u << 23);
+    // Subnormal: em * 2^-24, exactly (em < 2^10 converts exactly; the product is a normal float).
+    const float sub = static_cast<float>(static_cast<std::int32_t>(em)) * 5.9604644775390625e-08f;
     const std::uint32_t subnormal = float_bits(sub);
     normal = exp == 0x0f800000u ? special : normal;
     normal = exp == 0 ? subnormal : normal;
@@ -166,15 +189,11 @@ inline std::uint16_t f32_to_f16_rne(std::uint32_t u) {
     nan = nan == 0x7c00u ? 0x7c01u : nan;
     // Normal float16 range: drop 13 bits with ties to even; a carry may reach the infinity.
     const std::uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13;  // 0xc8000000 = -(112 << 23)
-    // Subnormal float16 range (a < 2^-14): the significand with its implicit bit, shifted right by
-    // 126 - e (clamped: at 25 and above every value rounds to 0), ties to even.
-    const std::uint32_t e = a >> 23;
-    // (Lanes of the other ranges compute this too: clamping e keeps every shift defined.)
-    std::uint32_t shift = 126u - (e < 1u ? 1u : (e > 112u ? 112u : e));
-    shift = shift > 25u ? 25u : shift;
-    const std::uint32_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
-    const std::uint32_t half = (1u << (shift - 1)) - 1u;
-    const std::uint32_t subnormal = (m + half + ((m >> shift) & 1u)) >> shift;
+    // Subnormal float16 range (a < 2^-14): |x| + 0.5 in float rounds |x| to a multiple of 2^-24
+    // (the spacing of floats in [0.5, 1)) to nearest even, exactly like the conversion; the low
+    // bits of the sum are the float16 bits. (Float arithmetic rounds to nearest even: the
+    // default mode, which every result of this library assumes.)
+    const std::uint32_t subnormal = float_bits(bits_float(a) + 0.5f) - 0x3f000000u;
     std::uint32_t r = a < 0x38800000u ? subnormal : normal;
     r = a >= 0x47800000u ? 0x7c00u : r;  // >= 65536: infinity
     r = a > 0x7f800000u ? nan : r;
@@ -184,8 +203,10 @@ inline std::uint16_t f32_to_f16_rne(std::uint32_t u) {
 /// float bits -> bfloat16 bits, stochastically, with 32 random bits `r` (see the top of the file).
 inline std::uint16_t f32_to_bf16_sr(std::uint32_t u, std::uint32_t r) {
     const std::uint32_t a = u & 0x7fffffffu;
-    const std::uint32_t threshold = (u & 0xffffu) << 16;
-    const std::uint32_t up = r < threshold ? 1u : 0u;
+    // r < (u & 0xffff) << 16, halved on both sides (the right one is even) to compare signed
+    // 31-bit numbers: one instruction in every vector instruction set.
+    const std::uint32_t up =
+        static_cast<std::int32_t>(r >> 1) < static_cast<std::int32_t>((u & 0xffffu) << 15) ? 1u : 0u;
     const std::uint32_t rounded = (u >> 16) + up;
     const std::uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
     return static_cast<std::uint16_t>(a > 0x7f800000u ? nan : rounded);
@@ -354,34 +375,83 @@ inline void store_nearest(const float* MINIMALSGD_RESTRICT src, float16_t* MINIM
     }
 }
 
-// Stochastic rounding of a block; element j uses the 32 bits of rnd[j] >> Shift.
-template <int Shift>
-void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint64_t* MINIMALSGD_RESTRICT rnd,
+// The 16 random bits of one stored result, as the top bits of r: the value takes the high half of
+// the element's 32 bits (Buffer false), the momentum buffer the low half.
+template <bool Buffer>
+inline std::uint32_t random_half(std::uint32_t h) {
+    return Buffer ? h << 16 : h & 0xffff0000u;
+}
+
+// Stochastic rounding of a block; element j uses random_half<Buffer>(rnd[j]).
+template <bool Buffer>
+void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
                       bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
     MINIMALSGD_SIMD
     for (std::size_t j = 0; j < n; ++j) {
-        d[j] = f32_to_bf16_sr(float_bits(src[j]), static_cast<std::uint32_t>(rnd[j] >> Shift));
+        d[j] = f32_to_bf16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
     }
 }
 
-template <int Shift>
-void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint64_t* MINIMALSGD_RESTRICT rnd,
+// float16 stochastic rounding without the subnormal range (|x| >= 2^-14, zero, Inf, NaN): the
+// same bits as f32_to_f16_sr there, without its 64-bit shifts.
+// (Signed 31-bit compares throughout: one instruction each in every vector instruction set.)
+inline std::uint16_t f32_to_f16_sr_normal(std::uint32_t u, std::uint32_t r) {
+    const std::uint32_t sign = (u >> 16) & 0x8000u;
+    const std::int32_t a = static_cast<std::int32_t>(u & 0x7fffffffu);
+    std::int32_t nan = 0x7c00 + ((a & 0x007fffff) >> 13);
+    nan = nan == 0x7c00 ? 0x7c01 : nan;
+    // r < (a & 0x1fff) << 19, both sides halved.
+    const std::int32_t up = static_cast<std::int32_t>(r >> 1) < ((a & 0x1fff) << 18) ? 1 : 0;
+    std::int32_t out = ((a - (112 << 23)) >> 13) + up;
+    out = a == 0 ? 0 : out;
+    out = a >= 0x47800000 ? 0x7c00 : out;
+    out = a > 0x7f800000 ? nan : out;
+    return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(out));
+}
+
+template <bool Buffer>
+void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
                       float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    // Blocks without a float16-subnormal result (the usual case) take the cheaper code.
+    std::uint32_t subnormal = 0;
+    MINIMALSGD_SIMD_SUM(subnormal)
+    for (std::size_t j = 0; j < n; ++j) {
+        const std::uint32_t a = float_bits(src[j]) & 0x7fffffffu;
+        subnormal += (a != 0 && a < 0x38800000u) ? 1u : 0u;
+    }
+    if (subnormal == 0) {
+        MINIMALSGD_SIMD
+        for (std::size_t j = 0; j < n; ++j) {
+            d[j] = f32_to_f16_sr_normal(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+        }
+        return;
+    }
     MINIMALSGD_SIMD
     for (std::size_t j = 0; j < n; ++j) {
-        d[j] = f32_to_f16_sr(float_bits(src[j]), static_cast<std::uint32_t>(rnd[j] >> Shift));
+        d[j] = f32_to_f16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
     }
 }
 
-// The random bits of elements [index0, index0 + n) of the tensor whose key is k.
-inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint64_t* MINIMALSGD_RESTRICT out,
+// The random bits of elements [index0, index0 + n) of the tensor whose key is k (n <= 2^32).
+inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint32_t* MINIMALSGD_RESTRICT out,
                          std::size_t n) {
-    const std::uint64_t base = k + index0 * kRoundingGamma;
+    const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
+    const std::uint32_t lo0 = static_cast<std::uint32_t>(index0);
+    const std::uint32_t hi0 = static_cast<std::uint32_t>(index0 >> 32);
+    const std::uint32_t add0 = static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * hi0;
+    // Where the low 32 bits of the index wrap, the high part grows by one.
+    const std::uint64_t until_wrap = (std::uint64_t(1) << 32) - lo0;
+    const std::size_t n0 = until_wrap < n ? static_cast<std::size_t>(until_wrap) : n;
     MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n; ++j) {
-        out[j] = mix64(base + static_cast<std::uint64_t>(j) * kRoundingGamma);
+    for (std::size_t j = 0; j < n0; ++j) {
+        out[j] = fmix32(mul * (lo0 + static_cast<std::uint32_t>(j)) + add0);
+    }
+    const std::uint32_t add1 = add0 + 0x9E3779B9u;
+    MINIMALSGD_SIMD
+    for (std::size_t j = n0; j < n; ++j) {
+        out[j] = fmix32(mul * static_cast<std::uint32_t>(j - n0) + add1);
     }
 }
 

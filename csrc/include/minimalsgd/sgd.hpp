@@ -19,7 +19,7 @@
 // the formula runs in float (hyperparameters rounded to float once), and each stored result -- the
 // value, and the momentum buffer when it is 16-bit too -- is rounded once to its storage type: to
 // nearest even, or stochastically (SgdOptions::stochastic_rounding) with the random bits of
-// (seed, step, span key, element index): the value uses the low 32 bits, the buffer the high 32.
+// (seed, step, span key, element index): the value uses the high 16 bits, the buffer the low 16.
 // The momentum buffer is of the value's type, or float (TensorSpan<S, float>): then it is stored
 // unrounded. Within the step the unrounded float v feeds the update, as in torch's fused kernel.
 //
@@ -132,7 +132,7 @@ void half_loop(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT grad, B* M
     alignas(64) float wf[kHalfBlock];
     alignas(64) float gf[kHalfBlock];
     alignas(64) float vf[kHalfBlock];
-    alignas(64) std::uint64_t rnd[Stochastic ? kHalfBlock : 1];
+    alignas(64) std::uint32_t rnd[Stochastic ? kHalfBlock : 1];
     for (std::size_t base = 0; base < n; base += kHalfBlock) {
         const std::size_t m = n - base < kHalfBlock ? n - base : kHalfBlock;
         load_block(w + base, wf, m);
@@ -170,9 +170,9 @@ void half_loop(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT grad, B* M
         }
         if constexpr (Stochastic) {
             random_block(key, index0 + base, rnd, m);
-            store_stochastic<0>(wf, rnd, w + base, m);
+            store_stochastic<false>(wf, rnd, w + base, m);
             if constexpr (Momentum && !kFloatBuffer) {
-                store_stochastic<32>(vf, rnd, buf + base, m);
+                store_stochastic<true>(vf, rnd, buf + base, m);
             }
         } else {
             store_nearest(wf, w + base, m);
