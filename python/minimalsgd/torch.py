@@ -319,7 +319,8 @@ class SGD(torch.optim.SGD):
                 continue
             first = False
             if with_momentum:
-                buf = state[p].get("momentum_buffer")
+                st = state.get(p)  # not state[p]: planning must not add entries to the defaultdict
+                buf = None if st is None else st.get("momentum_buffer")
                 if buf is None:
                     buf = torch.empty_like(p, memory_format=torch.contiguous_format)
                     plan.new_buffers.append((p, buf))
