@@ -304,17 +304,17 @@ def _grads(params, step):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("momentum_dtype", [None, "float32"])
+@pytest.mark.parametrize("state_dtype", [None, "float32"])
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
-def test_sgd_resume_is_bitwise(dtype, momentum_dtype, backend):
+def test_sgd_resume_is_bitwise(dtype, state_dtype, backend):
     kw = dict(lr=0.05, momentum=0.9, nesterov=True, stochastic_rounding=True, seed=2024,
-              momentum_dtype=momentum_dtype, backend=backend)
+              state_dtype=state_dtype, backend=backend)
     full = _params(dtype)
     opt = SGD(full, **kw)
     for s in range(6):
         _grads(full, s)
         opt.step()
-    if momentum_dtype == "float32":
+    if state_dtype == "float32":
         assert opt.state["a"]["momentum_buffer"].dtype == np.float32
     else:
         assert opt.state["a"]["momentum_buffer"].dtype == dtype
@@ -326,7 +326,7 @@ def test_sgd_resume_is_bitwise(dtype, momentum_dtype, backend):
         _grads(half, s)
         opt1.step()
     sd = opt1.state_dict()
-    assert sd["seed"] == 2024 and sd["rounding_step"] == 3 and sd["stochastic_rounding"] is True
+    assert sd["seed"] == 2024 and sd["applied_steps"] == 3 and sd["stochastic_rounding"] is True
     buf = io.BytesIO()
     np.savez(buf, **{k: v for k, v in sd.items()})
     buf.seek(0)
@@ -340,7 +340,7 @@ def test_sgd_resume_is_bitwise(dtype, momentum_dtype, backend):
         opt2.step()
     for k in full:
         assert_same_bits(resumed[k]["value"], full[k]["value"])
-    assert opt2.rounding_step == opt.rounding_step == 6
+    assert opt2.applied_steps == opt.applied_steps == 6
 
 
 @pytest.mark.skipif(core is None, reason="native extension missing")
@@ -425,15 +425,15 @@ def test_sgd_bad_rounding_settings():
     snap = {k: p["value"].copy() for k, p in params.items()}
     with pytest.raises(TypeError, match="seed must be an int"):
         SGD(params, stochastic_rounding=True, seed=0.5)
-    with pytest.raises(ValueError, match="momentum_dtype"):
-        SGD(params, momentum=0.9, momentum_dtype=np.float16)
+    with pytest.raises(ValueError, match="state_dtype"):
+        SGD(params, momentum=0.9, state_dtype=np.float16)
     opt = SGD(params, lr=0.1, stochastic_rounding=True, seed=1)
     opt.seed = "x"
     with pytest.raises(TypeError, match="seed"):
         opt.step()
     for k, p in params.items():
         assert_same_bits(p["value"], snap[k])
-    assert opt.rounding_step == 0
+    assert opt.applied_steps == 0
 
 
 def test_oracle_random_bits_match_the_library():

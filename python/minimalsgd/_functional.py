@@ -37,6 +37,7 @@ _NATIVE_DTYPES = tuple(
 _FLOAT32 = np.dtype(np.float32)
 _U64 = 1 << 64
 _ALIGNED_CONTIG = ("C_CONTIGUOUS", "F_CONTIGUOUS")
+_INF = math.inf
 
 
 def _env_backend() -> str:
@@ -60,6 +61,9 @@ def native_available() -> bool:
 
 def check_real(name: str, x: Any, *, minimum: float | None = None, positive: bool = False) -> float:
     """``x`` as a float; TypeError unless it is a real number, ValueError unless finite and in range."""
+    # The common case first (a finite float in range), without the ABC checks below.
+    if type(x) is float and -_INF < x < _INF and (minimum is None or x >= minimum) and (x > 0 or not positive):
+        return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "fiu":
             x = x.item()
@@ -76,6 +80,8 @@ def check_real(name: str, x: Any, *, minimum: float | None = None, positive: boo
 
 
 def check_bool(name: str, x: Any) -> bool:
+    if type(x) is bool:
+        return x
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
     return bool(x)
@@ -147,6 +153,21 @@ def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
 
 def check_tensor(name: str, value: Any, grad: Any, buf: Any, with_buffer: bool) -> None:
     """Raise a TypeError/ValueError naming ``name`` unless the three arrays can be stepped."""
+    # The common case in one expression; anything else is examined below to say what is wrong.
+    if (
+        isinstance(value, np.ndarray)
+        and isinstance(grad, np.ndarray)
+        and value.dtype.kind in "fc"
+        and value.flags.writeable
+        and grad.dtype == value.dtype
+        and grad.shape == value.shape
+        and (
+            buf is None
+            or not with_buffer
+            or (isinstance(buf, np.ndarray) and buf.dtype == value.dtype and buf.shape == value.shape and buf.flags.writeable)
+        )
+    ):
+        return
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: value must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype.kind not in "fc" and not _half.is_half(value.dtype):
@@ -173,6 +194,10 @@ def _check_companion(name: str, what: str, arr: Any, value: np.ndarray, written:
         raise ValueError(f"{name}: {what} is read-only; the step updates it in place")
 
 
+#: The companion check by its public name (the optimizers check their state arrays with it).
+check_companion = _check_companion
+
+
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
     if a.size == 0:
         return (0, 0)
@@ -192,17 +217,65 @@ def _really_overlap(a: np.ndarray, b: np.ndarray) -> bool:
         return True
 
 
-def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray | None]]) -> None:
-    """ValueError if an array that the step writes (slots 0 and 2 of each tuple) shares memory with
-    any other array of the call. Grads (slot 1) may share memory with each other."""
+def _memory_owner(a: np.ndarray) -> np.ndarray | None:
+    """The array that allocated ``a``'s memory (``a`` itself or the end of its chain of bases), or
+    None when the memory comes from elsewhere (a buffer object, a raw pointer)."""
+    while not a.flags.owndata:
+        base = a.base
+        if not isinstance(base, np.ndarray):
+            return None
+        a = base
+    return a
+
+
+def check_no_overlap(
+    names: Sequence[str],
+    arrays: Sequence[Sequence[np.ndarray | None]],
+    slot_names: Sequence[str] = ("value", "grad", "momentum buffer"),
+) -> None:
+    """ValueError if an array that the step writes (every slot but 1 of each tuple: the value and
+    the state arrays) shares memory with any other array of the call. Grads (slot 1) may share
+    memory with each other. ``slot_names`` name the slots in the message.
+
+    Arrays whose memory NumPy allocated for different owners cannot overlap, so when every array
+    has a known owner only arrays of one owner are compared (in the common case, none at all);
+    when any memory comes from elsewhere, all arrays are compared by their byte bounds."""
+    owners = []
+    unknown = False
+    for group in arrays:
+        for a in group:
+            if a is not None:
+                if a.flags.owndata:
+                    owners.append(id(a))
+                else:
+                    owner = _memory_owner(a)
+                    unknown = unknown or owner is None
+                    owners.append(id(owner))
+    if not unknown and len(set(owners)) == len(owners):
+        return  # every array's memory has its own owner
+    all_members = [(i, slot, a) for i, group in enumerate(arrays) for slot, a in enumerate(group) if a is not None]
+    if unknown:
+        _check_spans(names, all_members, slot_names)
+        return
+    by_owner: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+    for member, key in zip(all_members, owners):
+        by_owner.setdefault(key, []).append(member)
+    for members in by_owner.values():
+        if len(members) > 1 and any(slot != 1 for _, slot, _ in members):
+            _check_spans(names, members, slot_names)
+
+
+def _check_spans(
+    names: Sequence[str], members: Sequence[tuple[int, int, np.ndarray]], slot_names: Sequence[str]
+) -> None:
+    """The overlap check by byte bounds over (tensor index, slot, array) triples."""
     spans = []
-    for i, group in enumerate(arrays):
-        for slot, a in enumerate(group):
-            if a is not None and a.size:
-                lo, hi = _byte_bounds(a)
-                spans.append((lo, hi, slot != 1, i, slot, a))
+    for i, slot, a in members:
+        if a.size:
+            lo, hi = _byte_bounds(a)
+            spans.append((lo, hi, slot != 1, i, slot, a))
     spans.sort(key=lambda s: s[0])
-    labels = ("value", "grad", "momentum buffer")
+    labels = slot_names
     active: list[tuple[int, int, bool, int, int, np.ndarray]] = []
     for span in spans:
         lo = span[0]
@@ -244,30 +317,30 @@ def run_step(
     names: Sequence[str],
     values: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
-    buffers: Sequence[np.ndarray] | None,
+    buffers: Sequence[np.ndarray | None] | None,
     firsts: Sequence[bool],
-    hyper: tuple[float, float, float, float, bool, bool],
+    group_of: Sequence[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
     grad_scale: float,
     backend: str,
     rounding: tuple[bool, int, int] = (False, 0, 0),
     keys: Sequence[int] | None = None,
 ) -> None:
-    """Route each validated tensor to a backend, then run: native ones in one call.
-
-    ``rounding`` = (stochastic_rounding, seed, rounding_step) for 16-bit tensors; ``keys`` are the
-    tensors' rounding keys (default: their positions in ``values``)."""
-    sr, seed, rstep = rounding
+    """Route each validated tensor to a backend, then run: tensor i with ``options[group_of[i]]``
+    (lr, momentum, dampening, weight_decay, nesterov, maximize); its buffer may be None when its
+    momentum is 0. ``rounding`` = (stochastic_rounding, seed, rounding_step) for 16-bit tensors;
+    ``keys`` are the tensors' rounding keys (default: their positions in ``values``)."""
     if keys is None:
         keys = list(range(len(values)))
-    lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
-    with_buffer = momentum != 0
+    if backend == "numpy":  # no routing to do
+        _run_numpy(values, grads, buffers if buffers is not None else [None] * len(values), firsts, group_of,
+                   options, grad_scale, rounding, keys)
+        return
     native: list[int] = []
     other: list[int] = []
     for i in range(len(values)):
+        with_buffer = options[group_of[i]][1] != 0
         buf = buffers[i] if with_buffer and buffers is not None else None
-        if backend == "numpy":
-            other.append(i)
-            continue
         reason = native_reason(values[i], grads[i], buf)
         if reason is None:
             native.append(i)
@@ -275,33 +348,41 @@ def run_step(
             raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
         else:
             other.append(i)
-    args = (lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
-    if native:
-        assert _core is not None
-        _core.sgd_step(
-            [values[i] for i in native],
-            [grads[i] for i in native],
-            [buffers[i] for i in native] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in native],
-            *args,
-            check_overlap=False,
-            stochastic_rounding=sr,
-            seed=seed,
-            rounding_step=rstep,
-            rounding_keys=[keys[i] for i in native],
-        )
-    if other:
-        _numpy.sgd_step(
-            [values[i] for i in other],
-            [grads[i] for i in other],
-            [buffers[i] for i in other] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in other],
-            *args,
-            stochastic_rounding=sr,
-            seed=seed,
-            rounding_step=rstep,
-            rounding_keys=[keys[i] for i in other],
-        )
+    for part, run in ((native, _run_native), (other, _run_numpy)):
+        if part:
+            run([values[i] for i in part], [grads[i] for i in part],
+                [buffers[i] if buffers is not None else None for i in part],
+                [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale, rounding,
+                [keys[i] for i in part])
+
+
+def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale, rounding=(False, 0, 0),  # type: ignore[no-untyped-def]
+                keys=None) -> None:
+    assert _core is not None
+    sr, seed, rstep = rounding
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _core.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                       [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                       *opts, grad_scale, check_overlap=False, stochastic_rounding=sr, seed=seed,
+                       rounding_step=rstep, rounding_keys=[keys[i] for i in idx] if keys is not None else idx)
+
+
+def _run_numpy(values, grads, buffers, firsts, group_of, options, grad_scale, rounding=(False, 0, 0),  # type: ignore[no-untyped-def]
+               keys=None) -> None:
+    sr, seed, rstep = rounding
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _numpy.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                        [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                        *opts, grad_scale, stochastic_rounding=sr, seed=seed, rounding_step=rstep,
+                        rounding_keys=[keys[i] for i in idx] if keys is not None else idx)
 
 
 def sum_of_squares(names: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> float:
@@ -428,7 +509,7 @@ def sgd_step(
         if with_buffer and bs is not None and bs[i] is None:
             raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
     check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
-    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved, rounding, keys)
+    run_step(names, vs, gs, bs, firsts, [0] * len(vs), [hyper], scale, resolved, rounding, keys)
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:
