@@ -5,6 +5,8 @@ import numpy as np
 openmp: bool
 compiled_isas: tuple[str, ...]
 __version__: str
+#: Whether ml_dtypes could be imported: bfloat16 arrays reach the kernels only then.
+bfloat16_available: bool
 
 def sgd_step(
     values: Sequence[np.ndarray],
@@ -19,6 +21,10 @@ def sgd_step(
     maximize: bool,
     grad_scale: float,
     check_overlap: bool = True,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+    rounding_step: int = 0,
+    rounding_keys: Sequence[int] | None = None,
 ) -> None: ...
 def sum_of_squares(arrays: Sequence[np.ndarray]) -> float: ...
 def get_isa() -> str: ...
@@ -32,6 +38,7 @@ def set_grain(grain: int) -> None: ...
 def try_sgd_step(
     values: object, grads: object, momentum_buffers: object, first_step: object, lr: object, momentum: object,
     dampening: object, weight_decay: object, nesterov: object, maximize: object, grad_scale: object,
+    stochastic_rounding: object = False, seed: object = 0, rounding_step: object = 0, rounding_keys: object = None,
 ) -> bool: ...
 def _time_calls(kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0) -> list[float]: ...
 
@@ -39,7 +46,8 @@ class Plan:
     def __init__(
         self, params: dict, keys: list, inners: list, index: list[int], values: list[np.ndarray], grads: list[np.ndarray],
         buffers: list[np.ndarray] | None, lr: float, momentum: float, dampening: float, weight_decay: float,
-        nesterov: bool, maximize: bool, clip: float, skip_nonfinite: bool,
+        nesterov: bool, maximize: bool, clip: float, skip_nonfinite: bool, stochastic_rounding: bool = False,
+        seed: int = 0, rounding_step: int = 0, rounding_keys: Sequence[int] | None = None,
     ) -> None: ...
     def step(self, params: dict) -> int: ...
     @property
@@ -47,8 +55,11 @@ class Plan:
     def reset_applied(self) -> None: ...
     @property
     def last_norm(self) -> float: ...
+    @property
+    def rounding_step(self) -> int: ...
 def sgd_step_ptrs(
     kinds: list[int], value_ptrs: list[int], grad_ptrs: list[int], buf_ptrs: list[int] | None, sizes: list[int],
     first_step: list[bool], lr: float, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
-    maximize: bool, grad_scale: float,
+    maximize: bool, grad_scale: float, stochastic_rounding: bool = False, seed: int = 0, rounding_step: int = 0,
+    rounding_keys: Sequence[int] | None = None,
 ) -> bool: ...
