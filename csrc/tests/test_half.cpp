@@ -247,6 +247,34 @@ TEST_CASE(half_kernel_bfloat16_float_buffer) { check_kernel<bfloat16_t, float>()
 TEST_CASE(half_kernel_float16) { check_kernel<float16_t, float16_t>(); }
 TEST_CASE(half_kernel_float16_float_buffer) { check_kernel<float16_t, float>(); }
 
+// Blocks whose element indices cross a 2^32 boundary (tensors of more than 4G elements) take the
+// scratch path: the same bits as rounding_bits element by element.
+template <class S>
+void check_index_wrap() {
+    const std::uint64_t k = 0x0123456789abcdefull;
+    std::vector<float> wf(100), vf(100);
+    for (std::size_t j = 0; j < wf.size(); ++j) {
+        wf[j] = 1.0f + 0.001f * static_cast<float>(j);
+        vf[j] = -0.25f - 1e-5f * static_cast<float>(j);
+    }
+    for (std::uint64_t index0 : {std::uint64_t(0), (std::uint64_t(1) << 32) - 40, (std::uint64_t(5) << 32) + 3}) {
+        std::vector<S> w(100), v(100);
+        std::vector<std::uint32_t> scratch(100);
+        minimalsgd::detail::store_stochastic_fused<true>(wf.data(), vf.data(), k, index0, w.data(), v.data(), w.size(),
+                                                         scratch.data());
+        int bad = 0;
+        for (std::size_t j = 0; j < w.size(); ++j) {
+            const std::uint32_t h = minimalsgd::rounding_bits(k, index0 + j);
+            if (w[j].bits != minimalsgd::round_stochastic<S>(wf[j], h & 0xffff0000u).bits) ++bad;
+            if (v[j].bits != minimalsgd::round_stochastic<S>(vf[j], h << 16).bits) ++bad;
+        }
+        CHECK_MSG(bad == 0, std::to_string(bad) + " elements differ at index0 " + std::to_string(index0));
+    }
+}
+
+TEST_CASE(half_index_wrap_bfloat16) { check_index_wrap<bfloat16_t>(); }
+TEST_CASE(half_index_wrap_float16) { check_index_wrap<float16_t>(); }
+
 TEST_CASE(half_sum_of_squares) {
     std::mt19937_64 rng(9);
     const auto x = randh<bfloat16_t>(100003, rng, 1.0);

@@ -455,6 +455,69 @@ inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint32_t* M
     }
 }
 
+// Stochastic rounding of a block of values (and, with Pair, of momentum buffers) with the random
+// bits generated in the same loop: the bits of rounding_bits(k, index0 + j), without a pass over
+// a scratch array. `scratch` (n words) serves the rare block across a 2^32 boundary of the index.
+template <bool Pair, class S>
+void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MINIMALSGD_RESTRICT vf,
+                            std::uint64_t k, std::uint64_t index0, S* MINIMALSGD_RESTRICT w,
+                            S* MINIMALSGD_RESTRICT v, std::size_t n, std::uint32_t* MINIMALSGD_RESTRICT scratch) {
+    const std::uint32_t lo0 = static_cast<std::uint32_t>(index0);
+    if (static_cast<std::uint64_t>(lo0) + n > (std::uint64_t(1) << 32)) {
+        random_block(k, index0, scratch, n);
+        store_stochastic<false>(wf, scratch, w, n);
+        if constexpr (Pair) {
+            store_stochastic<true>(vf, scratch, v, n);
+        }
+        return;
+    }
+    const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
+    const std::uint32_t base =
+        mul * lo0 + static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * static_cast<std::uint32_t>(index0 >> 32);
+    std::uint16_t* dw = reinterpret_cast<std::uint16_t*>(w);
+    std::uint16_t* dv = reinterpret_cast<std::uint16_t*>(v);
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
+        MINIMALSGD_SIMD
+        for (std::size_t j = 0; j < n; ++j) {
+            const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+            dw[j] = f32_to_bf16_sr(float_bits(wf[j]), random_half<false>(h));
+            if constexpr (Pair) {
+                dv[j] = f32_to_bf16_sr(float_bits(vf[j]), random_half<true>(h));
+            }
+        }
+    } else {
+        std::uint32_t subnormal = 0;
+        MINIMALSGD_SIMD_SUM(subnormal)
+        for (std::size_t j = 0; j < n; ++j) {
+            const std::uint32_t a = float_bits(wf[j]) & 0x7fffffffu;
+            subnormal += (a != 0 && a < 0x38800000u) ? 1u : 0u;
+            if constexpr (Pair) {
+                const std::uint32_t b = float_bits(vf[j]) & 0x7fffffffu;
+                subnormal += (b != 0 && b < 0x38800000u) ? 1u : 0u;
+            }
+        }
+        if (subnormal == 0) {
+            MINIMALSGD_SIMD
+            for (std::size_t j = 0; j < n; ++j) {
+                const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+                dw[j] = f32_to_f16_sr_normal(float_bits(wf[j]), random_half<false>(h));
+                if constexpr (Pair) {
+                    dv[j] = f32_to_f16_sr_normal(float_bits(vf[j]), random_half<true>(h));
+                }
+            }
+        } else {
+            MINIMALSGD_SIMD
+            for (std::size_t j = 0; j < n; ++j) {
+                const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+                dw[j] = f32_to_f16_sr(float_bits(wf[j]), random_half<false>(h));
+                if constexpr (Pair) {
+                    dv[j] = f32_to_f16_sr(float_bits(vf[j]), random_half<true>(h));
+                }
+            }
+        }
+    }
+}
+
 }  // namespace detail
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 }  // namespace minimalsgd

@@ -169,10 +169,10 @@ void half_loop(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT grad, B* M
             wf[i] = wi - lr * g;
         }
         if constexpr (Stochastic) {
-            random_block(key, index0 + base, rnd, m);
-            store_stochastic<false>(wf, rnd, w + base, m);
             if constexpr (Momentum && !kFloatBuffer) {
-                store_stochastic<true>(vf, rnd, buf + base, m);
+                store_stochastic_fused<true>(wf, vf, key, index0 + base, w + base, buf + base, m, rnd);
+            } else {
+                store_stochastic_fused<false>(wf, vf, key, index0 + base, w + base, static_cast<S*>(nullptr), m, rnd);
             }
         } else {
             store_nearest(wf, w + base, m);
