@@ -451,3 +451,74 @@ def test_bad_schedule_value_is_refused_at_its_step(backend, bad, exc):
         opt.step()
     assert_same(before, snapshot(p, opt))
     assert opt.applied_steps == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# One native call: the cached plan serves groups and schedules; the functional API per tensor
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="needs the native backend")
+def test_plan_serves_groups_and_schedules_bit_for_bit():
+    pa, pb = make_params(20, np.float32), make_params(20, np.float32)
+    opts = []
+    for p, backend in ((pa, "auto"), (pb, "numpy")):
+        w, b = split(p)
+        opts.append(SGD([{"params": w, "lr": S.warmup_cosine(0.1, 3, 20), "weight_decay": 0.01},
+                         {"params": b, "lr": 0.05, "momentum": 0.0}],
+                        momentum=0.9, nesterov=False, clip_grad_norm=3.0, skip_nonfinite=True, backend=backend))
+    a, b = opts
+    for t in range(14):
+        if t == 6:  # a torch-style lr change: a cheap input of the plan, not a rebuild
+            plan = a._plan
+            a.param_groups[1]["lr"] = b.param_groups[1]["lr"] = 0.02
+            assert a._plan is plan
+        g = grads_for(t, np.float32)
+        if t == 9:
+            g["b2"][0] = np.inf
+        for k in pa:
+            pa[k]["grad"], pb[k]["grad"] = g[k], g[k].copy()
+        assert a.step() == b.step() == (t != 9)
+        if t >= 2:
+            assert a._plan is not None
+        for k in pa:
+            np.testing.assert_array_equal(pa[k]["value"], pb[k]["value"], err_msg=f"{k} step {t}")
+        assert a.last_lrs == b.last_lrs and a.applied_steps == b.applied_steps
+    assert a.last_grad_norm == b.last_grad_norm
+    assert {k: st["step"] for k, st in a.state.items()} == {k: st["step"] for k, st in b.state.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_per_tensor_hyperparameters(backend):
+    rng = np.random.default_rng(21)
+    vs = [rng.standard_normal(n) for n in (3, 4, 5)]
+    gs = [rng.standard_normal(n) for n in (3, 4, 5)]
+    bufs = [np.zeros(3), None, np.zeros(5)]
+    lrs, mus, wds = [0.1, 0.2, 0.3], [0.9, 0.0, 0.5], (0.0, 0.01, 0.02)
+    nests = [True, False, False]
+    expected = [oracle_step(v, g, None, first=True, lr=lr, momentum=mu, weight_decay=wd, nesterov=ne)[0]
+                for v, g, lr, mu, wd, ne in zip(vs, gs, lrs, mus, wds, nests)]
+    minimalsgd.sgd_step(vs, gs, bufs, lr=lrs, momentum=mus, weight_decay=wds, nesterov=nests,
+                        first_step=True, backend=backend)
+    for v, e in zip(vs, expected):
+        np.testing.assert_allclose(v, e, rtol=1e-14, atol=1e-16)
+    np.testing.assert_array_equal(bufs[0], gs[0])
+
+
+@pytest.mark.parametrize("kwargs,exc,pattern", [
+    (dict(lr=[0.1, 0.2]), ValueError, "lr has 2 values for 3 tensors"),
+    (dict(lr=0.1, momentum=[0.9] * 4), ValueError, "momentum has 4 values for 3 tensors"),
+    (dict(lr=[0.1, -0.2, 0.1]), ValueError, r"values\[1\]: lr"),
+    (dict(lr=0.1, nesterov=[True, False, False]), ValueError, r"values\[0\]: nesterov"),
+    (dict(lr=0.1, weight_decay=[0.0, "x", 0.0]), TypeError, r"values\[1\]: weight_decay"),
+])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_per_tensor_bad_input(kwargs, exc, pattern, backend):
+    rng = np.random.default_rng(22)
+    vs = [rng.standard_normal(4).astype(np.float32) for _ in range(3)]
+    gs = [rng.standard_normal(4).astype(np.float32) for _ in range(3)]
+    bufs = [np.ones(4, np.float32) for _ in range(3)]
+    before = [x.copy() for x in vs + bufs]
+    with pytest.raises(exc, match=pattern):
+        minimalsgd.sgd_step(vs, gs, bufs, backend=backend, **kwargs)
+    for x, y in zip(vs + bufs, before):
+        np.testing.assert_array_equal(x, y)

@@ -8,8 +8,9 @@ An optimizer (``SGD``, ``Adam``, ...) is a subclass of :class:`Optimizer` that s
   :meth:`Optimizer._fields_needed` (which of them a group's options use) and
   :meth:`Optimizer._new_state_array` (how one is born);
 * :meth:`Optimizer._run`: its formula over a batch of validated tensors with per-tensor options,
-  through the functional layer (native and NumPy backends), and :meth:`Optimizer._make_plan`,
-  the cached native plan of a step (optional: without it every step takes the checked path).
+  through the functional layer (native and NumPy backends), and ``_plan_class``, the name of its
+  cached native plan in ``_core`` (the C++ plan is one template over a formula's traits, see
+  ``csrc/python/plan.hpp``; without one every step takes the checked path).
 
 Everything else lives here, once: param collection and validation (names unique across
 groups), ``param_groups`` and ``add_param_group``, schedules (an ``lr`` may be a callable of
@@ -206,8 +207,7 @@ class Optimizer:
         self.skipped_steps = 0
         #: The global gradient norm of the latest step that measured it, else None.
         self.last_grad_norm: float | None = None
-        #: The lr of each group in the latest applied step, else None.
-        self.last_lrs: list[float] | None = None
+        self.last_lrs = None
 
     # -----------------------------------------------------------------------------------------
     # What a subclass provides
@@ -246,29 +246,17 @@ class Optimizer:
         ``steps[i]`` applied steps before this one, and uses ``options[group_of[i]]``."""
         raise NotImplementedError
 
-    def _make_plan(
-        self,
-        core: Any,
-        params: dict[str, Any],
-        keys: list[str],
-        inners: list[Any],
-        index: list[int],
-        values: list[np.ndarray],
-        grads: list[np.ndarray],
-        states: list[list[np.ndarray | None]],
-        options: tuple[Any, ...],
-        clip: float | None,
-        skip: bool,
-    ) -> Any:
-        """The native plan of a step that the native kernel served whole, or None (no plan)."""
-        return None
+    #: The native plan class of the formula in ``_core`` (``"SgdPlan"``), built by
+    #: ``csrc/python/plan.hpp``'s ``bind_plan<Formula>``; None: every step takes the checked path.
+    _plan_class: ClassVar[str | None] = None
 
     # -----------------------------------------------------------------------------------------
     # Attributes
 
     _plan: Any = None
     _plan_keys: list[str] = []
-    _plan_params: Any = None
+    _plan_schedules: list[tuple[int, Schedule]] = []
+    _last_lrs: list[float] | None = None
     _measures_norm = False
     _state: dict[str, dict[str, Any]]
     _applied: int
@@ -311,6 +299,18 @@ class Optimizer:
         """Applied steps so far (skipped ones excluded): the count the next step's schedules get."""
         plan = self._plan
         return self._applied + (plan.applied if plan is not None else 0)
+
+    @property
+    def last_lrs(self) -> list[float] | None:
+        """The lr of each group in the latest applied step (None before the first)."""
+        plan = self._plan
+        if plan is not None and plan.applied:
+            return list(plan.last_lrs)
+        return self._last_lrs
+
+    @last_lrs.setter
+    def last_lrs(self, value: list[float] | None) -> None:
+        object.__setattr__(self, "_last_lrs", value)
 
     def get_lr(self) -> list[float]:
         """The lr each group will use at the next step (schedules evaluated at ``applied_steps``).
@@ -365,6 +365,17 @@ class Optimizer:
         self._drop_plan()
 
     def _group_changed(self, group: ParamGroup, key: Any) -> None:
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            return
+        if key == "lr":  # a new lr (a torch-style scheduler, say): a cheap input of the plan
+            lr = dict.get(group, "lr")
+            gi = next((i for i, g in enumerate(self.param_groups) if g is group), -1)
+            if (gi >= 0 and isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                    and all(i != gi for i, _ in self._plan_schedules)):
+                self._flush_plan_steps()
+                if plan.set_lr(gi, float(lr)):
+                    return
         self._drop_plan()
 
     def _checked_group(self, group: Mapping[str, Any], label: str, lr: float | None = None) -> tuple[Any, ...]:
@@ -412,6 +423,7 @@ class Optimizer:
         plan = self.__dict__.get("_plan")
         if plan is not None and plan.applied:
             n = plan.applied
+            object.__setattr__(self, "_last_lrs", list(plan.last_lrs))
             plan.reset_applied()
             object.__setattr__(self, "_applied", self._applied + n)
             for key in self._plan_keys:
@@ -423,31 +435,39 @@ class Optimizer:
             object.__setattr__(self, "_plan", None)
 
     def _build_plan(self, keys: list[str], values: list[np.ndarray], grads: list[np.ndarray],
-                    states: list[list[np.ndarray | None]], options: list[tuple[Any, ...]], clip: float | None,
-                    skip: bool, backend: str) -> None:
+                    states: list[list[np.ndarray | None]], group_of: list[int], options: list[tuple[Any, ...]],
+                    clip: float | None, skip: bool, backend: str) -> None:
         core = F._core
-        if core is None or backend == "numpy" or len(self.param_groups) != 1 or callable(self.param_groups[0]["lr"]):
+        if core is None or backend == "numpy" or self._plan_class is None:
             return
-        params = self.param_groups[0]["params"]
-        if type(params) is not dict:
-            return
-        inners = []
-        index = []
         included = {k: i for i, k in enumerate(keys)}
-        for name, p in params.items():
-            if type(p) is not dict:
+        outers, all_keys, all_inners, all_index = [], [], [], []
+        for group in self.param_groups:
+            params = group["params"]
+            if type(params) is not dict:
                 return
-            inners.append(p)
-            index.append(included.get(name, -1))
+            inners, index = [], []
+            for name, p in params.items():
+                if type(p) is not dict:
+                    return
+                inners.append(p)
+                index.append(included.get(name, -1))
+            outers.append(params)
+            all_keys.append(list(params.keys()))
+            all_inners.append(inners)
+            all_index.append(index)
         for i in range(len(keys)):
             for s in states[i] or [None]:
                 if F.native_reason(values[i], grads[i], s) is not None:
                     return
-        plan = self._make_plan(core, params, list(params.keys()), inners, index, values, grads, states, options[0], clip, skip)
-        if plan is not None:
-            object.__setattr__(self, "_plan", plan)
-            object.__setattr__(self, "_plan_keys", keys)
-            object.__setattr__(self, "_plan_params", params)
+        state = self._state
+        steps = [int(state[k]["step"]) for k in keys]
+        plan = getattr(core, self._plan_class)(outers, all_keys, all_inners, all_index, values, grads, states, steps,
+                                               group_of, options, -1.0 if clip is None else clip, skip)
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_plan_keys", keys)
+        object.__setattr__(self, "_plan_schedules",
+                           [(i, g["lr"]) for i, g in enumerate(self.param_groups) if callable(g["lr"])])
 
     # -----------------------------------------------------------------------------------------
     # Validation (nothing here writes or creates anything)
@@ -521,7 +541,14 @@ class Optimizer:
         """
         plan = self._plan
         if plan is not None:
-            status = plan.step(self._plan_params)
+            if self._plan_schedules:  # the cheap per-step input: each schedule's lr, checked here
+                count = self._applied + plan.applied
+                groups = self.param_groups
+                for gi, sched in self._plan_schedules:
+                    if groups[gi].get("lr") is not sched or not plan.set_lr(gi, self._lr_of(gi, groups[gi], count)):
+                        self._drop_plan()
+                        return self._full_step()
+            status = plan.step()
             if status == 1:
                 if self._measures_norm:
                     object.__setattr__(self, "last_grad_norm", plan.last_norm)
@@ -574,7 +601,7 @@ class Optimizer:
         object.__setattr__(self, "_applied", self._applied + 1)
         self.last_lrs = lrs
         object.__setattr__(self, "_measures_norm", clip is not None or skip)
-        self._build_plan(keys, values, grads, states, options, clip, skip, backend)
+        self._build_plan(keys, values, grads, states, group_of, options, clip, skip, backend)
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
