@@ -40,7 +40,7 @@ ParamsOrGroups = Union[Params, Sequence[Mapping[str, Any]]]
 #: Version of the state_dict() layout. 1: one group, hyperparameters at the top level (still read).
 #: 2: "groups/<i>/..." per group, "applied_steps", "optimizer".
 STATE_DICT_FORMAT = 2
-#: Settings of the whole optimizer (not per group).
+#: Settings of the whole optimizer (not per group); a subclass may add its own (``global_settings``).
 _GLOBALS = ("clip_grad_norm", "skip_nonfinite", "backend")
 _STATE_PREFIX = "state/"
 _GROUP_PREFIX = "groups/"
@@ -107,6 +107,43 @@ class ParamGroup(dict):
         return (dict, (dict(self),))
 
 
+class ParamGroups(list):
+    """``Optimizer.param_groups``: a plain list that tells its optimizer when it changes (a group
+    replaced, added or removed other than through ``add_param_group``). It pickles and copies as
+    a plain list."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Optimizer) -> None:
+        list.__init__(self)
+        self._owner = weakref.ref(owner)
+
+    def _changed(self) -> None:
+        owner = self._owner()
+        if owner is not None:
+            owner._drop_plan()
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+def _mutator(name: str) -> Callable[..., Any]:
+    base = getattr(list, name)
+
+    def method(self: ParamGroups, *args: Any, **kwargs: Any) -> Any:
+        out = base(self, *args, **kwargs)
+        self._changed()
+        return self if name in ("__iadd__", "__imul__") else out
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):
+    setattr(ParamGroups, _name, _mutator(_name))
+
+
 def _group_property(name: str) -> property:
     def get(self: Optimizer) -> Any:
         groups = self.param_groups
@@ -163,6 +200,9 @@ class Optimizer:
     hyperparameters: ClassVar[tuple[str, ...]] = ("lr",)
     #: Arrays kept per param, besides the "step" count.
     state_fields: ClassVar[tuple[str, ...]] = ()
+    #: Settings of the whole optimizer: attributes, saved in state dicts (None as NaN), checked by
+    #: ``_check_globals`` (a subclass that adds one extends both).
+    global_settings: ClassVar[tuple[str, ...]] = _GLOBALS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -183,7 +223,7 @@ class Optimizer:
         if unknown or "lr" not in defaults:
             raise TypeError(f"{type(self).__name__}: defaults must name exactly {self.hyperparameters}")
         object.__setattr__(self, "defaults", dict(defaults))
-        object.__setattr__(self, "param_groups", [])
+        object.__setattr__(self, "param_groups", ParamGroups(self))
         self.clip_grad_norm = clip_grad_norm
         self.skip_nonfinite = skip_nonfinite
         self.backend = backend
@@ -262,7 +302,7 @@ class Optimizer:
     _applied: int
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _GLOBALS:
+        if name in self.global_settings or name == "param_groups":
             self._drop_plan()
         object.__setattr__(self, name, value)
 
@@ -330,26 +370,14 @@ class Optimizer:
         self._add_groups([param_group])
 
     def _add_groups(self, groups: list[Any]) -> None:
-        names = {name: i for i, g in enumerate(self.param_groups) for name in g["params"]}
+        names = {name: i for i, g in enumerate(self.param_groups) if isinstance(g, Mapping)
+                 for name in g.get("params", ())}
         base = len(self.param_groups)
         ready = []
         for k, group in enumerate(groups):
             label = f"param_groups[{base + k}]"
-            if not isinstance(group, Mapping):
-                raise TypeError(f"{label} must be a dict with 'params' and hyperparameters, got {type(group).__name__}")
-            if "params" not in group:
-                raise ValueError(f"{label} has no 'params'")
+            self._check_group_keys(group, label)
             params = group["params"]
-            if not isinstance(params, MutableMapping):
-                raise TypeError(
-                    f"{label}['params'] must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, got {type(params).__name__}"
-                )
-            for key in group:
-                if key != "params" and key not in self.hyperparameters:
-                    where = " (a global setting: give it to the constructor)" if key in _GLOBALS else ""
-                    raise ValueError(
-                        f"{label}: unknown hyperparameter {key!r}{where}; a group may set {list(self.hyperparameters)}"
-                    )
             for name in params:
                 if name in names:
                     raise ValueError(f"{label}: param {name!r} is already in param_groups[{names[name]}]; "
@@ -363,6 +391,22 @@ class Optimizer:
         for full in ready:
             self.param_groups.append(ParamGroup(self, full))
         self._drop_plan()
+
+    def _check_group_keys(self, group: Any, label: str) -> None:
+        """A group as given or as changed by hand: a dict with a params dict and known keys."""
+        if not isinstance(group, Mapping):
+            raise TypeError(f"{label} must be a dict with 'params' and hyperparameters, got {type(group).__name__}")
+        if "params" not in group:
+            raise ValueError(f"{label} has no 'params'")
+        if not isinstance(group["params"], MutableMapping):
+            raise TypeError(
+                f"{label}['params'] must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, "
+                f"got {type(group['params']).__name__}"
+            )
+        for key in group:
+            if key != "params" and key not in self.hyperparameters:
+                where = " (a global setting: give it to the constructor)" if key in self.global_settings else ""
+                raise ValueError(f"{label}: unknown hyperparameter {key!r}{where}; a group may set {list(self.hyperparameters)}")
 
     def _group_changed(self, group: ParamGroup, key: Any) -> None:
         plan = self.__dict__.get("_plan")
@@ -439,6 +483,11 @@ class Optimizer:
                     clip: float | None, skip: bool, backend: str) -> None:
         core = F._core
         if core is None or backend == "numpy" or self._plan_class is None:
+            return
+        # Only groups that report their changes (a plain dict or list put in by hand does not).
+        if type(self.param_groups) is not ParamGroups or self.param_groups._owner() is not self:
+            return
+        if not all(type(g) is ParamGroup and g._owner() is self for g in self.param_groups):
             return
         included = {k: i for i, k in enumerate(keys)}
         outers, all_keys, all_inners, all_index = [], [], [], []
@@ -565,6 +614,7 @@ class Optimizer:
         lrs: list[float] = []
         options: list[tuple[Any, ...]] = []
         for gi, group in enumerate(self.param_groups):
+            self._check_group_keys(group, f"param_groups[{gi}]")
             lr = self._lr_of(gi, group, count)
             opts = self._checked_group(group, f"param_groups[{gi}]", lr)
             options.append(opts)
@@ -645,9 +695,9 @@ class Optimizer:
         loads back.
         """
         sd: dict[str, Any] = {"format": STATE_DICT_FORMAT, "optimizer": type(self).__name__}
-        sd["clip_grad_norm"] = math.nan if self.clip_grad_norm is None else float(self.clip_grad_norm)
-        sd["skip_nonfinite"] = self.skip_nonfinite
-        sd["backend"] = self.backend
+        for key in self.global_settings:
+            val = getattr(self, key)
+            sd[key] = math.nan if val is None else val
         sd["applied_steps"] = self.applied_steps
         sd["skipped_steps"] = self.skipped_steps
         sd["last_grad_norm"] = math.nan if self.last_grad_norm is None else self.last_grad_norm
@@ -688,7 +738,7 @@ class Optimizer:
             sd = self._upgrade_format_1(sd)
         elif fmt != STATE_DICT_FORMAT:
             raise ValueError(f"state_dict format {fmt!r} is not supported (expected {STATE_DICT_FORMAT} or 1)")
-        top = set(_GLOBALS) | {"format", "optimizer", "applied_steps", "skipped_steps", "last_grad_norm"}
+        top = set(self.global_settings) | {"format", "optimizer", "applied_steps", "skipped_steps", "last_grad_norm"}
         for key in sd:
             if not (key in top or key.startswith(_GROUP_PREFIX) or key.startswith(_STATE_PREFIX)):
                 raise ValueError(f"state_dict key {key!r} is not a known entry")
@@ -697,14 +747,15 @@ class Optimizer:
             raise ValueError(f"state_dict is of a {kind} optimizer, not {type(self).__name__}")
 
         # Global settings, checked as step() would.
-        missing = [k for k in _GLOBALS if k not in sd]
+        missing = [k for k in self.global_settings if k not in sd]
         if missing:
             raise ValueError(f"state_dict lacks settings {missing}")
-        glob = {k: _scalar(sd[k], k) for k in _GLOBALS}
-        clip = glob["clip_grad_norm"]
-        glob["clip_grad_norm"] = None if clip is None or (isinstance(clip, float) and math.isnan(clip)) else clip
-        if isinstance(glob["skip_nonfinite"], np.bool_):
-            glob["skip_nonfinite"] = bool(glob["skip_nonfinite"])
+        glob = {k: _scalar(sd[k], k) for k in self.global_settings}
+        for key, val in glob.items():
+            if isinstance(val, float) and math.isnan(val):
+                glob[key] = None
+            elif isinstance(val, np.bool_):
+                glob[key] = bool(val)
         trial = object.__new__(type(self))
         trial.__dict__.update(glob)
         trial._check_globals()
