@@ -445,16 +445,7 @@ class Optimizer:
         lr = group.get("lr")
         if not callable(lr):
             return lr
-        value = lr(count)
-        what = f"param_groups[{i}]: the lr schedule returned {value!r} for step {count}"
-        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-            value = value.item()
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{what}; an lr must be a real number")
-        out = float(value)
-        if not math.isfinite(out) or out < 0:
-            raise ValueError(f"{what}; an lr must be finite and >= 0")
-        return out
+        return _checked_schedule_value(i, lr(count), count)
 
     # -----------------------------------------------------------------------------------------
     # The cached native plan. After a step that the native kernel served whole, the validated
@@ -592,9 +583,13 @@ class Optimizer:
         if plan is not None:
             if self._plan_schedules:  # the cheap per-step input: each schedule's lr, checked here
                 count = self._applied + plan.applied
-                groups = self.param_groups
+                last: Any = None
+                lr = 0.0
                 for gi, sched in self._plan_schedules:
-                    if groups[gi].get("lr") is not sched or not plan.set_lr(gi, self._lr_of(gi, groups[gi], count)):
+                    if sched is not last:  # groups that share a schedule call it once
+                        lr = _checked_schedule_value(gi, sched(count), count)
+                        last = sched
+                    if not plan.set_lr(gi, lr):
                         self._drop_plan()
                         return self._full_step()
             status = plan.step()
@@ -901,6 +896,21 @@ class Optimizer:
             f"{type(self).__name__}(param_groups=[{', '.join(parts)}], clip_grad_norm={self.clip_grad_norm}, "
             f"skip_nonfinite={self.skip_nonfinite}, backend={self.backend!r})"
         )
+
+
+def _checked_schedule_value(i: int, value: Any, count: int) -> float:
+    """A schedule's value as a float: TypeError/ValueError naming group i unless a finite real >= 0."""
+    if type(value) is float and 0.0 <= value < math.inf:  # the usual case, cheaply
+        return value
+    what = f"param_groups[{i}]: the lr schedule returned {value!r} for step {count}"
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}; an lr must be a real number")
+    out = float(value)
+    if not math.isfinite(out) or out < 0:
+        raise ValueError(f"{what}; an lr must be finite and >= 0")
+    return out
 
 
 def _scalar(x: Any, name: str) -> Any:
