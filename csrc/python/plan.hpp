@@ -1,5 +1,6 @@
-// minimalsgd._core: the cached plan of SGD.step(). Built from a step that the Python layer fully
-// validated; later steps re-check only what can change cheaply and run in one GIL-released call.
+// minimalsgd._core: the cached plan of Optimizer.step() (every formula, every param group). Built
+// from a step that the Python layer fully validated; later steps re-check only what can change
+// cheaply and run in one GIL-released call.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -49,7 +50,7 @@ struct SgdFormula {
     using Span = minimalsgd::TensorSpan<T>;
 
     static Options options_from(py::handle t) {
-        const py::tuple o = py::reinterpret_borrow<py::tuple>(t);
+        const py::tuple o(py::reinterpret_borrow<py::object>(t));  // a tuple, or any sequence made one
         if (py::len(o) != 6) {
             throw py::value_error("SGD options are (lr, momentum, dampening, weight_decay, nesterov, maximize)");
         }
@@ -81,7 +82,9 @@ struct SgdFormula {
 // step() re-checks only what can change cheaply (dict entries by identity, the arrays' data
 // pointers, shapes and flags; a replaced grad is inspected and taken), then computes the norm
 // (when clipping or checking) and runs every tensor of every group in one GIL-released call.
-// set_lr() is the cheap per-step input of a schedule: no re-validation of the params.
+// set_lr() is the cheap per-step input of a schedule: no re-validation of the params. The other
+// hyperparameters are fixed for the plan's life: the Python layer drops the plan when a group
+// changes (its param_groups report every change), and a new plan is built by the next full step.
 template <class Formula>
 class BasicPlan {
   public:

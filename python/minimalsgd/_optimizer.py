@@ -229,7 +229,7 @@ class Optimizer:
         self.backend = backend
         self._check_globals()
         self._checked_group(self.defaults, "")  # the constructor's hyperparameters, by the optimizer's rules
-        if isinstance(params, Mapping) and "params" not in params:
+        if isinstance(params, Mapping):  # one group (even with a param named "params")
             if not isinstance(params, MutableMapping):
                 raise TypeError(f"params must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, got {type(params).__name__}")
             groups: list[Any] = [{"params": params}]
