@@ -390,22 +390,44 @@ BAD_GROUPS = [
 
 
 @pytest.mark.parametrize("case", range(len(BAD_GROUPS)))
-def test_bad_groups_are_refused(case):
+def test_bad_groups_are_refused_by_the_constructor(case):
     label, make, exc, pattern = BAD_GROUPS[case]
     p = make_params(13)
     w, b = split(p)
+    before = {k: v["value"].copy() for k, v in p.items()}
     with pytest.raises(exc, match=pattern):
         SGD(make(w, b), lr=0.1, momentum=0.9)
-    # add_param_group: refused, and the optimizer is unchanged
-    opt = SGD({"other": {"value": np.zeros(2), "grad": np.ones(2)}}, lr=0.1, momentum=0.9)
-    opt.step()
-    before = (copy.deepcopy([dict(g) for g in opt.param_groups]), opt.state["other"]["momentum_buffer"].copy())
-    groups = make(w, b)
-    with pytest.raises(exc):
-        for g in groups:
-            opt.add_param_group(g)
-        raise exc("(the bad group was the last one)")  # pragma: no cover - every case raises above
-    assert len(opt.param_groups) <= 1 + sum(1 for g in groups[:-1])
+    for k in p:
+        np.testing.assert_array_equal(p[k]["value"], before[k])
+
+
+BAD_ADDED_GROUPS = [
+    ("not a dict", lambda b: [b], TypeError, r"param_groups\[1\] must be a dict"),
+    ("no params", lambda b: {"lr": 0.1}, ValueError, r"param_groups\[1\] has no 'params'"),
+    ("params not a dict", lambda b: {"params": list(b.values())}, TypeError, r"param_groups\[1\]\['params'\]"),
+    ("unknown key", lambda b: {"params": b, "eps": 1e-8}, ValueError, r"param_groups\[1\].*'eps'"),
+    ("name of another group", lambda b: {"params": {**b, "w1": {"value": np.zeros(2), "grad": None}}}, ValueError,
+     r"'w1' is already in param_groups\[0\]"),
+    ("bad momentum", lambda b: {"params": b, "momentum": -0.5}, ValueError, r"param_groups\[1\]: momentum"),
+    ("bad maximize", lambda b: {"params": b, "maximize": 1}, TypeError, r"param_groups\[1\]: maximize"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_ADDED_GROUPS)))
+def test_bad_groups_are_refused_by_add_param_group_and_nothing_changes(case):
+    label, make, exc, pattern = BAD_ADDED_GROUPS[case]
+    p = make_params(13)
+    w, b = split(p)
+    opt = SGD(w, lr=0.1, momentum=0.9)
+    run(opt, w, 2)
+    before = snapshot(w, opt)
+    groups_before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(exc, match=pattern):
+        opt.add_param_group(make(b))
+    assert [dict(g) for g in opt.param_groups] == groups_before, label
+    assert_same(before, snapshot(w, opt))
+    run(opt, w, 1, start=2)  # and it still steps
+    assert opt.applied_steps == 3
 
 
 def test_add_param_group_refuses_a_name_of_another_group():
