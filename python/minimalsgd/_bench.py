@@ -174,6 +174,10 @@ def _numba_step() -> Callable | None:
     return step
 
 
+ONE_GROUP_ROW = "minimalsgd SGD.step, one group"
+GROUPS_ROW = "minimalsgd SGD.step, 2 groups + schedule"
+
+
 def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
     """Every row of one case. The yardstick and minimalsgd's rows are timed side by side: each
     round takes one sample of each in turn, and a row's time is its median over the rounds, so
@@ -247,8 +251,8 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
                            lr=warmup_cosine(LR, 100, 10**9), momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kw)
 
             one = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)
-            python_row("minimalsgd SGD.step, one group", one.step, threads=0, interleave=True)
-            python_row("minimalsgd SGD.step, 2 groups + schedule", grouped().step, threads=0, interleave=True)
+            python_row(ONE_GROUP_ROW, one.step, threads=0, interleave=True)
+            python_row(GROUPS_ROW, grouped().step, threads=0, interleave=True)
         baseline_opt = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
         python_row(BASELINE, baseline_opt.step)
         samplers[:] = [x for x in samplers if x[0] != "minimalsgd bare C++ call (no Python)"]
@@ -474,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
             case_rows = run_case(case, dtype, args.quick, progress)
             rows += case_rows
             print(format_table(case_rows), flush=True)
+            if case.groups:
+                by = {r.backend: r.seconds for r in case_rows}
+                grouped, one = by.get(GROUPS_ROW), by.get(ONE_GROUP_ROW)
+                if grouped and one:
+                    print(f"2 groups + schedule / one group: {grouped / one:.3f} (target: at most 1.05)", flush=True)
     sweep_rows: list[Row] = []
     if args.plot:
         sweep_rows = sweep(dtypes[0], args.quick, progress)
