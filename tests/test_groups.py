@@ -10,6 +10,8 @@ import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minimalsgd
 from minimalsgd import SGD, schedules as S
@@ -544,3 +546,94 @@ def test_functional_per_tensor_bad_input(kwargs, exc, pattern, backend):
         minimalsgd.sgd_step(vs, gs, bufs, backend=backend, **kwargs)
     for x, y in zip(vs + bufs, before):
         np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random groups, hyperparameters and schedules: the plan (one call) and the NumPy backend agree
+# bit for bit, and both follow the float64 oracle
+
+
+_HYPER = st.fixed_dictionaries({}, optional={
+    "lr": st.sampled_from([0.0, 0.01, 0.3]),
+    "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+    "dampening": st.sampled_from([0.0, 0.2]),
+    "weight_decay": st.sampled_from([0.0, 0.01]),
+    "maximize": st.booleans(),
+})
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="needs the native backend")
+@settings(max_examples=40, deadline=None)
+@given(assign=st.lists(st.integers(0, 2), min_size=5, max_size=5), hypers=st.lists(_HYPER, min_size=3, max_size=3),
+       scheduled=st.lists(st.booleans(), min_size=3, max_size=3), clip=st.sampled_from([None, 1.0]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_random_groups_plan_numpy_and_oracle(assign, hypers, scheduled, clip, dtype):
+    names = list(SHAPES)
+    runs = []
+    for backend in ("auto", "numpy"):
+        p = make_params(30, dtype)
+        groups = []
+        for gi in range(3):
+            h = dict(hypers[gi])
+            if scheduled[gi]:
+                h["lr"] = S.step_decay(h.get("lr", 0.1), 2, 0.5)
+            groups.append({"params": {k: p[k] for k, a in zip(names, assign) if a == gi}, **h})
+        opt = SGD(groups, lr=0.1, clip_grad_norm=clip, backend=backend)
+        run(opt, p, 6)
+        runs.append((p, opt))
+    (pa, oa), (pb, ob) = runs
+    for k in pa:
+        if clip is not None and dtype == np.float64:
+            # The backends' float64 norms may differ in the last bit (their sums of squares add in
+            # different orders; known, outside groups): the clipped steps then differ by an ulp.
+            np.testing.assert_allclose(pa[k]["value"], pb[k]["value"], rtol=1e-14, atol=1e-15, err_msg=k)
+        else:
+            np.testing.assert_array_equal(pa[k]["value"], pb[k]["value"], err_msg=k)
+    assert oa.last_lrs == ob.last_lrs
+    assert oa.last_grad_norm == pytest.approx(ob.last_grad_norm, rel=1e-14, abs=0) if clip else True
+    # The float64 oracle, tensor by tensor with its group's settings.
+    ref = {k: v["value"].astype(np.float64) for k, v in make_params(30, dtype).items()}
+    bufs: dict = {k: None for k in names}
+    for t in range(6):
+        g = grads_for(t, dtype)
+        scale = 1.0
+        if clip is not None:
+            total = math.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g.values()))
+            scale = clip / (total + 1e-12) if total > clip else 1.0
+        for k, gi in zip(names, assign):
+            h = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "maximize": False, **hypers[gi]}
+            if scheduled[gi]:
+                h["lr"] = S.step_decay(h["lr"], 2, 0.5)(t)
+            ref[k], bufs[k] = oracle_step(ref[k], g[k], bufs[k], first=bufs[k] is None, grad_scale=scale, **h)
+    for k in pa:
+        tol = 1e-12 if dtype == np.float64 else 2e-5
+        np.testing.assert_allclose(pa[k]["value"], ref[k], rtol=tol, atol=tol)
+
+
+def test_core_groups_entry_refuses_bad_input_and_writes_nothing():
+    core = minimalsgd._functional._core
+    if core is None:
+        pytest.skip("needs the native backend")
+    v = [np.zeros(3, np.float32), np.zeros(4, np.float32)]
+    g = [np.ones(3, np.float32), np.ones(4, np.float32)]
+    b = [np.zeros(3, np.float32), None]
+    opts = [(0.1, 0.9, 0.0, 0.0, False, False), (0.1, 0.0, 0.0, 0.0, False, False)]
+    bad = [
+        (dict(group_of=[0, 2]), ValueError, r"group_of\[1\]"),
+        (dict(group_of=[1, 0]), TypeError, r"momentum_buffers\[1\]"),  # tensor 1 in a momentum group, no buffer
+        (dict(options=[(0.1, 0.9, 0.0, 0.0, False, False), (-1.0, 0.0, 0.0, 0.0, False, False)]), ValueError, r"options\[1\]"),
+        (dict(options=[(0.1, 0.9)]), ValueError, r"options\[0\]"),
+        (dict(grad_scale=math.nan), ValueError, "grad_scale"),
+    ]
+    for change, exc, pattern in bad:
+        kw = dict(values=v, grads=g, momentum_buffers=b, first_step=[True, True], group_of=[0, 1], options=opts,
+                  grad_scale=1.0)
+        kw.update(change)
+        with pytest.raises(exc, match=pattern):
+            core.sgd_step_groups(**kw)
+        for x in v + [b[0]]:
+            np.testing.assert_array_equal(x, 0)
+    core.sgd_step_groups(v, g, b, [True, True], [0, 1], opts, 1.0)
+    np.testing.assert_allclose(v[0], -0.1, rtol=1e-6)
+    np.testing.assert_allclose(v[1], -0.1, rtol=1e-6)
+    np.testing.assert_array_equal(b[0], 1.0)
