@@ -322,7 +322,15 @@ def run_step(
                 [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale)
 
 
-def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+def _run_native(
+    values: list[np.ndarray],
+    grads: list[np.ndarray],
+    buffers: list[np.ndarray | None],
+    firsts: list[bool],
+    group_of: list[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float,
+) -> None:
     assert _core is not None
     if len(options) == 1:
         with_buffer = options[0][1] != 0
@@ -332,7 +340,15 @@ def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -
         _core.sgd_step_groups(values, grads, buffers, firsts, group_of, list(options), grad_scale, check_overlap=False)
 
 
-def _run_numpy(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+def _run_numpy(
+    values: list[np.ndarray],
+    grads: list[np.ndarray],
+    buffers: list[np.ndarray | None],
+    firsts: list[bool],
+    group_of: list[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float,
+) -> None:
     for g, opts in enumerate(options):
         idx = [i for i in range(len(values)) if group_of[i] == g]
         if not idx:
