@@ -1,13 +1,14 @@
 """minimalsgd: one fused SGD step, as fast as the memory bus allows.
 
-NumPy users: :class:`SGD` (param dicts) and :func:`sgd_step` (functional, multi-tensor).
+NumPy users: :class:`SGD` (param dicts) and :func:`sgd_step` (functional, multi-tensor);
+:func:`adam_step` (Adam/AdamW, functional, multi-tensor).
 PyTorch users: ``minimalsgd.torch.SGD`` (imports torch; this module never does).
 """
 
 from __future__ import annotations
 
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
-from ._functional import global_grad_norm, sgd_step
+from ._functional import adam_step, global_grad_norm, sgd_step
 from ._paths import get_cmake_dir, get_include
 from ._version import __version__
 from .optim import SGD
@@ -15,6 +16,7 @@ from .optim import SGD
 __all__ = [
     "SGD",
     "__version__",
+    "adam_step",
     "backend_info",
     "get_cmake_dir",
     "get_include",

@@ -52,3 +52,26 @@ def sgd_step_ptrs(
     first_step: list[bool], lr: float, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
     maximize: bool, grad_scale: float,
 ) -> bool: ...
+def adam_step(
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    step: int | Sequence[int],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    grad_scale: float,
+    check_overlap: bool = True,
+) -> None: ...
+def adam_step_ptrs(
+    kinds: list[int], value_ptrs: list[int], grad_ptrs: list[int], exp_avg_ptrs: list[int], exp_avg_sq_ptrs: list[int],
+    max_exp_avg_sq_ptrs: list[int] | None, sizes: list[int], steps: list[int], lr: float, beta1: float, beta2: float,
+    eps: float, weight_decay: float, amsgrad: bool, maximize: bool, decoupled: bool, grad_scale: float,
+) -> bool: ...
