@@ -33,6 +33,7 @@ ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray]]
 _BACKENDS = ("auto", "native", "numpy")
 _NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ALIGNED_CONTIG = ("C_CONTIGUOUS", "F_CONTIGUOUS")
+_INF = math.inf
 
 
 def _env_backend() -> str:
@@ -56,6 +57,9 @@ def native_available() -> bool:
 
 def check_real(name: str, x: Any, *, minimum: float | None = None, positive: bool = False) -> float:
     """``x`` as a float; TypeError unless it is a real number, ValueError unless finite and in range."""
+    # The common case first (a finite float in range), without the ABC checks below.
+    if type(x) is float and -_INF < x < _INF and (minimum is None or x >= minimum) and (x > 0 or not positive):
+        return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "fiu":
             x = x.item()
@@ -72,6 +76,8 @@ def check_real(name: str, x: Any, *, minimum: float | None = None, positive: boo
 
 
 def check_bool(name: str, x: Any) -> bool:
+    if type(x) is bool:
+        return x
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
     return bool(x)
@@ -163,6 +169,21 @@ def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
 
 def check_tensor(name: str, value: Any, grad: Any, buf: Any, with_buffer: bool) -> None:
     """Raise a TypeError/ValueError naming ``name`` unless the three arrays can be stepped."""
+    # The common case in one expression; anything else is examined below to say what is wrong.
+    if (
+        isinstance(value, np.ndarray)
+        and isinstance(grad, np.ndarray)
+        and value.dtype.kind in "fc"
+        and value.flags.writeable
+        and grad.dtype == value.dtype
+        and grad.shape == value.shape
+        and (
+            buf is None
+            or not with_buffer
+            or (isinstance(buf, np.ndarray) and buf.dtype == value.dtype and buf.shape == value.shape and buf.flags.writeable)
+        )
+    ):
+        return
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: value must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype.kind not in "fc":
@@ -209,6 +230,17 @@ def _really_overlap(a: np.ndarray, b: np.ndarray) -> bool:
         return True
 
 
+def _memory_owner(a: np.ndarray) -> np.ndarray | None:
+    """The array that allocated ``a``'s memory (``a`` itself or the end of its chain of bases), or
+    None when the memory comes from elsewhere (a buffer object, a raw pointer)."""
+    while not a.flags.owndata:
+        base = a.base
+        if not isinstance(base, np.ndarray):
+            return None
+        a = base
+    return a
+
+
 def check_no_overlap(
     names: Sequence[str],
     arrays: Sequence[Sequence[np.ndarray | None]],
@@ -216,13 +248,45 @@ def check_no_overlap(
 ) -> None:
     """ValueError if an array that the step writes (every slot but 1 of each tuple: the value and
     the state arrays) shares memory with any other array of the call. Grads (slot 1) may share
-    memory with each other. ``slot_names`` name the slots in the message."""
+    memory with each other. ``slot_names`` name the slots in the message.
+
+    Arrays whose memory NumPy allocated for different owners cannot overlap, so when every array
+    has a known owner only arrays of one owner are compared (in the common case, none at all);
+    when any memory comes from elsewhere, all arrays are compared by their byte bounds."""
+    owners = []
+    unknown = False
+    for group in arrays:
+        for a in group:
+            if a is not None:
+                if a.flags.owndata:
+                    owners.append(id(a))
+                else:
+                    owner = _memory_owner(a)
+                    unknown = unknown or owner is None
+                    owners.append(id(owner))
+    if not unknown and len(set(owners)) == len(owners):
+        return  # every array's memory has its own owner
+    all_members = [(i, slot, a) for i, group in enumerate(arrays) for slot, a in enumerate(group) if a is not None]
+    if unknown:
+        _check_spans(names, all_members, slot_names)
+        return
+    by_owner: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+    for member, key in zip(all_members, owners):
+        by_owner.setdefault(key, []).append(member)
+    for members in by_owner.values():
+        if len(members) > 1 and any(slot != 1 for _, slot, _ in members):
+            _check_spans(names, members, slot_names)
+
+
+def _check_spans(
+    names: Sequence[str], members: Sequence[tuple[int, int, np.ndarray]], slot_names: Sequence[str]
+) -> None:
+    """The overlap check by byte bounds over (tensor index, slot, array) triples."""
     spans = []
-    for i, group in enumerate(arrays):
-        for slot, a in enumerate(group):
-            if a is not None and a.size:
-                lo, hi = _byte_bounds(a)
-                spans.append((lo, hi, slot != 1, i, slot, a))
+    for i, slot, a in members:
+        if a.size:
+            lo, hi = _byte_bounds(a)
+            spans.append((lo, hi, slot != 1, i, slot, a))
     spans.sort(key=lambda s: s[0])
     labels = slot_names
     active: list[tuple[int, int, bool, int, int, np.ndarray]] = []
@@ -296,6 +360,10 @@ def run_step(
     """Route each validated tensor to a backend, then run: tensor i with ``options[group_of[i]]``
     (lr, momentum, dampening, weight_decay, nesterov, maximize); its buffer may be None when its
     momentum is 0."""
+    if backend == "numpy":  # no routing to do
+        _run_numpy(values, grads, buffers if buffers is not None else [None] * len(values), firsts, group_of,
+                   options, grad_scale)
+        return
     bufs = [
         buffers[i] if options[group_of[i]][1] != 0 and buffers is not None else None for i in range(len(values))
     ]
