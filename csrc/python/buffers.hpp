@@ -185,17 +185,18 @@ struct Batch : Ranges {
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
     // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
-    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
+             std::uint32_t group = 0) {
         const std::size_t bytes = size * itemsize(kind);
         record(w, bytes, true, i);
         record(g, bytes, false, i);
         record(b, bytes, true, i);
         if (kind == Kind::f32) {
             f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b),
-                           size, first});
+                           size, first, group});
         } else {
             f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                           reinterpret_cast<double*>(b), size, first});
+                           reinterpret_cast<double*>(b), size, first, group});
         }
     }
 };

@@ -377,14 +377,12 @@ def run_step(
 
 def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
     assert _core is not None
-    for g, opts in enumerate(options):
-        idx = [i for i in range(len(values)) if group_of[i] == g]
-        if not idx:
-            continue
-        with_buffer = opts[1] != 0
-        _core.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
-                       [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
-                       *opts, grad_scale, check_overlap=False)
+    if len(options) == 1:
+        with_buffer = options[0][1] != 0
+        _core.sgd_step(values, grads, buffers if with_buffer else None, firsts, *options[0], grad_scale,
+                       check_overlap=False)
+    else:  # every group in one call: tensor i with options[group_of[i]]
+        _core.sgd_step_groups(values, grads, buffers, firsts, group_of, list(options), grad_scale, check_overlap=False)
 
 
 def _run_numpy(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
@@ -426,12 +424,12 @@ def sgd_step(
     grads: ArrayOrArrays,
     momentum_buffers: ArrayOrArrays | None = None,
     *,
-    lr: float,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-    maximize: bool = False,
+    lr: float | Sequence[float],
+    momentum: float | Sequence[float] = 0.0,
+    dampening: float | Sequence[float] = 0.0,
+    weight_decay: float | Sequence[float] = 0.0,
+    nesterov: bool | Sequence[bool] = False,
+    maximize: bool | Sequence[bool] = False,
     grad_scale: float = 1.0,
     first_step: bool | Sequence[bool] = False,
     backend: Backend = "auto",
@@ -449,11 +447,14 @@ def sgd_step(
             g = g + momentum * v  if nesterov else v
         w = w - lr * g
 
+    Every hyperparameter but ``grad_scale`` may also be a sequence with one entry per tensor (per
+    param group hyperparameters, say): all tensors still go to the kernel in one call.
+
     Args:
         values: an array or a sequence of arrays, updated in place.
         grads: the gradients, one per value, same shape and dtype; never written.
         momentum_buffers: one per value, same shape and dtype, updated in place; required when
-            ``momentum != 0`` (``numpy.empty_like(value)`` will do with ``first_step=True``).
+            ``momentum != 0`` (an entry may be None for a tensor whose momentum is 0) (``numpy.empty_like(value)`` will do with ``first_step=True``).
         first_step: whether this step is the first for each buffer; one bool or one per tensor.
         grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
         backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
@@ -471,16 +472,19 @@ def sgd_step(
             values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
         ):
             return
-    hyper = check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize)
     scale = check_real("grad_scale", grad_scale, minimum=0.0)
     resolved = check_backend(backend)
     vs = as_list(values, "values")
     gs = as_list(grads, "grads")
     if len(gs) != len(vs):
         raise ValueError(f"grads has {len(gs)} arrays for {len(vs)} values")
-    with_buffer = hyper[1] != 0
+    group_of, options = per_tensor_options(
+        len(vs), lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+        maximize=maximize,
+    )
+    uses_buffer = [options[group_of[i]][1] != 0 for i in range(len(vs))]
     bs: list[Any] | None = None
-    if with_buffer:
+    if any(uses_buffer):
         if momentum_buffers is None:
             raise ValueError("momentum != 0 needs momentum_buffers (one array per value)")
         bs = as_list(momentum_buffers, "momentum_buffers")
@@ -494,11 +498,52 @@ def sgd_step(
             raise ValueError(f"first_step has {len(firsts)} flags for {len(vs)} values")
     names = [f"values[{i}]" for i in range(len(vs))]
     for i in range(len(vs)):
-        check_tensor(names[i], vs[i], gs[i], bs[i] if bs is not None else None, with_buffer)
-        if with_buffer and bs is not None and bs[i] is None:
+        buf = bs[i] if bs is not None and uses_buffer[i] else None
+        check_tensor(names[i], vs[i], gs[i], buf, uses_buffer[i])
+        if uses_buffer[i] and buf is None:
             raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
-    check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
-    run_step(names, vs, gs, bs, firsts, [0] * len(vs), [hyper], scale, resolved)
+    check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None and uses_buffer[i] else None)
+                             for i in range(len(vs))])
+    run_step(names, vs, gs, [bs[i] if bs is not None and uses_buffer[i] else None for i in range(len(vs))],
+             firsts, group_of, options, scale, resolved)
+
+
+_SGD_OPTION_NAMES = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+
+def per_tensor_options(n: int, **hyper: Any) -> tuple[list[int], list[tuple[float, float, float, float, bool, bool]]]:
+    """Per-tensor SGD hyperparameters: each one a scalar (every tensor) or a sequence of ``n``
+    (one per tensor). Returns ``(group_of, options)``: tensor i uses ``options[group_of[i]]``,
+    one entry per distinct set, each checked by torch.optim.SGD's rules. Raises naming the
+    hyperparameter (``lr has 2 values for 3 tensors``) or the tensor (``values[1]: lr must ...``)."""
+    columns: dict[str, list[Any]] = {}
+    any_sequence = False
+    for name in _SGD_OPTION_NAMES:
+        x = hyper[name]
+        if isinstance(x, np.ndarray) and x.ndim == 1 or isinstance(x, (list, tuple)):
+            seq = list(x.tolist() if isinstance(x, np.ndarray) else x)
+            if len(seq) != n:
+                raise ValueError(f"{name} has {len(seq)} values for {n} tensors; give one per tensor or one for all")
+            columns[name] = seq
+            any_sequence = True
+        else:
+            columns[name] = [x] * n
+    if not any_sequence:  # one set for every tensor
+        return [0] * n, [check_hyperparameters(*(hyper[k] for k in _SGD_OPTION_NAMES))]
+    index: dict[tuple[Any, ...], int] = {}
+    group_of: list[int] = []
+    options: list[tuple[float, float, float, float, bool, bool]] = []
+    for i in range(n):
+        raw = tuple(columns[k][i] for k in _SGD_OPTION_NAMES)
+        try:
+            opts = check_hyperparameters(*raw)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"values[{i}]: {e}") from None
+        j = index.setdefault(opts, len(options))
+        if j == len(options):
+            options.append(opts)
+        group_of.append(j)
+    return group_of, options
 
 
 _ADAM_LABELS = ("value", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")

@@ -45,6 +45,7 @@ class SGD(Optimizer):
 
     hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     state_fields = ("momentum_buffer",)
+    _plan_class = "SgdPlan"
 
     def __init__(
         self,
@@ -78,11 +79,3 @@ class SGD(Optimizer):
     def _run(self, labels, values, grads, states, born, steps, group_of, options, grad_scale, backend) -> None:  # type: ignore[no-untyped-def]
         buffers = [s[0] for s in states]
         F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend)
-
-    def _make_plan(self, core, params, keys, inners, index, values, grads, states, options, clip, skip):  # type: ignore[no-untyped-def]
-        lr, momentum, dampening, weight_decay, nesterov, maximize = options
-        buffers = [s[0] for s in states] if momentum != 0 else None
-        return core.Plan(params, keys, inners, index, values, grads, buffers, lr, momentum, dampening, weight_decay,
-                         nesterov, maximize, -1.0 if clip is None else clip, skip)
-
-

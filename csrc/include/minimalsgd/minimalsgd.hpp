@@ -18,4 +18,5 @@
 #include "options.hpp"
 #include "sgd.hpp"
 #include "adam.hpp"
+#include "schedules.hpp"
 #include "cpu.hpp"
