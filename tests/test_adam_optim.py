@@ -244,3 +244,40 @@ def test_defaults_are_torchs():
     g = Adam(make_params()).param_groups[0]
     assert (g["lr"], g["betas"], g["eps"], g["amsgrad"], g["maximize"]) == (1e-3, (0.9, 0.999), 1e-8, False, False)
     assert math.isclose(AdamW(make_params(), lr=0.5).lr, 0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cached_plan_is_bitwise_the_checked_path(dtype):
+    """After the first step a native one-call plan serves the steps (groups, a schedule, clip,
+    skip); it gives the NumPy backend's bits, the same step counts and the same skips."""
+    if "native" not in BACKENDS:
+        pytest.skip("native extension not built")
+    runs = []
+    for backend in ("native", "numpy"):
+        p = make_params(dtype=dtype)
+        opt = AdamW([{"params": {"w1": p["w1"], "w2": p["w2"]}, "amsgrad": True, "weight_decay": 0.1},
+                     {"params": {"b1": p["b1"], "b2": p["b2"]}, "betas": (0.5, 0.9)}],
+                    lr=S.warmup_cosine(0.01, 3, 20), skip_nonfinite=True, backend=backend,
+                    # (the backends' float64 norms may differ in the last bit: clip in float32 only)
+                    clip_grad_norm=1.5 if dtype == np.float32 else None)
+        results = []
+        for t in range(12):
+            g = grads_for(t, dtype, scale=2.0)
+            if t == 6:
+                g["w2"][0, 0] = np.inf
+            for k in p:
+                p[k]["grad"] = g[k]
+            results.append(opt.step())
+            if backend == "native" and t >= 1:
+                assert opt._plan is not None and type(opt._plan).__name__ == "AdamPlan"
+        runs.append((p, opt, results))
+    (pa, oa, ra), (pb, ob, rb) = runs
+    assert ra == rb and ra.count(False) == 1
+    assert oa.applied_steps == ob.applied_steps == 11 and oa.last_lrs == ob.last_lrs
+    for k in pa:
+        np.testing.assert_array_equal(pa[k]["value"], pb[k]["value"])
+        assert oa.state[k]["step"] == ob.state[k]["step"] == 11
+        for f in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            assert (f in oa.state[k]) == (f in ob.state[k])
+            if f in oa.state[k]:
+                np.testing.assert_array_equal(oa.state[k][f], ob.state[k][f])

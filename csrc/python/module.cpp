@@ -87,6 +87,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
           py::arg("grad_scale"), "Private to minimalsgd.torch: the Adam step over raw contiguous buffers.");
     bind_plan<SgdFormula>(m, "SgdPlan");
+    bind_plan<AdamFormula>(m, "AdamPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");

@@ -52,6 +52,10 @@ class SgdPlan:
     def reset_applied(self) -> None: ...
     @property
     def last_norm(self) -> float: ...
+class AdamPlan(SgdPlan):
+    """The cached plan of Adam/AdamW.step(); options are (lr, beta1, beta2, eps, weight_decay,
+    amsgrad, maximize, decoupled); states [exp_avg, exp_avg_sq, max_exp_avg_sq or None]."""
+
 def sgd_step_groups(
     values: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: Sequence[np.ndarray | None],
     first_step: Sequence[bool], group_of: Sequence[int], options: Sequence[tuple[float, float, float, float, bool, bool]],

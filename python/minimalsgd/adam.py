@@ -34,6 +34,7 @@ class Adam(Optimizer):
 
     hyperparameters = ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize")
     state_fields = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+    _plan_class = "AdamPlan"
     #: AdamW's decoupled weight decay (``w *= 1 - lr * weight_decay`` before the update).
     decoupled = False
 
