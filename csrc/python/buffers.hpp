@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <minimalsgd/adam.hpp>
 #include <minimalsgd/sgd.hpp>
 
 
@@ -186,9 +187,26 @@ inline void check_overlap(std::vector<Range>& ranges) {
     }
 }
 
-// The tensors of one call, split by dtype into the kernels' spans, with the memory ranges they
-// read and write (for the overlap check).
-struct Batch {
+// The memory ranges that the tensors of one call read and write, for the overlap check.
+struct Ranges {
+    std::vector<Range> ranges;
+
+    // `bytes` bytes at `p`, of tensor `i` (null: nothing).
+    void record(const char* p, std::size_t bytes, bool written, std::size_t i) {
+        if (p != nullptr) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(p);
+            ranges.push_back(Range{lo, lo + bytes, written, i});
+        }
+    }
+
+    bool overlaps() {
+        std::size_t a = 0, c = 0;
+        return ranges.size() > 1 && find_overlap(ranges, &a, &c);
+    }
+};
+
+// The tensors of one SGD call, split by dtype into the kernels' spans, with their memory ranges.
+struct Batch : Ranges {
     using bf16 = minimalsgd::bfloat16_t;
     using f16 = minimalsgd::float16_t;
     std::vector<minimalsgd::TensorSpan<float>> f32;
@@ -197,48 +215,58 @@ struct Batch {
     std::vector<minimalsgd::TensorSpan<bf16, float>> bf16_f32;
     std::vector<minimalsgd::TensorSpan<f16>> f16s;
     std::vector<minimalsgd::TensorSpan<f16, float>> f16_f32;
-    std::vector<Range> ranges;
 
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
-    // Tensor `i`: `size` elements of `kind` at w and g, and of `bkind` at b (null without
-    // momentum; bkind is kind, or f32 for a 16-bit kind). `key`: its stochastic-rounding key.
+    void clear() {
+        f32.clear();
+        f64.clear();
+        bf16s.clear();
+        bf16_f32.clear();
+        f16s.clear();
+        f16_f32.clear();
+        ranges.clear();
+    }
+
+    // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
     void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
-             Kind bkind, std::uint64_t key) {
-        const auto range = [&](const char* p, bool written, Kind k) {
-            const auto lo = reinterpret_cast<std::uintptr_t>(p);
-            ranges.push_back(Range{lo, lo + size * itemsize(k), written, i});
-        };
-        range(w, true, kind);
-        range(g, false, kind);
-        if (b != nullptr) {
-            range(b, true, bkind);
-        }
+             std::uint32_t group = 0) {
+        add(kind, w, g, b, size, first, i, group, kind, i);
+    }
+
+    // The same with the buffer's kind `bkind` (kind, or f32 for a 16-bit kind) and the tensor's
+    // stochastic-rounding key.
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
+             std::uint32_t group, Kind bkind, std::uint64_t key) {
+        const std::size_t bytes = size * itemsize(kind);
+        record(w, bytes, true, i);
+        record(g, bytes, false, i);
+        record(b, size * itemsize(bkind), true, i);
         switch (kind) {
             case Kind::f32:
                 f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g),
-                               reinterpret_cast<float*>(b), size, first, 0, key});
+                               reinterpret_cast<float*>(b), size, first, group, key});
                 break;
             case Kind::f64:
                 f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                               reinterpret_cast<double*>(b), size, first, 0, key});
+                               reinterpret_cast<double*>(b), size, first, group, key});
                 break;
             case Kind::bf16:
                 if (b != nullptr && bkind == Kind::f32) {
                     bf16_f32.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
-                                        reinterpret_cast<float*>(b), size, first, 0, key});
+                                        reinterpret_cast<float*>(b), size, first, group, key});
                 } else {
                     bf16s.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
-                                     reinterpret_cast<bf16*>(b), size, first, 0, key});
+                                     reinterpret_cast<bf16*>(b), size, first, group, key});
                 }
                 break;
             case Kind::f16:
                 if (b != nullptr && bkind == Kind::f32) {
                     f16_f32.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
-                                       reinterpret_cast<float*>(b), size, first, 0, key});
+                                       reinterpret_cast<float*>(b), size, first, group, key});
                 } else {
                     f16s.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
-                                    reinterpret_cast<f16*>(b), size, first, 0, key});
+                                    reinterpret_cast<f16*>(b), size, first, group, key});
                 }
                 break;
         }
@@ -278,18 +306,35 @@ struct Batch {
         }
     }
 
-    // Backwards-compatible form: the buffer of the value's kind, key = i.
-    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
-        add(kind, w, g, b, size, first, i, kind, i);
-    }
-
     bool empty() const {
         return f32.empty() && f64.empty() && bf16s.empty() && bf16_f32.empty() && f16s.empty() && f16_f32.empty();
     }
+};
 
-    bool overlaps() {
-        std::size_t a = 0, c = 0;
-        return ranges.size() > 1 && find_overlap(ranges, &a, &c);
+// The tensors of one Adam call: value, grad, exp_avg, exp_avg_sq and (amsgrad) max_exp_avg_sq.
+struct AdamBatch : Ranges {
+    std::vector<minimalsgd::AdamSpan<float>> f32;
+    std::vector<minimalsgd::AdamSpan<double>> f64;
+
+    explicit AdamBatch(std::size_t n) { ranges.reserve(5 * n); }
+
+    // Tensor `i`: `size` elements of `kind`; `vm` null without amsgrad; `step` 1-based.
+    void add(Kind kind, char* w, const char* g, char* m, char* v, char* vm, std::size_t size, std::int64_t step,
+             std::size_t i, std::uint32_t group = 0) {
+        const std::size_t bytes = size * itemsize(kind);
+        record(w, bytes, true, i);
+        record(g, bytes, false, i);
+        record(m, bytes, true, i);
+        record(v, bytes, true, i);
+        record(vm, bytes, true, i);
+        if (kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(m),
+                           reinterpret_cast<float*>(v), reinterpret_cast<float*>(vm), size, step, group});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
+                           reinterpret_cast<double*>(m), reinterpret_cast<double*>(v), reinterpret_cast<double*>(vm),
+                           size, step, group});
+        }
     }
 };
 

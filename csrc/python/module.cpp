@@ -9,8 +9,9 @@
 // Where things are:
 //   runtime.hpp        instruction set, threads, grain
 //   buffers.hpp        array checks, overlap checks, the per-call batch of kernel spans
-//   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch)
-//   plan.hpp           the cached plan of SGD.step()
+//   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch),
+//                      adam_step, adam_step_ptrs (torch)
+//   plan.hpp           the cached plan of Optimizer.step(), a template over the formula's traits
 //   bench_support.hpp  the bench's timing of the yardstick and the bare kernel
 //   kernels*.{hpp,cpp} one kernel table per instruction-set target
 #include <pybind11/numpy.h>
@@ -61,6 +62,11 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("stochastic_rounding") = false, py::arg("seed") = 0, py::arg("rounding_step") = 0,
           py::arg("rounding_keys") = py::none(),
           "The fused step over lists of float32/float64/float16/bfloat16 contiguous arrays, in place, in one call.");
+    m.def("sgd_step_groups", &sgd_step_groups, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
+          py::arg("first_step"), py::arg("group_of"), py::arg("options"), py::arg("grad_scale"),
+          py::arg("check_overlap") = true, py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
+          py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(),
+          "The fused step with per-tensor options (tensor i uses options[group_of[i]]), all tensors in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
           "Sum of x*x over a list of float32/float64/float16/bfloat16 contiguous arrays, accumulated in double.");
     // bfloat16 is ml_dtypes' NumPy dtype: its type number exists once ml_dtypes is imported.
@@ -74,30 +80,31 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     }
     g_str_value = PyUnicode_InternFromString("value");
     g_str_grad = PyUnicode_InternFromString("grad");
-    m.def("try_sgd_step", &try_sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
-          py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
-          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"), py::arg("stochastic_rounding") = false,
-          py::arg("seed") = 0, py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(),
-          "The functional step when every input is valid and native; False (nothing written) otherwise.");
+    static PyMethodDef try_sgd_step_def = {
+        "try_sgd_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&try_sgd_step_fastcall)),
+        METH_FASTCALL,
+        "try_sgd_step(values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, "
+        "maximize, grad_scale[, stochastic_rounding, seed, rounding_step, rounding_keys])\n\nThe functional step when "
+        "every input is valid and native; False (nothing written) otherwise. Positional arguments only."};
+    m.attr("try_sgd_step") = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&try_sgd_step_def, nullptr, m.attr("__name__").ptr()));
     m.def("sgd_step_ptrs", &sgd_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
           py::arg("grad_scale"), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
           py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(),
           "Private to minimalsgd.torch: the step over raw contiguous buffers.");
-    py::class_<Plan>(m, "Plan", "A validated SGD.step(), cached (private to minimalsgd.optim).")
-        .def(py::init<py::dict, py::list, py::list, py::list, py::list, py::list, py::object, double, double, double,
-                      double, bool, bool, double, bool, bool, py::handle, py::handle, py::handle>(),
-             py::arg("params"), py::arg("keys"), py::arg("inners"), py::arg("index"), py::arg("values"),
-             py::arg("grads"), py::arg("buffers"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-             py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("clip"),
-             py::arg("skip_nonfinite"), py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
-             py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none())
-        .def("step", &Plan::step, py::arg("params"))
-        .def_property_readonly("applied", &Plan::applied)
-        .def_property_readonly("rounding_step", &Plan::rounding_step)
-        .def("reset_applied", &Plan::reset_applied)
-        .def_property_readonly("last_norm", &Plan::last_norm);
+    m.def("adam_step", &adam_step, py::arg("values"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+          py::arg("max_exp_avg_sqs"), py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+          py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+          py::arg("grad_scale"), py::arg("check_overlap") = true,
+          "The fused Adam/AdamW step over lists of float32/float64 contiguous arrays, in place, in one call.");
+    m.def("adam_step_ptrs", &adam_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
+          py::arg("exp_avg_ptrs"), py::arg("exp_avg_sq_ptrs"), py::arg("max_exp_avg_sq_ptrs"), py::arg("sizes"),
+          py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+          py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+          py::arg("grad_scale"), "Private to minimalsgd.torch: the Adam step over raw contiguous buffers.");
+    bind_plan<SgdFormula>(m, "SgdPlan");
+    bind_plan<AdamFormula>(m, "AdamPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
