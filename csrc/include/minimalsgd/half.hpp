@@ -227,10 +227,15 @@ inline std::uint16_t f32_to_f16_sr(std::uint32_t u, std::uint32_t r) {
     const std::uint32_t e = a >> 23;
     std::uint32_t shift = 126u - (e < 1u ? 1u : (e > 112u ? 112u : e));
     shift = shift > 63u ? 63u : shift;
-    const std::uint64_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
-    const std::uint64_t scaled = (m << 32) >> shift;
-    const std::uint32_t subnormal =
-        static_cast<std::uint32_t>(scaled >> 32) + (r < static_cast<std::uint32_t>(scaled) ? 1u : 0u);
+    // scaled = (m << 32) >> shift in 64 bits, computed as its two 32-bit halves with 32-bit shifts
+    // of counts in [0, 31] (the vector units shift 32-bit lanes by lane counts; 64-bit is slower):
+    // the high half is m >> shift (0 from 24 on: m < 2^24), the low half m << (32 - shift) up to
+    // 32 and m >> (shift - 32) above.
+    const std::uint32_t m = (a & 0x007fffffu) | (e != 0 ? 0x00800000u : 0u);
+    const std::uint32_t high = shift < 24u ? m >> (shift < 24u ? shift : 0u) : 0u;
+    const std::uint32_t low = shift <= 32u ? m << (shift <= 32u ? 32u - shift : 0u)
+                                           : m >> (shift > 32u ? shift - 32u : 0u);
+    const std::uint32_t subnormal = high + (r < low ? 1u : 0u);
     std::uint32_t out = a < 0x38800000u ? subnormal : normal;
     out = a >= 0x47800000u ? 0x7c00u : out;
     out = a > 0x7f800000u ? nan : out;
