@@ -2,6 +2,7 @@
 
 NumPy users: :class:`SGD` (param dicts) and :func:`sgd_step` (functional, multi-tensor).
 PyTorch users: ``minimalsgd.torch.SGD`` (imports torch; this module never does).
+Data parallel over MPI: ``minimalsgd.distributed`` (imports mpi4py when used; this module never does).
 """
 
 from __future__ import annotations
@@ -11,6 +12,16 @@ from ._functional import global_grad_norm, sgd_step
 from ._paths import get_cmake_dir, get_include
 from ._version import __version__
 from .optim import SGD
+
+
+def __getattr__(name: str) -> object:
+    # Submodules with heavy optional dependencies load on first access, never at import.
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "SGD",

@@ -1,0 +1,777 @@
+r"""Data parallel training over MPI, with optimizer state sharded across ranks (ZeRO stage 1).
+
+Every rank runs the same script on its own part of the data (``mpiexec -n N python train.py``),
+holds the same params, and computes its own gradients. Two ways to keep the ranks in step:
+
+* :func:`allreduce_grads` then a plain :class:`minimalsgd.SGD` on every rank: each rank ends the
+  reduction with the mean gradient :math:`\bar g = \frac1N \sum_r g_r` and steps all of it.
+* :class:`ShardedSGD`: rank ``r`` owns one contiguous slice (about ``1/N``) of all elements of
+  each dtype and keeps momentum buffers only for that slice. A step reduce-scatters the
+  gradients (rank ``r`` receives the mean over ranks of its slice), measures the clip norm from
+  the local sums of squares plus one collective, steps its slice with the fused kernel, and
+  allgathers the values, so every rank ends the step with identical full values.
+
+One reduction path serves both: a ``Reduce_scatter`` whose slice boundaries are the sharded
+optimizer's, a division by ``N`` (when averaging), and, for :func:`allreduce_grads`, an
+``Allgatherv``. The same MPI call on the same layout sums each element in the same order, so the
+two ways give bit-identical values on any number of ranks (an ``Allreduce`` would sum in another
+order than a ``Reduce_scatter`` once ``N >= 3``, and floating-point addition is not associative).
+
+``mpi4py`` is imported on first use, never by ``import minimalsgd``. Install it with
+``pip install 'minimalsgd[mpi]'`` (mpi4py and the mpich wheel).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping, MutableMapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _functional as F
+from .optim import SGD
+
+__all__ = ["ShardedSGD", "allreduce_grads", "broadcast_params", "partition"]
+
+Params = MutableMapping[str, MutableMapping[str, Any]]
+
+# Element types MPI sums portably (MPI has no standard 16-bit floating type).
+_MPI_DTYPES = tuple(np.dtype(c) for c in ("float32", "float64", "complex64", "complex128"))
+# What ShardedSGD's signature carries besides the params, in SGD's constructor order.
+_HYPER = ("lr", "momentum", "nesterov", "weight_decay", "clip_grad_norm", "dampening", "maximize", "skip_nonfinite")
+
+
+def _mpi() -> Any:
+    try:
+        from mpi4py import MPI
+    except ImportError as err:  # pragma: no cover - exercised where mpi4py is absent
+        raise ImportError(
+            "minimalsgd.distributed needs mpi4py and an MPI library: pip install 'minimalsgd[mpi]' "
+            "(installs mpi4py and the mpich wheel)"
+        ) from err
+    return MPI
+
+
+def _check_comm(comm: Any) -> Any:
+    """``comm`` (default ``MPI.COMM_WORLD``) if it is an intra-communicator, else TypeError/ValueError."""
+    MPI = _mpi()
+    if comm is None:
+        return MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Comm):
+        raise TypeError(f"comm must be an mpi4py communicator (e.g. MPI.COMM_WORLD), got {type(comm).__name__}")
+    if comm == MPI.COMM_NULL:
+        raise ValueError("comm is MPI.COMM_NULL; pass a valid communicator such as MPI.COMM_WORLD")
+    if not isinstance(comm, MPI.Intracomm):
+        raise ValueError(f"comm must be an intra-communicator (like MPI.COMM_WORLD), got {type(comm).__name__}")
+    return comm
+
+
+def _mpi_type(dtype: np.dtype) -> Any:
+    """The predefined MPI datatype (MPI's reduction operations are defined only on those)."""
+    MPI = _mpi()
+    return {"f": MPI.FLOAT, "d": MPI.DOUBLE, "F": MPI.C_FLOAT_COMPLEX, "D": MPI.C_DOUBLE_COMPLEX}[dtype.char]
+
+
+def partition(total: int, size: int) -> tuple[list[int], list[int]]:
+    """The slice of ``total`` elements that each of ``size`` ranks owns: ``(counts, displs)``.
+
+    Rank ``r`` owns elements ``displs[r] : displs[r] + counts[r]``; counts differ by at most one
+    (the first ``total % size`` ranks hold one more).
+    """
+    base, extra = divmod(int(total), int(size))
+    counts = [base + (1 if r < extra else 0) for r in range(size)]
+    displs = [0] * size
+    for r in range(1, size):
+        displs[r] = displs[r - 1] + counts[r - 1]
+    return counts, displs
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement: one small collective that every rank enters, so that a problem found on any rank
+# (bad input, a structure that differs between ranks) raises the same error on every rank
+# instead of leaving the others waiting in a reduction.
+
+
+def _digest(parts: Any) -> int:
+    """A 56-bit hash of ``repr(parts)`` (fits in an int64 with its negation)."""
+    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "little")
+
+
+def _agree(comm: Any, signature: Any, error: BaseException | None, extra: int = 0) -> None:
+    """Raise the same exception on every rank unless every rank has the same ``signature`` (and
+    ``extra`` hash) and no rank has an ``error``. Costs one 3-element MAX-allreduce; the details are
+    gathered only when something is wrong."""
+    MPI = _mpi()
+    h = _digest(signature) ^ extra
+    flags = np.array([h, -h, 0 if error is None else 1], dtype=np.int64)
+    comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
+    if flags[0] == -flags[1] and flags[2] == 0:
+        return
+    mine = None if error is None else (type(error).__name__, str(error))
+    infos = comm.allgather((signature, extra, mine))
+    for r, (_, _, err) in enumerate(infos):
+        if err is not None:
+            kind = TypeError if err[0] == "TypeError" else ValueError
+            raise kind(f"rank {r}: {err[1]}")
+    raise ValueError(_describe_mismatch([(s, x) for s, x, _ in infos]))
+
+
+def _describe_mismatch(infos: list[tuple[Any, int]]) -> str:
+    """Say how the first rank that differs from rank 0 differs (the same text on every rank)."""
+    ref, ref_extra = infos[0]
+    for r, (sig, extra) in enumerate(infos[1:], start=1):
+        if sig == ref and extra == ref_extra:
+            continue
+        head = f"the params differ between ranks: rank {r} and rank 0 "
+        if sig == ref:
+            return head + "hold different values; start every rank from the same values (broadcast_params(params))"
+        ref_items, items = dict(ref.get("params", ())), dict(sig.get("params", ()))
+        for key in ref.keys() | sig.keys():
+            if key != "params" and ref.get(key) != sig.get(key):
+                return head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0"
+        only0 = [k for k in ref_items if k not in items]
+        only_r = [k for k in items if k not in ref_items]
+        if only0 or only_r:
+            return head + f"have different names: only on rank 0: {only0}, only on rank {r}: {only_r}"
+        for name, desc in ref_items.items():
+            if items[name] != desc:
+                return head + f"disagree on params[{name!r}]: {_fmt(items[name])} on rank {r}, {_fmt(desc)} on rank 0"
+        return head + "list the same params in a different order"
+    return "the ranks disagree"  # pragma: no cover - unreachable when hashes differ
+
+
+def _fmt(desc: tuple[Any, ...]) -> str:
+    shape, dtype, has_grad = desc
+    return f"shape {shape} dtype {dtype}" + ("" if has_grad else " (no grad)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat views: when arrays are already consecutive pieces of one buffer (an arena), collectives run
+# on that buffer in place; otherwise they run on a packed copy.
+
+
+def _address(a: np.ndarray) -> int:
+    return int(a.__array_interface__["data"][0])
+
+
+def _flat_view(arrays: Sequence[np.ndarray], dtype: np.dtype) -> np.ndarray | None:
+    """A 1-D view of ``dtype`` over exactly the given arrays, laid end to end in this order in one
+    writeable C-contiguous memory block, or None when they are not."""
+    if not arrays:
+        return None
+    root = arrays[0]
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    if not root.flags.c_contiguous or not root.flags.writeable:
+        return None
+    start = _address(arrays[0])
+    pos = start
+    for a in arrays:
+        if a.dtype != dtype or not a.flags.c_contiguous or not a.flags.writeable or not a.flags.aligned:
+            return None
+        if a.size and _address(a) != pos:
+            return None
+        b = a
+        while isinstance(b.base, np.ndarray):
+            b = b.base
+        if b is not root:
+            return None
+        pos += a.nbytes
+    base_addr = _address(root)
+    lo, hi = start - base_addr, pos - base_addr
+    if lo < 0 or hi > root.nbytes or lo % dtype.itemsize:
+        return None
+    raw = root.reshape(-1).view(np.uint8)
+    return raw[lo:hi].view(dtype)
+
+
+class _Piece:
+    """One param inside a per-dtype flat layout."""
+
+    __slots__ = ("index", "name", "label", "shape", "size", "offset")
+
+    def __init__(self, index: int, name: str, label: str, shape: tuple[int, ...], size: int, offset: int) -> None:
+        self.index, self.name, self.label, self.shape, self.size, self.offset = index, name, label, shape, size, offset
+
+
+class _Layout:
+    """All params of one dtype end to end (C order each), and the slice this rank owns.
+
+    ``segments`` lists ``(piece, a, b)``: elements ``a:b`` of the piece's flat value lie in this
+    rank's slice, at ``piece.offset + a - lo`` of the slice.
+    """
+
+    def __init__(self, dtype: np.dtype, pieces: list[_Piece], rank: int, size: int) -> None:
+        self.dtype = dtype
+        self.pieces = pieces
+        self.total = sum(p.size for p in pieces)
+        self.counts, self.displs = partition(self.total, size)
+        self.lo = self.displs[rank]
+        self.hi = self.lo + self.counts[rank]
+        self.segments: list[tuple[_Piece, int, int]] = []
+        for p in pieces:
+            a = max(self.lo, p.offset) - p.offset
+            b = min(self.hi, p.offset + p.size) - p.offset
+            if a < b:
+                self.segments.append((p, a, b))
+        self.mpi_type = _mpi_type(dtype)
+        self.scratch = np.empty(self.hi - self.lo, dtype=dtype)
+        self.momentum: np.ndarray | None = None  # this rank's slice of every momentum buffer
+        self.packed_values: np.ndarray | None = None  # full-size copies when the params are not an arena
+        self.packed_grads: np.ndarray | None = None
+
+    def vector(self, mpi_flat: np.ndarray) -> list[Any]:
+        return [mpi_flat, self.counts, self.displs, self.mpi_type]
+
+
+def _dtype_key(a: np.ndarray) -> np.dtype:
+    return a.dtype.newbyteorder("=")
+
+
+def _check_mpi_dtype(label: str, dtype: np.dtype) -> None:
+    if dtype.newbyteorder("=") not in _MPI_DTYPES:
+        raise TypeError(
+            f"{label}: dtype {dtype} is not supported over MPI (float32, float64, complex64 and complex128 are; "
+            "MPI has no portable sum for 16-bit floats, so keep float32 master copies of float16/bfloat16 params)"
+        )
+
+
+def _groups(params: Any, name: str = "params") -> list[tuple[str, Mapping[str, Any]]]:
+    """``[(label prefix, param dict)]`` from a param dict or a list of groups ``[{"params": {...}}]``."""
+    if isinstance(params, Mapping):
+        return [(name, params)]
+    if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+        out = []
+        for i, group in enumerate(params):
+            if not isinstance(group, Mapping) or not isinstance(group.get("params"), Mapping):
+                raise TypeError(f"{name}[{i}] must be a group dict with a 'params' dict, got {type(group).__name__}")
+            out.append((f"{name}[{i}]['params']", group["params"]))
+        return out
+    raise TypeError(f"{name} must be a dict of name -> {{'value', 'grad'}} or a list of groups, got {type(params).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The one reduction path
+
+
+def _reduce_scatter(comm: Any, layout: _Layout, grads_flat: np.ndarray, average: bool) -> np.ndarray:
+    """This rank's slice of the sum (or mean) over ranks of ``grads_flat``, in ``layout.scratch``."""
+    MPI = _mpi()
+    out = layout.scratch
+    comm.Reduce_scatter([grads_flat, layout.mpi_type], [out, layout.mpi_type], layout.counts, op=MPI.SUM)
+    if average and comm.Get_size() > 1:
+        np.divide(out, layout.dtype.type(comm.Get_size()), out=out)
+    return out
+
+
+def _allgather_in_place(comm: Any, layout: _Layout, flat: np.ndarray) -> None:
+    """Every rank's slice of ``flat`` to every rank (each rank's own slice is already in place)."""
+    MPI = _mpi()
+    comm.Allgatherv(MPI.IN_PLACE, layout.vector(flat))
+
+
+def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None:
+    r"""Sum (``average=False``) or average every gradient across the ranks of ``comm``, in place.
+
+    ``params`` is a param dict ``{name: {"value": ndarray, "grad": ndarray}}`` or a list of groups
+    ``[{"params": {...}, ...}]``; params whose grad is None are skipped (on every rank alike).
+    Afterwards every rank holds :math:`\bar g = \frac1N \sum_r g_r` (or the sum) in each grad.
+
+    The grads of each dtype are reduced as one bucket: one ``Reduce_scatter`` (with the slice
+    boundaries of :class:`ShardedSGD`, which makes the two bit-identical) and one ``Allgatherv``.
+    When the grads of a dtype are already consecutive views of one buffer (see
+    ``minimalsgd.pack_params``), that buffer is reduced in place; otherwise the grads are packed
+    into a buffer of their size and copied back.
+
+    Raises:
+        TypeError: ``comm`` is not an MPI communicator; a grad is not a float32/float64/complex array.
+        ValueError: a grad is read-only, or the ranks disagree on the names, shapes, dtypes or the
+            presence of grads. The same error is raised on every rank, before anything is written.
+    """
+    comm = _check_comm(comm)
+    size, rank = comm.Get_size(), comm.Get_rank()
+    error: BaseException | None = None
+    items: list[tuple[str, tuple[Any, ...]]] = []
+    by_dtype: dict[np.dtype, list[tuple[str, np.ndarray]]] = {}
+    try:
+        average = F.check_bool("average", average)
+        for prefix, group in _groups(params):
+            for name, p in group.items():
+                label = f"{prefix}[{name!r}]"
+                if not isinstance(p, Mapping):
+                    raise TypeError(f"{label} must be a dict with 'value' and 'grad', got {type(p).__name__}")
+                grad = p.get("grad")
+                if grad is None:
+                    items.append((label, (None, None, False)))
+                    continue
+                if not isinstance(grad, np.ndarray):
+                    raise TypeError(f"{label}: grad must be a numpy.ndarray, got {type(grad).__name__}")
+                _check_mpi_dtype(label, grad.dtype)
+                if not grad.flags.writeable:
+                    raise ValueError(f"{label}: grad is read-only; allreduce_grads writes the mean in place")
+                items.append((label, (grad.shape, str(_dtype_key(grad)), True)))
+                by_dtype.setdefault(_dtype_key(grad), []).append((label, grad))
+    except (TypeError, ValueError) as err:
+        error = err
+    _agree(comm, {"params": items, "average": average}, error)
+    if size == 1:
+        return
+    for dtype, entries in by_dtype.items():
+        grads = [g for _, g in entries]
+        pieces, offset = [], 0
+        for i, (label, g) in enumerate(entries):
+            pieces.append(_Piece(i, label, label, g.shape, g.size, offset))
+            offset += g.size
+        layout = _Layout(dtype, pieces, rank, size)
+        flat = _flat_view(grads, dtype)
+        packed = flat is None
+        if packed:
+            flat = np.empty(layout.total, dtype=dtype)
+            for piece, g in zip(pieces, grads):
+                np.copyto(flat[piece.offset : piece.offset + piece.size].reshape(g.shape), g)
+        mine = _reduce_scatter(comm, layout, flat, average)
+        flat[layout.lo : layout.hi] = mine
+        _allgather_in_place(comm, layout, flat)
+        if packed:
+            for piece, g in zip(pieces, grads):
+                np.copyto(g, flat[piece.offset : piece.offset + piece.size].reshape(g.shape))
+
+
+def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
+    """Copy every value of ``root``'s params to the other ranks, in place (one ``Bcast`` per value).
+
+    Call it once after building the model so that every rank starts from the same values, as
+    :class:`ShardedSGD` requires (its first step checks it).
+    """
+    comm = _check_comm(comm)
+    error: BaseException | None = None
+    items = []
+    values = []
+    try:
+        for prefix, group in _groups(params):
+            for name, p in group.items():
+                label = f"{prefix}[{name!r}]"
+                value = p.get("value") if isinstance(p, Mapping) else None
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
+                if not value.flags.writeable:
+                    raise ValueError(f"{label}: value is read-only")
+                items.append((label, (value.shape, str(value.dtype), True)))
+                values.append(value)
+    except (TypeError, ValueError) as err:
+        error = err
+    _agree(comm, {"params": items, "root": root}, error)
+    for value in values:
+        buf = value if value.flags.c_contiguous and value.dtype.isnative else np.ascontiguousarray(value, value.dtype.newbyteorder("="))
+        comm.Bcast(buf, root=root)
+        if buf is not value:
+            np.copyto(value, buf)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sharded optimizer
+
+
+class ShardedSGD:
+    r"""SGD with its momentum buffers sharded across the ranks of ``comm`` (ZeRO stage 1).
+
+    ``params`` is the param dict of :class:`minimalsgd.SGD`, with the same names, shapes and
+    dtypes on every rank and the same values at the start (see :func:`broadcast_params`); the
+    other arguments are :class:`minimalsgd.SGD`'s and mean the same. The elements of each dtype,
+    params end to end in dict order (C order within a param), are cut into ``N`` contiguous slices
+    (:func:`partition`); rank ``r`` keeps the momentum buffer only for slice ``r``. ``step()``:
+
+    1. checks the params on every rank and agrees (one 3-integer allreduce) that all ranks hold the
+       same names, shapes, dtypes, grads present and hyperparameters, else raises the same
+       ValueError everywhere and writes nothing;
+    2. ``Reduce_scatter`` of the grads, divided by ``N``: rank ``r`` gets the mean gradient of its slice;
+    3. with ``clip_grad_norm`` or ``skip_nonfinite``: each rank's sum of squares of its slice (float64)
+       and one ``Allgather`` of those ``N`` numbers, summed in rank order by every rank, so the norm,
+       the clip coefficient and the skip decision are identical everywhere;
+    4. the fused kernel (:func:`minimalsgd.sgd_step`) on 1-D views of this rank's slice;
+    5. ``Allgatherv`` of the values, so every rank ends with the same full values.
+
+    Grads are never written. With params packed by ``minimalsgd.pack_params`` (each dtype one
+    arena) the collectives run on the arena in place; otherwise on internal flat copies.
+
+    The result equals :func:`allreduce_grads` followed by :class:`minimalsgd.SGD` bit for bit,
+    except that with clipping the norm is summed in another order (a difference of float64
+    rounding in the clip coefficient). Checkpoints are :class:`minimalsgd.SGD`'s format.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        comm: Any = None,
+        lr: float = 1e-2,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        clip_grad_norm: float | None = None,
+        *,
+        dampening: float = 0.0,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+        backend: F.Backend = "auto",
+    ) -> None:
+        self.comm = _check_comm(comm)
+        if not isinstance(params, MutableMapping):
+            raise TypeError(
+                f"params must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, got {type(params).__name__}"
+            )
+        self.params = params
+        self.lr = lr
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
+        self.clip_grad_norm = clip_grad_norm
+        self.dampening = dampening
+        self.maximize = maximize
+        self.skip_nonfinite = skip_nonfinite
+        self.backend = backend
+        self._check_settings()
+        #: Steps that found a non-finite gradient on some rank and wrote nothing.
+        self.skipped_steps = 0
+        #: The global norm of the mean gradient at the latest step that measured it, else None.
+        self.last_grad_norm: float | None = None
+        self._layouts: list[_Layout] | None = None
+        self._names: list[str] = []
+        self._steps: list[int] = []  # per param, the same on every rank
+        self._has_buffer: list[bool] = []
+        self._verified = False  # the first step also checks that the values agree
+
+    @property
+    def rank(self) -> int:
+        return int(self.comm.Get_rank())
+
+    @property
+    def world_size(self) -> int:
+        return int(self.comm.Get_size())
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of optimizer state (momentum slices) this rank holds: about total/N."""
+        return sum(lay.momentum.nbytes for lay in self._layouts or () if lay.momentum is not None)
+
+    def shards(self) -> dict[str, tuple[int, int, int]]:
+        """``{dtype: (lo, hi, total)}``: the elements of each dtype that this rank owns."""
+        self._ensure_layout()
+        assert self._layouts is not None
+        return {str(lay.dtype): (lay.lo, lay.hi, lay.total) for lay in self._layouts}
+
+    def _check_settings(self) -> tuple[tuple[float, float, float, float, bool, bool], float | None, bool, str]:
+        hyper = F.check_hyperparameters(
+            self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov, self.maximize
+        )
+        clip = None
+        if self.clip_grad_norm is not None:
+            clip = F.check_real("clip_grad_norm", self.clip_grad_norm, positive=True)
+        skip = F.check_bool("skip_nonfinite", self.skip_nonfinite)
+        return hyper, clip, skip, F.check_backend(self.backend)
+
+    def _hyper_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _HYPER}
+
+    # -----------------------------------------------------------------------------------------
+    # Layout (local: built from this rank's params, checked against the other ranks at each step)
+
+    def _describe(self) -> list[tuple[str, tuple[Any, ...]]]:
+        """``[(name, (shape, dtype, has grad))]`` of the params, validated (TypeError/ValueError)."""
+        out = []
+        for name, p in self.params.items():
+            label = f"params[{name!r}]"
+            if not isinstance(p, Mapping):
+                raise TypeError(f"{label} must be a dict with 'value' and 'grad', got {type(p).__name__}")
+            if "value" not in p:
+                raise ValueError(f"{label} has no 'value'")
+            value, grad = p["value"], p.get("grad")
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
+            _check_mpi_dtype(label, value.dtype)
+            if grad is not None:
+                F.check_tensor(label, value, grad, None, False)
+            elif not value.flags.writeable:
+                raise ValueError(f"{label}: value is read-only; the step updates it in place")
+            out.append((name, (value.shape, str(_dtype_key(value)), grad is not None)))
+        return out
+
+    def _ensure_layout(self) -> None:
+        if self._layouts is not None:
+            return
+        rank, size = self.rank, self.world_size
+        by_dtype: dict[np.dtype, list[_Piece]] = {}
+        offsets: dict[np.dtype, int] = {}
+        names = []
+        for i, (name, p) in enumerate(self.params.items()):
+            value = p["value"]
+            key = _dtype_key(value)
+            off = offsets.get(key, 0)
+            by_dtype.setdefault(key, []).append(_Piece(i, name, f"params[{name!r}]", value.shape, value.size, off))
+            offsets[key] = off + value.size
+            names.append(name)
+        self._layouts = [_Layout(d, pieces, rank, size) for d, pieces in by_dtype.items()]
+        self._names = names
+        self._steps = [0] * len(names)
+        self._has_buffer = [False] * len(names)
+
+    def _check_unchanged(self, desc: list[tuple[str, tuple[Any, ...]]]) -> None:
+        if self._layouts is None:
+            return
+        if [d[0] for d in desc] != self._names:
+            raise ValueError(
+                "the param names changed since the optimizer was set up; build a new ShardedSGD "
+                "(state_dict/load_state_dict carry the state over)"
+            )
+        for lay in self._layouts:
+            for piece in lay.pieces:
+                shape, dtype, _ = desc[piece.index][1]
+                if shape != piece.shape or dtype != str(lay.dtype):
+                    raise ValueError(
+                        f"{piece.label} changed from shape {piece.shape} dtype {lay.dtype} to shape {shape} dtype {dtype} "
+                        "since the optimizer was set up; build a new ShardedSGD"
+                    )
+
+    def _values_digest(self) -> int:
+        h = hashlib.blake2b(digest_size=7)
+        for p in self.params.values():
+            h.update(np.ascontiguousarray(p["value"], p["value"].dtype.newbyteorder("=")).tobytes())
+        return int.from_bytes(h.digest(), "little")
+
+    # -----------------------------------------------------------------------------------------
+    # The step
+
+    def step(self) -> bool:
+        """One step of every param that has a grad, on every rank (a collective call).
+
+        Returns True when applied, False when ``skip_nonfinite`` found a NaN or infinity in the
+        mean gradient (then nothing was written, on any rank).
+
+        Raises TypeError/ValueError, the same on every rank and before anything is written,
+        when a rank's params are invalid or differ between ranks.
+        """
+        comm = self.comm
+        error: BaseException | None = None
+        desc: list[tuple[str, tuple[Any, ...]]] = []
+        settings = None
+        try:
+            settings = self._check_settings()
+            desc = self._describe()
+            self._check_unchanged(desc)
+        except (TypeError, ValueError) as err:
+            error = err
+        signature = {"params": desc, **{k: repr(getattr(self, k)) for k in _HYPER}}
+        extra = 0
+        if not self._verified:
+            try:
+                extra = self._values_digest() if error is None else 0
+            except Exception as err:  # pragma: no cover - a value the digest cannot read
+                error = err
+        _agree(comm, signature, error, extra)
+        self._verified = True
+        assert settings is not None
+        hyper, clip, skip, backend = settings
+        self._ensure_layout()
+        assert self._layouts is not None
+        lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
+        with_buffer = momentum != 0
+        has_grad = [d[1][2] for d in desc]
+        params = list(self.params.values())
+
+        # 1. Reduce-scatter the grads: this rank's slice of the mean gradient, per dtype.
+        values_flat: list[np.ndarray] = []
+        for lay in self._layouts:
+            vals = [params[pc.index]["value"] for pc in lay.pieces]
+            grads = [params[pc.index]["grad"] for pc in lay.pieces]
+            vflat = _flat_view(vals, lay.dtype)
+            gflat = _flat_view(grads, lay.dtype) if all(g is not None for g in grads) else None
+            if gflat is None:
+                if lay.packed_grads is None:
+                    lay.packed_grads = np.empty(lay.total, dtype=lay.dtype)
+                gflat = lay.packed_grads
+                for pc, g in zip(lay.pieces, grads):
+                    dst = gflat[pc.offset : pc.offset + pc.size].reshape(pc.shape)
+                    if g is None:
+                        dst[...] = 0
+                    else:
+                        np.copyto(dst, g)
+            if vflat is None:
+                if lay.packed_values is None:
+                    lay.packed_values = np.empty(lay.total, dtype=lay.dtype)
+                vflat = lay.packed_values
+                for pc, a, b in lay.segments:
+                    start = pc.offset + a
+                    vflat[start : start + b - a] = np.ravel(params[pc.index]["value"])[a:b]
+            values_flat.append(vflat)
+            _reduce_scatter(comm, lay, gflat, True)
+
+        # 2. The global norm of the mean gradient: local sums of squares, one collective.
+        scale = 1.0
+        if clip is not None or skip:
+            local = 0.0
+            bad = 0.0
+            views = []
+            labels = []
+            for lay in self._layouts:
+                for pc, a, b in lay.segments:
+                    if has_grad[pc.index]:
+                        s = pc.offset + a - lay.lo
+                        views.append(lay.scratch[s : s + b - a])
+                        labels.append(pc.label)
+            if views:
+                local = F.sum_of_squares(labels, views, backend)
+                if not math.isfinite(local) and not all(bool(np.isfinite(v).all()) for v in views):
+                    bad = 1.0
+            parts = np.empty((self.world_size, 2), dtype=np.float64)
+            comm.Allgather(np.array([local, bad], dtype=np.float64), parts)
+            norm = math.sqrt(math.fsum(parts[:, 0].tolist()))
+            if skip and bool(parts[:, 1].any()):
+                self.skipped_steps += 1
+                return False
+            self.last_grad_norm = norm
+            scale = F.clip_scale(norm, clip)
+
+        # 3. The fused kernel on this rank's slice; 4. allgather the values.
+        for lay, vflat in zip(self._layouts, values_flat):
+            if with_buffer and lay.momentum is None:
+                lay.momentum = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
+            vs, gs, bs, firsts = [], [], [], []
+            for pc, a, b in lay.segments:
+                if not has_grad[pc.index]:
+                    continue
+                s = pc.offset + a - lay.lo
+                vs.append(vflat[lay.lo + s : lay.lo + s + b - a])
+                gs.append(lay.scratch[s : s + b - a])
+                if with_buffer:
+                    assert lay.momentum is not None
+                    bs.append(lay.momentum[s : s + b - a])
+                firsts.append(not self._has_buffer[pc.index])
+            if vs:
+                F.sgd_step(
+                    vs, gs, bs if with_buffer else None, lr=lr, momentum=momentum, dampening=dampening,
+                    weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_scale=scale,
+                    first_step=firsts, backend=backend,
+                )
+            _allgather_in_place(comm, lay, vflat)
+            if vflat is lay.packed_values:
+                for pc in lay.pieces:
+                    if has_grad[pc.index]:
+                        np.copyto(params[pc.index]["value"], vflat[pc.offset : pc.offset + pc.size].reshape(pc.shape))
+        for i, g in enumerate(has_grad):
+            if g:
+                self._steps[i] += 1
+                if with_buffer:
+                    self._has_buffer[i] = True
+        return True
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        """Zero every grad in place (or set it to None), as :meth:`minimalsgd.SGD.zero_grad`."""
+        SGD(self.params).zero_grad(set_to_none)
+
+    # -----------------------------------------------------------------------------------------
+    # Checkpoints: the full state in SGD's format, built by a plain SGD so the format never drifts.
+
+    def _as_sgd(self) -> SGD:
+        return SGD(self.params, backend=self.backend, **self._hyper_dict())
+
+    def state_dict(self, root: int | None = None) -> dict[str, Any] | None:
+        """The full optimizer state, exactly :meth:`minimalsgd.SGD.state_dict`'s format (a collective call).
+
+        With ``root=None`` (default) every rank gets it (one ``Allgatherv`` of the momentum slices
+        per dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None,
+        which saves memory on the others. Save it from one rank, e.g.
+        ``if sd is not None: np.savez(path, **sd)``.
+        """
+        comm = self.comm
+        size = self.world_size
+        if root is not None and (isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < size):
+            raise ValueError(f"root must be None or a rank in [0, {size}), got {root!r}")
+        self._ensure_layout()
+        assert self._layouts is not None
+        gathered: list[np.ndarray | None] = []
+        for lay in self._layouts:
+            if not any(self._has_buffer[pc.index] for pc in lay.pieces):
+                gathered.append(None)
+                continue
+            mine = lay.momentum if lay.momentum is not None else np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
+            if root is None or self.rank == root:
+                full = np.empty(lay.total, dtype=lay.dtype)
+                recv = lay.vector(full)
+            else:
+                full, recv = None, None
+            if root is None:
+                comm.Allgatherv([mine, lay.mpi_type], recv)
+            else:
+                comm.Gatherv([mine, lay.mpi_type], recv, root=root)
+            gathered.append(full)
+        if root is not None and self.rank != root:
+            return None
+        sgd = self._as_sgd()
+        state: dict[str, dict[str, Any]] = {}
+        for lay, full in zip(self._layouts, gathered):
+            for pc in lay.pieces:
+                if self._steps[pc.index] == 0 and not self._has_buffer[pc.index]:
+                    continue
+                st: dict[str, Any] = {"step": self._steps[pc.index]}
+                if self._has_buffer[pc.index] and full is not None:
+                    st["momentum_buffer"] = full[pc.offset : pc.offset + pc.size].reshape(pc.shape)
+                state[pc.name] = st
+        sgd.state = state
+        sgd.skipped_steps = self.skipped_steps
+        sgd.last_grad_norm = self.last_grad_norm
+        return sgd.state_dict()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Take a full state dict (from :meth:`state_dict` or :meth:`minimalsgd.SGD.state_dict`, saved
+        on any number of ranks) and keep this rank's slice of it (a collective call).
+
+        A plain :class:`minimalsgd.SGD` over the same params validates and loads it; if that fails
+        on any rank, every rank raises the same error and nothing changes.
+        """
+        error: BaseException | None = None
+        sgd = None
+        try:
+            self._describe()
+            sgd = self._as_sgd()
+            sgd.load_state_dict(state_dict)
+        except (TypeError, ValueError) as err:
+            error = err
+        _agree(self.comm, "load_state_dict", error)
+        assert sgd is not None
+        for k in _HYPER + ("backend",):
+            setattr(self, k, getattr(sgd, k))
+        self._ensure_layout()
+        assert self._layouts is not None
+        index = {name: i for i, name in enumerate(self._names)}
+        steps = [0] * len(self._names)
+        has_buffer = [False] * len(self._names)
+        buffers: dict[int, np.ndarray] = {}
+        for name, st in sgd.state.items():
+            i = index[name]
+            steps[i] = int(st.get("step", 0))
+            if st.get("momentum_buffer") is not None:
+                has_buffer[i] = True
+                buffers[i] = st["momentum_buffer"]
+        for lay in self._layouts:
+            if not any(has_buffer[pc.index] for pc in lay.pieces):
+                lay.momentum = None
+                continue
+            mom = np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
+            for pc, a, b in lay.segments:
+                if pc.index in buffers:
+                    s = pc.offset + a - lay.lo
+                    mom[s : s + b - a] = np.ravel(buffers[pc.index])[a:b]
+            lay.momentum = mom
+        self._steps = steps
+        self._has_buffer = has_buffer
+        self.skipped_steps = sgd.skipped_steps
+        self.last_grad_norm = sgd.last_grad_norm
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedSGD(rank={self.rank}/{self.world_size}, lr={self.lr}, momentum={self.momentum}, "
+            f"nesterov={self.nesterov}, weight_decay={self.weight_decay}, clip_grad_norm={self.clip_grad_norm}, "
+            f"dampening={self.dampening}, maximize={self.maximize}, skip_nonfinite={self.skip_nonfinite}, "
+            f"backend={self.backend!r})"
+        )
