@@ -99,12 +99,12 @@ def _digest(parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=7).digest(), "little")
 
 
-def _agree(comm: Any, signature: Any, error: BaseException | None, extra: int = 0) -> None:
+def _agree(comm: Any, signature: Any, error: BaseException | None, extra: int = 0, digest: int | None = None) -> None:
     """Raise the same exception on every rank unless every rank has the same ``signature`` (and
     ``extra`` hash) and no rank has an ``error``. Costs one 3-element MAX-allreduce; the details are
-    gathered only when something is wrong."""
+    gathered only when something is wrong. ``digest``: ``_digest(signature)`` if already known."""
     MPI = _mpi()
-    h = _digest(signature) ^ extra
+    h = (_digest(signature) if digest is None else digest) ^ extra
     flags = np.array([h, -h, 0 if error is None else 1], dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, flags, op=MPI.MAX)
     if flags[0] == -flags[1] and flags[2] == 0:
@@ -217,10 +217,16 @@ class _Layout:
             if a < b:
                 self.segments.append((p, a, b))
         self.mpi_type = _mpi_type(dtype)
-        self.scratch = np.empty(self.hi - self.lo, dtype=dtype)
+        self._scratch: np.ndarray | None = None  # this rank's slice of the reduced grads
         self.momentum: np.ndarray | None = None  # this rank's slice of every momentum buffer
         self.packed_values: np.ndarray | None = None  # full-size copies when the params are not an arena
         self.packed_grads: np.ndarray | None = None
+
+    @property
+    def scratch(self) -> np.ndarray:
+        if self._scratch is None:
+            self._scratch = np.empty(self.hi - self.lo, dtype=self.dtype)
+        return self._scratch
 
     def vector(self, mpi_flat: np.ndarray) -> list[Any]:
         return [mpi_flat, self.counts, self.displs, self.mpi_type]
@@ -257,7 +263,10 @@ def _groups(params: Any, name: str = "params") -> list[tuple[str, Mapping[str, A
 
 
 def _reduce_scatter(comm: Any, layout: _Layout, grads_flat: np.ndarray, average: bool) -> np.ndarray:
-    """This rank's slice of the sum (or mean) over ranks of ``grads_flat``, in ``layout.scratch``."""
+    """This rank's slice of the sum (or mean) over ranks of ``grads_flat``, in ``layout.scratch``
+    (on one rank, the slice is all of ``grads_flat`` and is returned as it is: read it, never write it)."""
+    if comm.Get_size() == 1:
+        return grads_flat
     MPI = _mpi()
     out = layout.scratch
     comm.Reduce_scatter([grads_flat, layout.mpi_type], [out, layout.mpi_type], layout.counts, op=MPI.SUM)
@@ -441,6 +450,8 @@ class ShardedSGD:
         self._steps: list[int] = []  # per param, the same on every rank
         self._has_buffer: list[bool] = []
         self._verified = False  # the first step also checks that the values agree
+        self._last_signature: Any = None  # the signature of the latest step and its digest
+        self._last_digest = 0
 
     @property
     def rank(self) -> int:
@@ -568,7 +579,12 @@ class ShardedSGD:
                 extra = self._values_digest() if error is None else 0
             except Exception as err:  # pragma: no cover - a value the digest cannot read
                 error = err
-        _agree(comm, signature, error, extra)
+        if error is None and self._last_signature == signature:
+            digest = self._last_digest
+        else:
+            digest = _digest(signature)
+            self._last_signature, self._last_digest = signature, digest
+        _agree(comm, signature, error, extra, digest)
         self._verified = True
         assert settings is not None
         hyper, clip, skip, backend = settings
@@ -581,6 +597,7 @@ class ShardedSGD:
 
         # 1. Reduce-scatter the grads: this rank's slice of the mean gradient, per dtype.
         values_flat: list[np.ndarray] = []
+        reduced: list[np.ndarray] = []
         for lay in self._layouts:
             vals = [params[pc.index]["value"] for pc in lay.pieces]
             grads = [params[pc.index]["grad"] for pc in lay.pieces]
@@ -604,7 +621,7 @@ class ShardedSGD:
                     start = pc.offset + a
                     vflat[start : start + b - a] = np.ravel(params[pc.index]["value"])[a:b]
             values_flat.append(vflat)
-            _reduce_scatter(comm, lay, gflat, True)
+            reduced.append(_reduce_scatter(comm, lay, gflat, True))
 
         # 2. The global norm of the mean gradient: local sums of squares, one collective.
         scale = 1.0
@@ -613,11 +630,11 @@ class ShardedSGD:
             bad = 0.0
             views = []
             labels = []
-            for lay in self._layouts:
+            for lay, mine in zip(self._layouts, reduced):
                 for pc, a, b in lay.segments:
                     if has_grad[pc.index]:
                         s = pc.offset + a - lay.lo
-                        views.append(lay.scratch[s : s + b - a])
+                        views.append(mine[s : s + b - a])
                         labels.append(pc.label)
             if views:
                 local = F.sum_of_squares(labels, views, backend)
@@ -633,7 +650,7 @@ class ShardedSGD:
             scale = F.clip_scale(norm, clip)
 
         # 3. The fused kernel on this rank's slice; 4. allgather the values.
-        for lay, vflat in zip(self._layouts, values_flat):
+        for lay, vflat, mine in zip(self._layouts, values_flat, reduced):
             if with_buffer and lay.momentum is None:
                 lay.momentum = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
             vs, gs, bs, firsts = [], [], [], []
@@ -642,7 +659,7 @@ class ShardedSGD:
                     continue
                 s = pc.offset + a - lay.lo
                 vs.append(vflat[lay.lo + s : lay.lo + s + b - a])
-                gs.append(lay.scratch[s : s + b - a])
+                gs.append(mine[s : s + b - a])
                 if with_buffer:
                     assert lay.momentum is not None
                     bs.append(lay.momentum[s : s + b - a])
