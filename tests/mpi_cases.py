@@ -170,6 +170,39 @@ def large_bucket_equal_to_allreduce_sgd_bitwise(comm: Any) -> None:
 
 
 @case
+def settings_change_between_steps(comm: Any) -> None:
+    """Hyperparameters are plain attributes, as in SGD: lr and momentum changed mid-run (a buffer
+    born at step 2, params without grads at some steps) still equal allreduce_grads + SGD bitwise."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    a, b = make_params(), make_params()
+    sharded = ShardedSGD(a, comm, lr=0.1)
+    plain = minimalsgd.SGD(b, lr=0.1)
+    for t in range(5):
+        if t == 2:
+            for opt in (sharded, plain):
+                opt.lr = 0.03
+                opt.momentum = 0.9
+                opt.weight_decay = 0.01
+        set_grads(a, comm.rank, t)
+        set_grads(b, comm.rank, t)
+        if t in (1, 3):
+            a["w2"]["grad"] = b["w2"]["grad"] = None
+        sharded.step()
+        allreduce_grads(b, comm)
+        plain.step()
+        assert_bitwise(snapshot(a), snapshot(b), f"step {t}")
+    assert sharded.lr == 0.03 and sharded.momentum == 0.9
+    sd, ref = sharded.state_dict(), plain.state_dict()
+    assert sd["state/w2/step"] == ref["state/w2/step"] == 3
+    assert sd["state/w2/momentum_buffer"].tobytes() == ref["state/w2/momentum_buffer"].tobytes()
+    assert "ShardedSGD(rank" in repr(sharded)
+    sharded.zero_grad()
+    assert all(not p["grad"].any() for p in a.values() if p["grad"] is not None)
+
+
+@case
 def mixed_layouts_and_dtypes(comm: Any) -> None:
     """float32 and float64 params in one dict, Fortran-ordered, strided and byte-swapped values:
     each dtype gets its own slices; results equal allreduce_grads + SGD bit for bit."""
@@ -488,7 +521,7 @@ def bad_input_same_error_everywhere(comm: Any) -> None:
         attempt(retype, ValueError, "dtype float64")
         attempt(retype, ValueError, "dtype float64", use_allreduce=True)
         attempt(no_grad, ValueError, "(no grad)")
-        attempt(lambda p: None, ValueError, "different lr", cfg=dict(lr=0.2))
+        attempt(lambda p: None, ValueError, "have different lr in param group 0: 0.2 on rank", cfg=dict(lr=0.2))
         attempt(nudge, ValueError, "hold different values")
     attempt(readonly, ValueError, f"rank {last if comm.size > 1 else 0}: params['w2']: value is read-only")
     attempt(bad_grad_shape, ValueError, "grad shape (4, 3) does not match value shape (3, 4)")

@@ -128,9 +128,17 @@ def _describe_mismatch(infos: list[tuple[Any, int]]) -> str:
         if sig == ref:
             return head + "hold different values; start every rank from the same values (broadcast_params(params))"
         ref_items, items = dict(ref.get("params", ())), dict(sig.get("params", ()))
-        for key in ref.keys() | sig.keys():
-            if key != "params" and ref.get(key) != sig.get(key):
-                return head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0"
+        for key in sorted(ref.keys() | sig.keys()):
+            if key in ("params", "groups") or ref.get(key) == sig.get(key):
+                continue
+            return head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0"
+        groups0, groups_r = ref.get("groups") or [], sig.get("groups") or []
+        if len(groups0) != len(groups_r):
+            return head + f"have {len(groups_r)} and {len(groups0)} param groups"
+        for gi, (g0, gr) in enumerate(zip(groups0, groups_r)):
+            for key in g0:
+                if g0[key] != gr.get(key):
+                    return head + f"have different {key} in param group {gi}: {gr.get(key)!r} on rank {r}, {g0[key]!r} on rank 0"
         only0 = [k for k in ref_items if k not in items]
         only_r = [k for k in items if k not in ref_items]
         if only0 or only_r:
@@ -386,15 +394,15 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
 class ShardedSGD:
     r"""SGD with its momentum buffers sharded across the ranks of ``comm`` (ZeRO stage 1).
 
-    ``params`` is the param dict of :class:`minimalsgd.SGD`, with the same names, shapes and
-    dtypes on every rank and the same values at the start (see :func:`broadcast_params`); the
-    other arguments are :class:`minimalsgd.SGD`'s and mean the same. The elements of each dtype,
-    params end to end in dict order (C order within a param), are cut into ``N`` contiguous slices
-    (:func:`partition`); rank ``r`` keeps the momentum buffer only for slice ``r``. ``step()``:
+    ``params`` and the other arguments are :class:`minimalsgd.SGD`'s and mean the same; the
+    params must have the same names, shapes and dtypes on every rank and the same values at the
+    start (see :func:`broadcast_params`). The elements of each dtype, params end to end in order
+    (C order within a param), are cut into ``N`` contiguous slices (:func:`partition`); rank ``r``
+    keeps the momentum buffer only for slice ``r``. ``step()``:
 
     1. checks the params on every rank and agrees (one 3-integer allreduce) that all ranks hold the
        same names, shapes, dtypes, grads present and hyperparameters, else raises the same
-       ValueError everywhere and writes nothing;
+       error everywhere and writes nothing;
     2. ``Reduce_scatter`` of the grads, divided by ``N``: rank ``r`` gets the mean gradient of its slice;
     3. with ``clip_grad_norm`` or ``skip_nonfinite``: each rank's sum of squares of its slice (float64)
        and one ``Allgather`` of those ``N`` numbers, summed in rank order by every rank, so the norm,
@@ -402,19 +410,22 @@ class ShardedSGD:
     4. the fused kernel (:func:`minimalsgd.sgd_step`) on 1-D views of this rank's slice;
     5. ``Allgatherv`` of the values, so every rank ends with the same full values.
 
-    Grads are never written. With params packed by ``minimalsgd.pack_params`` (each dtype one
-    arena) the collectives run on the arena in place; otherwise on internal flat copies.
+    Grads are never written. When the values (and grads) of a dtype are consecutive views of one
+    buffer (``minimalsgd.pack_params``) the collectives run on it in place; otherwise on internal
+    flat copies.
 
-    The result equals :func:`allreduce_grads` followed by :class:`minimalsgd.SGD` bit for bit,
-    except that with clipping the norm is summed in another order (a difference of float64
-    rounding in the clip coefficient). Checkpoints are :class:`minimalsgd.SGD`'s format.
+    Settings, counters and checkpoints belong to a plain :class:`minimalsgd.SGD` over the same
+    params that this object keeps without state (``opt.lr``, ``opt.skipped_steps``, ... are its);
+    only the momentum buffers are sharded. The result equals :func:`allreduce_grads` followed by
+    :class:`minimalsgd.SGD` bit for bit, except that with an engaged clip the norm is summed in
+    another order (a difference of float64 rounding in the clip coefficient).
     """
 
     def __init__(
         self,
-        params: Params,
+        params: Any,
         comm: Any = None,
-        lr: float = 1e-2,
+        lr: Any = 1e-2,
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
@@ -425,33 +436,37 @@ class ShardedSGD:
         skip_nonfinite: bool = False,
         backend: F.Backend = "auto",
     ) -> None:
-        self.comm = _check_comm(comm)
-        if not isinstance(params, MutableMapping):
-            raise TypeError(
-                f"params must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, got {type(params).__name__}"
-            )
-        self.params = params
-        self.lr = lr
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.weight_decay = weight_decay
-        self.clip_grad_norm = clip_grad_norm
-        self.dampening = dampening
-        self.maximize = maximize
-        self.skip_nonfinite = skip_nonfinite
-        self.backend = backend
-        self._check_settings()
-        #: Steps that found a non-finite gradient on some rank and wrote nothing.
-        self.skipped_steps = 0
-        #: The global norm of the mean gradient at the latest step that measured it, else None.
-        self.last_grad_norm: float | None = None
-        self._layouts: list[_Layout] | None = None
-        self._names: list[str] = []
-        self._steps: list[int] = []  # per param, the same on every rank
-        self._has_buffer: list[bool] = []
-        self._verified = False  # the first step also checks that the values agree
-        self._last_signature: Any = None  # the signature of the latest step and its digest
-        self._last_digest = 0
+        comm = _check_comm(comm)
+        # The plain optimizer validates everything as SGD does and keeps the settings.
+        opt = SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                  clip_grad_norm=clip_grad_norm, dampening=dampening, maximize=maximize,
+                  skip_nonfinite=skip_nonfinite, backend=backend)
+        object.__setattr__(self, "comm", comm)
+        object.__setattr__(self, "_opt", opt)
+        object.__setattr__(self, "_layouts", None)
+        object.__setattr__(self, "_names", [])
+        object.__setattr__(self, "_group_of", [])  # per param: its group
+        object.__setattr__(self, "_steps", [])  # per param, the same on every rank
+        object.__setattr__(self, "_has_buffer", [])
+        object.__setattr__(self, "_verified", False)  # the first step also checks that the values agree
+        object.__setattr__(self, "_last_signature", None)
+        object.__setattr__(self, "_last_digest", 0)
+
+    # Settings and counters live in the plain optimizer.
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name in ("_opt", "comm"):
+            raise AttributeError(name)
+        return getattr(self._opt, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__ or name in ("comm",):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._opt, name, value)
+
+    @property
+    def params(self) -> Any:
+        return self._opt.params
 
     @property
     def rank(self) -> int:
@@ -472,18 +487,42 @@ class ShardedSGD:
         assert self._layouts is not None
         return {str(lay.dtype): (lay.lo, lay.hi, lay.total) for lay in self._layouts}
 
-    def _check_settings(self) -> tuple[tuple[float, float, float, float, bool, bool], float | None, bool, str]:
-        hyper = F.check_hyperparameters(
-            self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov, self.maximize
-        )
-        clip = None
-        if self.clip_grad_norm is not None:
-            clip = F.check_real("clip_grad_norm", self.clip_grad_norm, positive=True)
-        skip = F.check_bool("skip_nonfinite", self.skip_nonfinite)
-        return hyper, clip, skip, F.check_backend(self.backend)
+    # -----------------------------------------------------------------------------------------
+    # The plain optimizer's groups and settings (one group in SGD without param groups)
 
-    def _hyper_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in _HYPER}
+    def _param_dicts(self) -> list[Any]:
+        opt = self._opt
+        groups = getattr(opt, "param_groups", None)
+        if groups is None:
+            return [opt.params]
+        return [g["params"] for g in groups]
+
+    def _options(self) -> tuple[list[tuple[float, float, float, float, bool, bool]], float | None, bool, str]:
+        """Each group's (lr, momentum, dampening, weight_decay, nesterov, maximize) for this step,
+        checked as SGD checks them, and the global (clip, skip, backend)."""
+        opt = self._opt
+        if hasattr(opt, "_checked_group"):  # SGD with param groups and schedules
+            clip, skip, backend = opt._check_globals()
+            count = opt.applied_steps
+            options = [opt._checked_group(g, f"param_groups[{i}]", opt._lr_of(i, g, count))
+                       for i, g in enumerate(opt.param_groups)]
+            return options, clip, skip, backend
+        hyper, clip, skip, backend = opt._check_settings()
+        return [hyper], clip, skip, backend
+
+    def _applied(self, options: list[tuple[Any, ...]]) -> None:
+        opt = self._opt
+        if hasattr(opt, "_applied"):
+            object.__setattr__(opt, "_applied", opt._applied + 1)
+            opt.last_lrs = [float(o[0]) for o in options]
+
+    def _fresh_sgd(self) -> SGD:
+        """A plain SGD over the same params and settings, without state."""
+        opt = self._opt
+        if hasattr(opt, "param_groups"):
+            groups = [dict(g) for g in opt.param_groups]
+            return SGD(groups, clip_grad_norm=opt.clip_grad_norm, skip_nonfinite=opt.skip_nonfinite, backend=opt.backend)
+        return SGD(opt.params, backend=opt.backend, **{k: getattr(opt, k) for k in _HYPER})
 
     # -----------------------------------------------------------------------------------------
     # Layout (local: built from this rank's params, checked against the other ranks at each step)
@@ -491,22 +530,32 @@ class ShardedSGD:
     def _describe(self) -> list[tuple[str, tuple[Any, ...]]]:
         """``[(name, (shape, dtype, has grad))]`` of the params, validated (TypeError/ValueError)."""
         out = []
-        for name, p in self.params.items():
-            label = f"params[{name!r}]"
-            if not isinstance(p, Mapping):
-                raise TypeError(f"{label} must be a dict with 'value' and 'grad', got {type(p).__name__}")
-            if "value" not in p:
-                raise ValueError(f"{label} has no 'value'")
-            value, grad = p["value"], p.get("grad")
-            if not isinstance(value, np.ndarray):
-                raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
-            _check_mpi_dtype(label, value.dtype)
-            if grad is not None:
-                F.check_tensor(label, value, grad, None, False)
-            elif not value.flags.writeable:
-                raise ValueError(f"{label}: value is read-only; the step updates it in place")
-            out.append((name, (value.shape, str(_dtype_key(value)), grad is not None)))
+        seen: set[Any] = set()
+        for params in self._param_dicts():
+            if not isinstance(params, Mapping):
+                raise TypeError(f"params must be a dict, got {type(params).__name__}")
+            for name, p in params.items():
+                label = f"params[{name!r}]"
+                if name in seen:
+                    raise ValueError(f"param {name!r} is in two param groups; a name may be in one group only")
+                seen.add(name)
+                if not isinstance(p, Mapping):
+                    raise TypeError(f"{label} must be a dict with 'value' and 'grad', got {type(p).__name__}")
+                if "value" not in p:
+                    raise ValueError(f"{label} has no 'value'")
+                value, grad = p["value"], p.get("grad")
+                if not isinstance(value, np.ndarray):
+                    raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
+                _check_mpi_dtype(label, value.dtype)
+                if grad is not None:
+                    F.check_tensor(label, value, grad, None, False)
+                elif not value.flags.writeable:
+                    raise ValueError(f"{label}: value is read-only; the step updates it in place")
+                out.append((name, (value.shape, str(_dtype_key(value)), grad is not None)))
         return out
+
+    def _entries(self) -> list[tuple[int, str, dict[str, Any]]]:
+        return [(gi, name, p) for gi, params in enumerate(self._param_dicts()) for name, p in params.items()]
 
     def _ensure_layout(self) -> None:
         if self._layouts is not None:
@@ -514,23 +563,26 @@ class ShardedSGD:
         rank, size = self.rank, self.world_size
         by_dtype: dict[np.dtype, list[_Piece]] = {}
         offsets: dict[np.dtype, int] = {}
-        names = []
-        for i, (name, p) in enumerate(self.params.items()):
+        names, group_of = [], []
+        for i, (gi, name, p) in enumerate(self._entries()):
             value = p["value"]
             key = _dtype_key(value)
             off = offsets.get(key, 0)
             by_dtype.setdefault(key, []).append(_Piece(i, name, f"params[{name!r}]", value.shape, value.size, off))
             offsets[key] = off + value.size
             names.append(name)
-        self._layouts = [_Layout(d, pieces, rank, size) for d, pieces in by_dtype.items()]
-        self._names = names
-        self._steps = [0] * len(names)
-        self._has_buffer = [False] * len(names)
+            group_of.append(gi)
+        d = self.__dict__
+        d["_layouts"] = [_Layout(dt, pieces, rank, size) for dt, pieces in by_dtype.items()]
+        d["_names"] = names
+        d["_group_of"] = group_of
+        d["_steps"] = [0] * len(names)
+        d["_has_buffer"] = [False] * len(names)
 
     def _check_unchanged(self, desc: list[tuple[str, tuple[Any, ...]]]) -> None:
         if self._layouts is None:
             return
-        if [d[0] for d in desc] != self._names:
+        if [d[0] for d in desc] != self._names or [gi for gi, _, _ in self._entries()] != self._group_of:
             raise ValueError(
                 "the param names changed since the optimizer was set up; build a new ShardedSGD "
                 "(state_dict/load_state_dict carry the state over)"
@@ -546,7 +598,7 @@ class ShardedSGD:
 
     def _values_digest(self) -> int:
         h = hashlib.blake2b(digest_size=7)
-        for p in self.params.values():
+        for _, _, p in self._entries():
             h.update(np.ascontiguousarray(p["value"], p["value"].dtype.newbyteorder("=")).tobytes())
         return int.from_bytes(h.digest(), "little")
 
@@ -560,47 +612,47 @@ class ShardedSGD:
         mean gradient (then nothing was written, on any rank).
 
         Raises TypeError/ValueError, the same on every rank and before anything is written,
-        when a rank's params are invalid or differ between ranks.
+        when a rank's params or settings are invalid or differ between ranks.
         """
         comm = self.comm
+        d = self.__dict__
         error: BaseException | None = None
         desc: list[tuple[str, tuple[Any, ...]]] = []
         settings = None
         try:
-            settings = self._check_settings()
+            settings = self._options()
             desc = self._describe()
             self._check_unchanged(desc)
         except (TypeError, ValueError) as err:
             error = err
-        signature = {"params": desc, **{k: repr(getattr(self, k)) for k in _HYPER}}
+        signature: dict[str, Any] = {"params": desc}
+        if settings is not None:
+            names = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+            signature["groups"] = [dict(zip(names, o)) for o in settings[0]]
+            signature["clip_grad_norm"], signature["skip_nonfinite"] = settings[1], settings[2]
         extra = 0
-        if not self._verified:
-            try:
-                extra = self._values_digest() if error is None else 0
-            except Exception as err:  # pragma: no cover - a value the digest cannot read
-                error = err
+        if not self._verified and error is None:
+            extra = self._values_digest()
         if error is None and self._last_signature == signature:
             digest = self._last_digest
         else:
             digest = _digest(signature)
-            self._last_signature, self._last_digest = signature, digest
+            d["_last_signature"], d["_last_digest"] = signature, digest
         _agree(comm, signature, error, extra, digest)
-        self._verified = True
+        d["_verified"] = True
         assert settings is not None
-        hyper, clip, skip, backend = settings
+        options, clip, skip, backend = settings
         self._ensure_layout()
         assert self._layouts is not None
-        lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
-        with_buffer = momentum != 0
-        has_grad = [d[1][2] for d in desc]
-        params = list(self.params.values())
+        has_grad = [x[1][2] for x in desc]
+        entries = [p for _, _, p in self._entries()]
 
         # 1. Reduce-scatter the grads: this rank's slice of the mean gradient, per dtype.
         values_flat: list[np.ndarray] = []
         reduced: list[np.ndarray] = []
         for lay in self._layouts:
-            vals = [params[pc.index]["value"] for pc in lay.pieces]
-            grads = [params[pc.index]["grad"] for pc in lay.pieces]
+            vals = [entries[pc.index]["value"] for pc in lay.pieces]
+            grads = [entries[pc.index]["grad"] for pc in lay.pieces]
             vflat = _flat_view(vals, lay.dtype)
             gflat = _flat_view(grads, lay.dtype) if all(g is not None for g in grads) else None
             if gflat is None:
@@ -619,7 +671,7 @@ class ShardedSGD:
                 vflat = lay.packed_values
                 for pc, a, b in lay.segments:
                     start = pc.offset + a
-                    vflat[start : start + b - a] = np.ravel(params[pc.index]["value"])[a:b]
+                    vflat[start : start + b - a] = np.ravel(entries[pc.index]["value"])[a:b]
             values_flat.append(vflat)
             reduced.append(_reduce_scatter(comm, lay, gflat, True))
 
@@ -644,29 +696,33 @@ class ShardedSGD:
             comm.Allgather(np.array([local, bad], dtype=np.float64), parts)
             norm = math.sqrt(math.fsum(parts[:, 0].tolist()))
             if skip and bool(parts[:, 1].any()):
-                self.skipped_steps += 1
+                self._opt.skipped_steps += 1
                 return False
-            self.last_grad_norm = norm
+            self._opt.last_grad_norm = norm
             scale = F.clip_scale(norm, clip)
 
-        # 3. The fused kernel on this rank's slice; 4. allgather the values.
+        # 3. The fused kernel on this rank's slice, one call per dtype and group; 4. allgather the values.
+        any_momentum = any(o[1] != 0 for o in options)
         for lay, vflat, mine in zip(self._layouts, values_flat, reduced):
-            if with_buffer and lay.momentum is None:
+            if any_momentum and lay.momentum is None:
                 lay.momentum = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
-            vs, gs, bs, firsts = [], [], [], []
+            batches: dict[int, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[bool]]] = {}
             for pc, a, b in lay.segments:
                 if not has_grad[pc.index]:
                     continue
+                gi = self._group_of[pc.index]
+                vs, gs, bs, firsts = batches.setdefault(gi, ([], [], [], []))
                 s = pc.offset + a - lay.lo
                 vs.append(vflat[lay.lo + s : lay.lo + s + b - a])
                 gs.append(mine[s : s + b - a])
-                if with_buffer:
+                if options[gi][1] != 0:
                     assert lay.momentum is not None
                     bs.append(lay.momentum[s : s + b - a])
                 firsts.append(not self._has_buffer[pc.index])
-            if vs:
+            for gi, (vs, gs, bs, firsts) in batches.items():
+                lr, momentum, dampening, weight_decay, nesterov, maximize = options[gi]
                 F.sgd_step(
-                    vs, gs, bs if with_buffer else None, lr=lr, momentum=momentum, dampening=dampening,
+                    vs, gs, bs if momentum != 0 else None, lr=lr, momentum=momentum, dampening=dampening,
                     weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_scale=scale,
                     first_step=firsts, backend=backend,
                 )
@@ -674,23 +730,21 @@ class ShardedSGD:
             if vflat is lay.packed_values:
                 for pc in lay.pieces:
                     if has_grad[pc.index]:
-                        np.copyto(params[pc.index]["value"], vflat[pc.offset : pc.offset + pc.size].reshape(pc.shape))
+                        np.copyto(entries[pc.index]["value"], vflat[pc.offset : pc.offset + pc.size].reshape(pc.shape))
         for i, g in enumerate(has_grad):
             if g:
                 self._steps[i] += 1
-                if with_buffer:
+                if options[self._group_of[i]][1] != 0:
                     self._has_buffer[i] = True
+        self._applied(options)
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         """Zero every grad in place (or set it to None), as :meth:`minimalsgd.SGD.zero_grad`."""
-        SGD(self.params).zero_grad(set_to_none)
+        self._opt.zero_grad(set_to_none)
 
     # -----------------------------------------------------------------------------------------
-    # Checkpoints: the full state in SGD's format, built by a plain SGD so the format never drifts.
-
-    def _as_sgd(self) -> SGD:
-        return SGD(self.params, backend=self.backend, **self._hyper_dict())
+    # Checkpoints: the full state, built into the plain SGD so the format is SGD's by construction.
 
     def state_dict(self, root: int | None = None) -> dict[str, Any] | None:
         """The full optimizer state, exactly :meth:`minimalsgd.SGD.state_dict`'s format (a collective call).
@@ -724,7 +778,6 @@ class ShardedSGD:
             gathered.append(full)
         if root is not None and self.rank != root:
             return None
-        sgd = self._as_sgd()
         state: dict[str, dict[str, Any]] = {}
         for lay, full in zip(self._layouts, gathered):
             for pc in lay.pieces:
@@ -734,10 +787,12 @@ class ShardedSGD:
                 if self._has_buffer[pc.index] and full is not None:
                     st["momentum_buffer"] = full[pc.offset : pc.offset + pc.size].reshape(pc.shape)
                 state[pc.name] = st
-        sgd.state = state
-        sgd.skipped_steps = self.skipped_steps
-        sgd.last_grad_norm = self.last_grad_norm
-        return sgd.state_dict()
+        opt = self._opt
+        opt.state = state
+        try:
+            return opt.state_dict()
+        finally:
+            opt.state = {}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Take a full state dict (from :meth:`state_dict` or :meth:`minimalsgd.SGD.state_dict`, saved
@@ -747,24 +802,22 @@ class ShardedSGD:
         on any rank, every rank raises the same error and nothing changes.
         """
         error: BaseException | None = None
-        sgd = None
+        trial = None
         try:
             self._describe()
-            sgd = self._as_sgd()
-            sgd.load_state_dict(state_dict)
+            trial = self._fresh_sgd()
+            trial.load_state_dict(state_dict)
         except (TypeError, ValueError) as err:
             error = err
         _agree(self.comm, "load_state_dict", error)
-        assert sgd is not None
-        for k in _HYPER + ("backend",):
-            setattr(self, k, getattr(sgd, k))
+        assert trial is not None
         self._ensure_layout()
         assert self._layouts is not None
         index = {name: i for i, name in enumerate(self._names)}
         steps = [0] * len(self._names)
         has_buffer = [False] * len(self._names)
         buffers: dict[int, np.ndarray] = {}
-        for name, st in sgd.state.items():
+        for name, st in trial.state.items():
             i = index[name]
             steps[i] = int(st.get("step", 0))
             if st.get("momentum_buffer") is not None:
@@ -780,15 +833,11 @@ class ShardedSGD:
                     s = pc.offset + a - lay.lo
                     mom[s : s + b - a] = np.ravel(buffers[pc.index])[a:b]
             lay.momentum = mom
-        self._steps = steps
-        self._has_buffer = has_buffer
-        self.skipped_steps = sgd.skipped_steps
-        self.last_grad_norm = sgd.last_grad_norm
+        trial.state = {}
+        d = self.__dict__
+        d["_opt"] = trial
+        d["_steps"] = steps
+        d["_has_buffer"] = has_buffer
 
     def __repr__(self) -> str:
-        return (
-            f"ShardedSGD(rank={self.rank}/{self.world_size}, lr={self.lr}, momentum={self.momentum}, "
-            f"nesterov={self.nesterov}, weight_decay={self.weight_decay}, clip_grad_norm={self.clip_grad_norm}, "
-            f"dampening={self.dampening}, maximize={self.maximize}, skip_nonfinite={self.skip_nonfinite}, "
-            f"backend={self.backend!r})"
-        )
+        return f"ShardedSGD(rank {self.rank} of {self.world_size}, {self._opt!r})"
