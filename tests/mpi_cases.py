@@ -25,6 +25,10 @@ from oracle import oracle_norm, oracle_step, tolerance, wide  # noqa: E402
 CASES: dict[str, Callable[[Any], None]] = {}
 
 
+class Skip(Exception):
+    """A case that does not apply to this build (reported as skipped, with the reason)."""
+
+
 def case(fn: Callable[[Any], None]) -> Callable[[Any], None]:
     CASES[fn.__name__] = fn
     return fn
@@ -200,6 +204,45 @@ def settings_change_between_steps(comm: Any) -> None:
     assert "ShardedSGD(rank" in repr(sharded)
     sharded.zero_grad()
     assert all(not p["grad"].any() for p in a.values() if p["grad"] is not None)
+
+
+@case
+def param_groups_and_schedules(comm: Any) -> None:
+    """Param groups with their own hyperparameters and an lr schedule (when SGD has them): equal to
+    allreduce_grads + SGD bitwise, and the same state dict (format, groups, applied_steps)."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    if not hasattr(minimalsgd.SGD, "add_param_group"):
+        raise Skip("this minimalsgd.SGD has no param groups")
+
+    def groups(params: dict) -> list:
+        names = list(params)
+        return [{"params": {k: params[k] for k in names[:3]}, "lr": lambda t: 0.1 / (1 + t)},
+                {"params": {k: params[k] for k in names[3:]}, "momentum": 0.5, "weight_decay": 0.1}]
+
+    a, b = make_params(), make_params()
+    cfg = dict(lr=0.05, momentum=0.9, nesterov=False, clip_grad_norm=1e6)
+    sharded = ShardedSGD(groups(a), comm, **cfg)
+    plain = minimalsgd.SGD(groups(b), **cfg)
+    for t in range(4):
+        set_grads(a, comm.rank, t)
+        set_grads(b, comm.rank, t)
+        sharded.step()
+        allreduce_grads(b, comm)
+        plain.step()
+        assert_bitwise(snapshot(a), snapshot(b), f"groups step {t}")
+    assert sharded.applied_steps == plain.applied_steps == 4
+    sd, ref = sharded.state_dict(), plain.state_dict()
+    assert sorted(sd) == sorted(ref)
+    for k in ref:
+        x, y = sd[k], ref[k]
+        if isinstance(y, np.ndarray):
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes(), k
+        elif isinstance(y, float) and math.isnan(y):
+            assert math.isnan(x), k
+        else:
+            assert x == y, (k, x, y)
 
 
 @case
@@ -604,14 +647,16 @@ def main() -> None:
         return
     names = [args[1]] if args and args[0] == "--case" else list(CASES)
     for name in names:
-        failure = None
+        failure = skipped = None
         try:
             CASES[name](comm)
+        except Skip as why:
+            skipped = str(why)
         except Exception:  # noqa: BLE001 - reported per rank
             failure = traceback.format_exc()
         failures = comm.gather(failure, root=0)
         if comm.rank == 0:
-            report = {"case": name, "failures": {r: f for r, f in enumerate(failures) if f is not None}}
+            report = {"case": name, "failures": {r: f for r, f in enumerate(failures) if f is not None}, "skipped": skipped}
             print(json.dumps(report), flush=True)
 
 

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -63,18 +64,18 @@ def run_mpi(n: int, *args: str, timeout: float = TIMEOUT) -> subprocess.Complete
                     f"stdout: {err.stdout!r}\nstderr: {err.stderr!r}")
 
 
-_RESULTS: dict[int, dict[str, dict[str, str]]] = {}
+_RESULTS: dict[int, dict[str, dict[str, Any]]] = {}
 
 
-def _results(n: int) -> dict[str, dict[str, str]]:
-    """Run every case once on ``n`` ranks; case name -> {rank: traceback} of failures."""
+def _results(n: int) -> dict[str, dict[str, Any]]:
+    """Run every case once on ``n`` ranks; case name -> {"failures": {rank: traceback}, "skipped": reason}."""
     if n not in _RESULTS:
         proc = run_mpi(n, str(HERE / "mpi_cases.py"))
-        out: dict[str, dict[str, str]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for line in proc.stdout.splitlines():
             if line.startswith("{"):
                 rec = json.loads(line)
-                out[rec["case"]] = rec["failures"]
+                out[rec["case"]] = rec
         if proc.returncode != 0 or not out:
             pytest.fail(f"mpiexec -n {n} failed (rc {proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         _RESULTS[n] = out
@@ -87,7 +88,9 @@ def _results(n: int) -> dict[str, dict[str, str]]:
 def test_under_mpiexec(ranks: int, case: str) -> None:
     results = _results(ranks)
     assert case in results, f"case {case} did not report on {ranks} ranks"
-    failures = results[case]
+    if results[case].get("skipped"):
+        pytest.skip(results[case]["skipped"])
+    failures = results[case]["failures"]
     assert not failures, "\n".join(f"rank {r}:\n{tb}" for r, tb in failures.items())
 
 
