@@ -245,6 +245,59 @@ def param_groups_and_schedules(comm: Any) -> None:
             assert x == y, (k, x, y)
 
 
+def _half_dtypes() -> list[Any]:
+    """16-bit float dtypes that this build's SGD steps (float16 always; bfloat16 with ml_dtypes and
+    an SGD that takes it)."""
+    import minimalsgd
+
+    out: list[Any] = [np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+
+        bf16 = np.dtype(ml_dtypes.bfloat16)
+        trial = {"x": {"value": np.zeros(2, bf16), "grad": np.ones(2, bf16)}}
+        minimalsgd.SGD(trial, lr=0.5).step()
+        out.append(bf16)
+    except (ImportError, TypeError, ValueError):
+        pass
+    return out
+
+
+@case
+def sixteen_bit_floats(comm: Any) -> None:
+    """float16 (and bfloat16 where SGD takes it): grads summed and divided in float32, rounded once;
+    values moved as raw 16-bit words. ShardedSGD == allreduce_grads + SGD bitwise, ranks identical,
+    and allreduce_grads gives the float32 mean rounded once to the dtype."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    n = comm.size
+    for dtype in _half_dtypes():
+        grads = {k: np.asarray(local_grad(k, shape, np.float32, comm.rank, 0), dtype=dtype) for k, shape in SHAPES.items()}
+        params = {k: {"value": np.zeros(g.shape, dtype), "grad": g.copy()} for k, g in grads.items()}
+        allreduce_grads(params, comm)
+        for k, p in params.items():
+            want = sum(np.asarray(np.asarray(local_grad(k, SHAPES[k], np.float32, r, 0), dtype=dtype), np.float32)
+                       for r in range(n)) / np.float32(n)
+            assert p["grad"].tobytes() == np.asarray(want, dtype=dtype).tobytes(), (str(dtype), k)
+        for cfg in (dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01), dict(lr=0.1, clip_grad_norm=1e6)):
+            a, b = make_params(dtype), make_params(dtype)
+            sharded = ShardedSGD(a, comm, **cfg)
+            plain = minimalsgd.SGD(b, **cfg)
+            for t in range(3):
+                set_grads(a, comm.rank, t)
+                set_grads(b, comm.rank, t)
+                sharded.step()
+                allreduce_grads(b, comm)
+                plain.step()
+            assert_bitwise(snapshot(a), snapshot(b), f"{dtype} {cfg}")
+            same_on_all_ranks(comm, snapshot(a))
+            sd, ref = sharded.state_dict(), plain.state_dict()
+            for k in ref:
+                if isinstance(ref[k], np.ndarray):
+                    assert sd[k].dtype == ref[k].dtype and sd[k].tobytes() == ref[k].tobytes(), k
+
+
 @case
 def mixed_layouts_and_dtypes(comm: Any) -> None:
     """float32 and float64 params in one dict, Fortran-ordered, strided and byte-swapped values:
@@ -390,6 +443,27 @@ def allreduce_grads_sums_and_groups(comm: Any) -> None:
     allreduce_grads(groups, comm)
     assert np.array_equal(groups[0]["params"]["a"]["grad"], np.full(3, (n + 1) / 2))
     assert np.array_equal(groups[1]["params"]["b"]["grad"], np.full(2, n - 1, np.float32))
+
+
+@case
+def broadcast_params_copies_root(comm: Any) -> None:
+    """broadcast_params: every rank ends with root's values, in place (strided, byte-swapped, float16)."""
+    from minimalsgd.distributed import broadcast_params
+
+    root = comm.size - 1
+    def build(seed: int) -> dict:
+        rng = np.random.default_rng(seed)
+        return {"a": {"value": rng.standard_normal((4, 6))[:, ::2], "grad": None},
+                "b": {"value": rng.standard_normal(5).astype(">f4"), "grad": None},
+                "c": {"value": rng.standard_normal(3).astype(np.float16), "grad": None},
+                "d": {"value": np.asarray(rng.standard_normal(), dtype=np.float32), "grad": None}}
+
+    mine, want = build(comm.rank), build(root)
+    ids = {k: id(p["value"]) for k, p in mine.items()}
+    broadcast_params(mine, comm, root=root)
+    for k in mine:
+        assert id(mine[k]["value"]) == ids[k]
+        assert np.array_equal(mine[k]["value"], want[k]["value"]) and mine[k]["value"].dtype == want[k]["value"].dtype, k
 
 
 @case
@@ -551,8 +625,8 @@ def bad_input_same_error_everywhere(comm: Any) -> None:
     def bad_grad_shape(p: dict) -> None:
         p["w2"]["grad"] = np.zeros((4, 3), np.float32)
 
-    def f16(p: dict) -> None:
-        p["b1"] = {"value": np.zeros(4, np.float16), "grad": np.zeros(4, np.float16)}
+    def ints(p: dict) -> None:
+        p["b1"] = {"value": np.zeros(4, np.int32), "grad": np.zeros(4, np.int32)}
 
     def nudge(p: dict) -> None:
         p["w1"]["value"][0, 0] += 1
@@ -568,8 +642,8 @@ def bad_input_same_error_everywhere(comm: Any) -> None:
         attempt(nudge, ValueError, "hold different values")
     attempt(readonly, ValueError, f"rank {last if comm.size > 1 else 0}: params['w2']: value is read-only")
     attempt(bad_grad_shape, ValueError, "grad shape (4, 3) does not match value shape (3, 4)")
-    attempt(f16, TypeError, "float16 is not supported over MPI")
-    attempt(f16, TypeError, "float16 is not supported over MPI", use_allreduce=True)
+    attempt(ints, TypeError, "dtype int32 is not supported over MPI")
+    attempt(ints, TypeError, "dtype int32 is not supported over MPI", use_allreduce=True)
 
     # After an error, the same optimizer works once the input is fixed.
     params = make_params()
@@ -598,6 +672,29 @@ def bad_input_same_error_everywhere(comm: Any) -> None:
             pass
         else:
             raise AssertionError("no TypeError")
+
+    from mpi4py import MPI
+
+    try:
+        ShardedSGD(make_params(), MPI.COMM_NULL)
+    except ValueError as err:
+        assert "COMM_NULL" in str(err)
+    else:
+        raise AssertionError("COMM_NULL accepted")
+    opt = ShardedSGD(make_params(), comm)
+    for bad_root in (-1, comm.size, True, 0.0):
+        try:
+            opt.state_dict(root=bad_root)
+        except ValueError as err:
+            assert "root must be None or a rank" in str(err)
+        else:
+            raise AssertionError(f"root={bad_root!r} accepted")
+    try:
+        opt.state
+    except AttributeError as err:
+        assert "state_dict() gathers the full state" in str(err)
+    else:
+        raise AssertionError("opt.state did not explain itself")
 
     # A state dict that does not fit: same error, state unchanged.
     params = make_params()

@@ -37,8 +37,14 @@ __all__ = ["ShardedSGD", "allreduce_grads", "broadcast_params", "partition"]
 
 Params = MutableMapping[str, MutableMapping[str, Any]]
 
-# Element types MPI sums portably (MPI has no standard 16-bit floating type).
+# Element types MPI sums portably. 16-bit floats (float16, ml_dtypes' bfloat16) have no portable MPI
+# sum: they are summed in float32 and moved as raw 16-bit words (see _Layout).
 _MPI_DTYPES = tuple(np.dtype(c) for c in ("float32", "float64", "complex64", "complex128"))
+
+
+def _is_half(dtype: np.dtype) -> bool:
+    """float16 or bfloat16 (native byte order)."""
+    return dtype.itemsize == 2 and (dtype == np.float16 or dtype.name == "bfloat16")
 # What ShardedSGD's signature carries besides the params, in SGD's constructor order.
 _HYPER = ("lr", "momentum", "nesterov", "weight_decay", "clip_grad_norm", "dampening", "maximize", "skip_nonfinite")
 
@@ -224,8 +230,14 @@ class _Layout:
             b = min(self.hi, p.offset + p.size) - p.offset
             if a < b:
                 self.segments.append((p, a, b))
-        self.mpi_type = _mpi_type(dtype)
-        self._scratch: np.ndarray | None = None  # this rank's slice of the reduced grads
+        #: 16-bit floats are reduced in float32 (then rounded once to the dtype, to nearest even)
+        #: and moved as raw 16-bit words; other dtypes are reduced and moved as they are.
+        self.half = _is_half(dtype)
+        self.red_dtype = np.dtype(np.float32) if self.half else dtype
+        self.mpi_red = _mpi_type(self.red_dtype)
+        self.mpi_type = _mpi().UINT16_T if self.half else self.mpi_red
+        self._scratch: np.ndarray | None = None  # this rank's slice of the reduced grads (red_dtype)
+        self._scratch_half: np.ndarray | None = None  # the same rounded to the 16-bit dtype
         self.momentum: np.ndarray | None = None  # this rank's slice of every momentum buffer
         self.packed_values: np.ndarray | None = None  # full-size copies when the params are not an arena
         self.packed_grads: np.ndarray | None = None
@@ -233,11 +245,25 @@ class _Layout:
     @property
     def scratch(self) -> np.ndarray:
         if self._scratch is None:
-            self._scratch = np.empty(self.hi - self.lo, dtype=self.dtype)
+            self._scratch = np.empty(self.hi - self.lo, dtype=self.red_dtype)
         return self._scratch
 
-    def vector(self, mpi_flat: np.ndarray) -> list[Any]:
-        return [mpi_flat, self.counts, self.displs, self.mpi_type]
+    @property
+    def scratch_half(self) -> np.ndarray:
+        if self._scratch_half is None:
+            self._scratch_half = np.empty(self.hi - self.lo, dtype=self.dtype)
+        return self._scratch_half
+
+    def raw(self, arr: np.ndarray) -> np.ndarray:
+        """``arr`` (1-D, of this dtype) as MPI moves it: 16-bit floats as uint16 words."""
+        return arr.view(np.uint16) if self.half else arr
+
+    def vector(self, flat: np.ndarray) -> list[Any]:
+        return [self.raw(flat), self.counts, self.displs, self.mpi_type]
+
+    def new_packed_grads(self) -> np.ndarray:
+        """A full-size buffer for the grads as they are summed (float32 for 16-bit floats)."""
+        return np.empty(self.total, dtype=self.red_dtype)
 
 
 def _dtype_key(a: np.ndarray) -> np.dtype:
@@ -245,10 +271,11 @@ def _dtype_key(a: np.ndarray) -> np.dtype:
 
 
 def _check_mpi_dtype(label: str, dtype: np.dtype) -> None:
-    if dtype.newbyteorder("=") not in _MPI_DTYPES:
+    native = dtype.newbyteorder("=")
+    if native not in _MPI_DTYPES and not _is_half(native):
         raise TypeError(
-            f"{label}: dtype {dtype} is not supported over MPI (float32, float64, complex64 and complex128 are; "
-            "MPI has no portable sum for 16-bit floats, so keep float32 master copies of float16/bfloat16 params)"
+            f"{label}: dtype {dtype} is not supported over MPI "
+            "(float32, float64, complex64, complex128, float16 and bfloat16 are)"
         )
 
 
@@ -271,15 +298,24 @@ def _groups(params: Any, name: str = "params") -> list[tuple[str, Mapping[str, A
 
 
 def _reduce_scatter(comm: Any, layout: _Layout, grads_flat: np.ndarray, average: bool) -> np.ndarray:
-    """This rank's slice of the sum (or mean) over ranks of ``grads_flat``, in ``layout.scratch``
-    (on one rank, the slice is all of ``grads_flat`` and is returned as it is: read it, never write it)."""
-    if comm.Get_size() == 1:
+    """This rank's slice of the sum (or mean) over ranks of ``grads_flat`` (of ``layout.red_dtype``),
+    in the layout's dtype. On one rank, the slice is all of ``grads_flat`` and is returned as it is
+    (read it, never write it). 16-bit floats: summed and divided in float32, rounded once."""
+    size = comm.Get_size()
+    if size == 1 and not layout.half:
         return grads_flat
-    MPI = _mpi()
     out = layout.scratch
-    comm.Reduce_scatter([grads_flat, layout.mpi_type], [out, layout.mpi_type], layout.counts, op=MPI.SUM)
-    if average and comm.Get_size() > 1:
-        np.divide(out, layout.dtype.type(comm.Get_size()), out=out)
+    if size == 1:
+        np.copyto(out, grads_flat)
+    else:
+        MPI = _mpi()
+        comm.Reduce_scatter([grads_flat, layout.mpi_red], [out, layout.mpi_red], layout.counts, op=MPI.SUM)
+        if average:
+            np.divide(out, layout.red_dtype.type(size), out=out)
+    if layout.half:
+        half = layout.scratch_half
+        np.copyto(half, out, casting="unsafe")  # round to nearest even, once
+        return half
     return out
 
 
@@ -346,9 +382,11 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None
         packed = flat is None
         if packed:
             flat = np.empty(layout.total, dtype=dtype)
+        send = layout.new_packed_grads() if layout.half else flat
+        if packed or layout.half:
             for piece, g in zip(pieces, grads):
-                np.copyto(flat[piece.offset : piece.offset + piece.size].reshape(g.shape), g)
-        mine = _reduce_scatter(comm, layout, flat, average)
+                np.copyto(send[piece.offset : piece.offset + piece.size].reshape(g.shape), g, casting="unsafe")
+        mine = _reduce_scatter(comm, layout, send, average)
         flat[layout.lo : layout.hi] = mine
         _allgather_in_place(comm, layout, flat)
         if packed:
@@ -380,9 +418,10 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
     except (TypeError, ValueError) as err:
         error = err
     _agree(comm, {"params": items, "root": root}, error)
+    MPI = _mpi()
     for value in values:
-        buf = value if value.flags.c_contiguous and value.dtype.isnative else np.ascontiguousarray(value, value.dtype.newbyteorder("="))
-        comm.Bcast(buf, root=root)
+        buf = value if value.flags.c_contiguous else np.ascontiguousarray(value)
+        comm.Bcast([buf.reshape(-1).view(np.uint8), MPI.BYTE], root=root)
         if buf is not value:
             np.copyto(value, buf)
 
@@ -456,6 +495,11 @@ class ShardedSGD:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("_opt", "comm"):
             raise AttributeError(name)
+        if name == "state":
+            raise AttributeError(
+                "ShardedSGD keeps only this rank's slice of the state: state_dict() gathers the full state "
+                "(SGD's format), shards() and state_bytes describe the slice"
+            )
         return getattr(self._opt, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -654,17 +698,17 @@ class ShardedSGD:
             vals = [entries[pc.index]["value"] for pc in lay.pieces]
             grads = [entries[pc.index]["grad"] for pc in lay.pieces]
             vflat = _flat_view(vals, lay.dtype)
-            gflat = _flat_view(grads, lay.dtype) if all(g is not None for g in grads) else None
+            gflat = _flat_view(grads, lay.dtype) if all(g is not None for g in grads) and not lay.half else None
             if gflat is None:
                 if lay.packed_grads is None:
-                    lay.packed_grads = np.empty(lay.total, dtype=lay.dtype)
+                    lay.packed_grads = lay.new_packed_grads()
                 gflat = lay.packed_grads
                 for pc, g in zip(lay.pieces, grads):
                     dst = gflat[pc.offset : pc.offset + pc.size].reshape(pc.shape)
                     if g is None:
                         dst[...] = 0
                     else:
-                        np.copyto(dst, g)
+                        np.copyto(dst, g, casting="unsafe")
             if vflat is None:
                 if lay.packed_values is None:
                     lay.packed_values = np.empty(lay.total, dtype=lay.dtype)
@@ -752,7 +796,7 @@ class ShardedSGD:
         With ``root=None`` (default) every rank gets it (one ``Allgatherv`` of the momentum slices
         per dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None,
         which saves memory on the others. Save it from one rank, e.g.
-        ``if sd is not None: np.savez(path, **sd)``.
+        ``if sd is not None: np.savez(path, **sd)``. Every rank must call it, with the same ``root``.
         """
         comm = self.comm
         size = self.world_size
@@ -772,9 +816,9 @@ class ShardedSGD:
             else:
                 full, recv = None, None
             if root is None:
-                comm.Allgatherv([mine, lay.mpi_type], recv)
+                comm.Allgatherv([lay.raw(mine), lay.mpi_type], recv)
             else:
-                comm.Gatherv([mine, lay.mpi_type], recv, root=root)
+                comm.Gatherv([lay.raw(mine), lay.mpi_type], recv, root=root)
             gathered.append(full)
         if root is not None and self.rank != root:
             return None
