@@ -42,6 +42,21 @@ Params = MutableMapping[str, MutableMapping[str, Any]]
 _MPI_DTYPES = tuple(np.dtype(c) for c in ("float32", "float64", "complex64", "complex128"))
 
 
+#: Native supported dtype -> its name, the code the ranks compare (filled as dtypes are met).
+_DTYPE_NAMES: dict[np.dtype, str] = {d: d.name for d in _MPI_DTYPES}
+_DTYPE_NAMES[np.dtype(np.float16)] = "float16"
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    native = dtype.newbyteorder("=")
+    name = _DTYPE_NAMES.get(native)
+    if name is None:
+        name = str(native)
+        if _is_half(native):
+            _DTYPE_NAMES[native] = name
+    return name
+
+
 def _is_half(dtype: np.dtype) -> bool:
     """float16 or bfloat16 (native byte order)."""
     return dtype.itemsize == 2 and (dtype == np.float16 or dtype.name == "bfloat16")
@@ -241,6 +256,10 @@ class _Layout:
         self.momentum: np.ndarray | None = None  # this rank's slice of every momentum buffer
         self.packed_values: np.ndarray | None = None  # full-size copies when the params are not an arena
         self.packed_grads: np.ndarray | None = None
+        self._flat_cache: dict[str, tuple[list[Any], np.ndarray | None]] = {}
+        self._runs: list[tuple[int, int, int, bool]] = []
+        self._views: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
+        self._runs_key: Any = None
 
     @property
     def scratch(self) -> np.ndarray:
@@ -260,6 +279,43 @@ class _Layout:
 
     def vector(self, flat: np.ndarray) -> list[Any]:
         return [self.raw(flat), self.counts, self.displs, self.mpi_type]
+
+    def flat_of(self, what: str, arrays: list[Any]) -> np.ndarray | None:
+        """The 1-D view over ``arrays`` (this layout's values or grads) when they tile one buffer
+        in order, else None. Cached by identity: an array object's memory never moves."""
+        cached = self._flat_cache.get(what)
+        if cached is not None and len(cached[0]) == len(arrays) and all(a is b for a, b in zip(arrays, cached[0])):
+            return cached[1]  # the same array objects as last time: the same memory
+        flat = None if any(a is None for a in arrays) else _flat_view(arrays, self.dtype)
+        self._flat_cache[what] = (list(arrays), flat)
+        return flat
+
+    def runs(self, key: Any, has_grad: list[bool], group_of: list[int], firsts: list[bool]) -> list[tuple[int, int, int, bool]]:
+        """``[(start, stop, group, first)]`` in slice coordinates: maximal stretches of params that
+        have a grad and share group and first-step flag (cached per ``key``)."""
+        if self._runs_key == key:
+            return self._runs
+        out: list[tuple[int, int, int, bool]] = []
+        for pc, a, b in self.segments:
+            i = pc.index
+            if not has_grad[i]:
+                continue
+            s0 = pc.offset + a - self.lo
+            s1 = s0 + b - a
+            if out and out[-1][1] == s0 and out[-1][2] == group_of[i] and out[-1][3] == firsts[i]:
+                out[-1] = (out[-1][0], s1, group_of[i], firsts[i])
+            else:
+                out.append((s0, s1, group_of[i], firsts[i]))
+        self._runs, self._runs_key = out, key
+        return out
+
+    def views(self, flat: np.ndarray) -> list[np.ndarray]:
+        """Each param's piece of ``flat`` (one of this layout's packed buffers), shaped like the param."""
+        cached = self._views.get(id(flat))
+        if cached is None or cached[0] is not flat:
+            cached = (flat, [flat[p.offset : p.offset + p.size].reshape(p.shape) for p in self.pieces])
+            self._views[id(flat)] = cached
+        return cached[1]
 
     def new_packed_grads(self) -> np.ndarray:
         """A full-size buffer for the grads as they are summed (float32 for 16-bit floats)."""
@@ -364,7 +420,7 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None
                 _check_mpi_dtype(label, grad.dtype)
                 if not grad.flags.writeable:
                     raise ValueError(f"{label}: grad is read-only; allreduce_grads writes the mean in place")
-                items.append((label, (grad.shape, str(_dtype_key(grad)), True)))
+                items.append((label, (grad.shape, _dtype_name(grad.dtype), True)))
                 by_dtype.setdefault(_dtype_key(grad), []).append((label, grad))
     except (TypeError, ValueError) as err:
         error = err
@@ -571,32 +627,57 @@ class ShardedSGD:
     # -----------------------------------------------------------------------------------------
     # Layout (local: built from this rank's params, checked against the other ranks at each step)
 
-    def _describe(self) -> list[tuple[str, tuple[Any, ...]]]:
-        """``[(name, (shape, dtype, has grad))]`` of the params, validated (TypeError/ValueError)."""
-        out = []
+    def _describe(self) -> tuple[list[tuple[str, tuple[Any, ...]]], list[Any], list[int]]:
+        """``([(name, (shape, dtype name, has grad))], param entries, group of each)``, validated
+        (TypeError/ValueError naming the param). The common case (a dict entry with a writeable
+        ndarray value of a supported dtype and a grad of the same dtype and shape, or None) is
+        checked inline; anything else takes the full checks."""
+        desc: list[tuple[str, tuple[Any, ...]]] = []
+        entries: list[Any] = []
+        group_of: list[int] = []
         seen: set[Any] = set()
-        for params in self._param_dicts():
+        names = _DTYPE_NAMES
+        for gi, params in enumerate(self._param_dicts()):
             if not isinstance(params, Mapping):
                 raise TypeError(f"params must be a dict, got {type(params).__name__}")
             for name, p in params.items():
-                label = f"params[{name!r}]"
                 if name in seen:
                     raise ValueError(f"param {name!r} is in two param groups; a name may be in one group only")
                 seen.add(name)
-                if not isinstance(p, Mapping):
-                    raise TypeError(f"{label} must be a dict with 'value' and 'grad', got {type(p).__name__}")
-                if "value" not in p:
-                    raise ValueError(f"{label} has no 'value'")
-                value, grad = p["value"], p.get("grad")
-                if not isinstance(value, np.ndarray):
-                    raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
-                _check_mpi_dtype(label, value.dtype)
-                if grad is not None:
-                    F.check_tensor(label, value, grad, None, False)
-                elif not value.flags.writeable:
-                    raise ValueError(f"{label}: value is read-only; the step updates it in place")
-                out.append((name, (value.shape, str(_dtype_key(value)), grad is not None)))
-        return out
+                value = p.get("value") if type(p) is dict else None
+                if type(value) is np.ndarray:
+                    dtype_name = names.get(value.dtype)
+                    grad = p.get("grad")
+                    if dtype_name is not None and value.flags.writeable and (
+                        grad is None
+                        or (type(grad) is np.ndarray and grad.dtype == value.dtype and grad.shape == value.shape)
+                    ):
+                        desc.append((name, (value.shape, dtype_name, grad is not None)))
+                        entries.append(p)
+                        group_of.append(gi)
+                        continue
+                desc.append((name, self._check_param(name, p)))
+                entries.append(p)
+                group_of.append(gi)
+        return desc, entries, group_of
+
+    @staticmethod
+    def _check_param(name: Any, p: Any) -> tuple[Any, ...]:
+        """The full checks of one param: ``(shape, dtype name, has grad)`` or TypeError/ValueError."""
+        label = f"params[{name!r}]"
+        if not isinstance(p, Mapping):
+            raise TypeError(f"{label} must be a dict with 'value' and 'grad', got {type(p).__name__}")
+        if "value" not in p:
+            raise ValueError(f"{label} has no 'value'")
+        value, grad = p["value"], p.get("grad")
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
+        _check_mpi_dtype(label, value.dtype)
+        if grad is not None:
+            F.check_tensor(label, value, grad, None, False)
+        elif not value.flags.writeable:
+            raise ValueError(f"{label}: value is read-only; the step updates it in place")
+        return (value.shape, _dtype_name(value.dtype), grad is not None)
 
     def _entries(self) -> list[tuple[int, str, dict[str, Any]]]:
         return [(gi, name, p) for gi, params in enumerate(self._param_dicts()) for name, p in params.items()]
@@ -623,20 +704,21 @@ class ShardedSGD:
         d["_steps"] = [0] * len(names)
         d["_has_buffer"] = [False] * len(names)
 
-    def _check_unchanged(self, desc: list[tuple[str, tuple[Any, ...]]]) -> None:
+    def _check_unchanged(self, desc: list[tuple[str, tuple[Any, ...]]], group_of: list[int]) -> None:
         if self._layouts is None:
             return
-        if [d[0] for d in desc] != self._names or [gi for gi, _, _ in self._entries()] != self._group_of:
+        if [d[0] for d in desc] != self._names or group_of != self._group_of:
             raise ValueError(
                 "the param names changed since the optimizer was set up; build a new ShardedSGD "
                 "(state_dict/load_state_dict carry the state over)"
             )
         for lay in self._layouts:
+            lay_name = _dtype_name(lay.dtype)
             for piece in lay.pieces:
                 shape, dtype, _ = desc[piece.index][1]
-                if shape != piece.shape or dtype != str(lay.dtype):
+                if shape != piece.shape or dtype != lay_name:
                     raise ValueError(
-                        f"{piece.label} changed from shape {piece.shape} dtype {lay.dtype} to shape {shape} dtype {dtype} "
+                        f"{piece.label} changed from shape {piece.shape} dtype {lay_name} to shape {shape} dtype {dtype} "
                         "since the optimizer was set up; build a new ShardedSGD"
                     )
 
@@ -662,11 +744,12 @@ class ShardedSGD:
         d = self.__dict__
         error: BaseException | None = None
         desc: list[tuple[str, tuple[Any, ...]]] = []
+        entries: list[Any] = []
         settings = None
         try:
             settings = self._options()
-            desc = self._describe()
-            self._check_unchanged(desc)
+            desc, entries, group_of = self._describe()
+            self._check_unchanged(desc, group_of)
         except (TypeError, ValueError) as err:
             error = err
         signature: dict[str, Any] = {"params": desc}
@@ -689,7 +772,7 @@ class ShardedSGD:
         self._ensure_layout()
         assert self._layouts is not None
         has_grad = [x[1][2] for x in desc]
-        entries = [p for _, _, p in self._entries()]
+        group_of = self._group_of
 
         # 1. Reduce-scatter the grads: this rank's slice of the mean gradient, per dtype.
         values_flat: list[np.ndarray] = []
@@ -697,18 +780,20 @@ class ShardedSGD:
         for lay in self._layouts:
             vals = [entries[pc.index]["value"] for pc in lay.pieces]
             grads = [entries[pc.index]["grad"] for pc in lay.pieces]
-            vflat = _flat_view(vals, lay.dtype)
-            gflat = _flat_view(grads, lay.dtype) if all(g is not None for g in grads) and not lay.half else None
+            vflat = lay.flat_of("values", vals)
+            gflat = lay.flat_of("grads", grads) if not lay.half else None
             if gflat is None:
                 if lay.packed_grads is None:
                     lay.packed_grads = lay.new_packed_grads()
                 gflat = lay.packed_grads
-                for pc, g in zip(lay.pieces, grads):
-                    dst = gflat[pc.offset : pc.offset + pc.size].reshape(pc.shape)
-                    if g is None:
-                        dst[...] = 0
-                    else:
-                        np.copyto(dst, g, casting="unsafe")
+                if all(g is not None for g in grads) and lay.pieces:
+                    np.concatenate([g.reshape(-1) for g in grads], out=gflat, casting="unsafe")
+                else:
+                    for dst, g in zip(lay.views(gflat), grads):
+                        if g is None:
+                            dst[...] = 0
+                        else:
+                            np.copyto(dst, g, casting="unsafe")
             if vflat is None:
                 if lay.packed_values is None:
                     lay.packed_values = np.empty(lay.total, dtype=lay.dtype)
@@ -719,21 +804,22 @@ class ShardedSGD:
             values_flat.append(vflat)
             reduced.append(_reduce_scatter(comm, lay, gflat, True))
 
+        # Runs: maximal stretches of this rank's slice whose params all have a grad, the same
+        # group and the same first-step flag, so the kernel gets a handful of long 1-D views.
+        firsts = [not b for b in self._has_buffer]
+        run_key = (tuple(has_grad), tuple(firsts))
+
         # 2. The global norm of the mean gradient: local sums of squares, one collective.
         scale = 1.0
         if clip is not None or skip:
             local = 0.0
             bad = 0.0
             views = []
-            labels = []
             for lay, mine in zip(self._layouts, reduced):
-                for pc, a, b in lay.segments:
-                    if has_grad[pc.index]:
-                        s = pc.offset + a - lay.lo
-                        views.append(mine[s : s + b - a])
-                        labels.append(pc.label)
+                for s0, s1, _, _ in lay.runs(run_key, has_grad, group_of, firsts):
+                    views.append(mine[s0:s1])
             if views:
-                local = F.sum_of_squares(labels, views, backend)
+                local = F.sum_of_squares([f"slice[{i}]" for i in range(len(views))], views, backend)
                 if not math.isfinite(local) and not all(bool(np.isfinite(v).all()) for v in views):
                     bad = 1.0
             parts = np.empty((self.world_size, 2), dtype=np.float64)
@@ -751,35 +837,32 @@ class ShardedSGD:
             if any_momentum and lay.momentum is None:
                 lay.momentum = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
             batches: dict[int, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[bool]]] = {}
-            for pc, a, b in lay.segments:
-                if not has_grad[pc.index]:
-                    continue
-                gi = self._group_of[pc.index]
-                vs, gs, bs, firsts = batches.setdefault(gi, ([], [], [], []))
-                s = pc.offset + a - lay.lo
-                vs.append(vflat[lay.lo + s : lay.lo + s + b - a])
-                gs.append(mine[s : s + b - a])
+            for s0, s1, gi, first in lay.runs(run_key, has_grad, group_of, firsts):
+                vs, gs, bs, fs = batches.setdefault(gi, ([], [], [], []))
+                vs.append(vflat[lay.lo + s0 : lay.lo + s1])
+                gs.append(mine[s0:s1])
                 if options[gi][1] != 0:
                     assert lay.momentum is not None
-                    bs.append(lay.momentum[s : s + b - a])
-                firsts.append(not self._has_buffer[pc.index])
-            for gi, (vs, gs, bs, firsts) in batches.items():
+                    bs.append(lay.momentum[s0:s1])
+                fs.append(first)
+            for gi, (vs, gs, bs, fs) in batches.items():
                 lr, momentum, dampening, weight_decay, nesterov, maximize = options[gi]
                 F.sgd_step(
                     vs, gs, bs if momentum != 0 else None, lr=lr, momentum=momentum, dampening=dampening,
                     weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_scale=scale,
-                    first_step=firsts, backend=backend,
+                    first_step=fs, backend=backend,
                 )
             _allgather_in_place(comm, lay, vflat)
             if vflat is lay.packed_values:
-                for pc in lay.pieces:
+                for pc, src in zip(lay.pieces, lay.views(vflat)):
                     if has_grad[pc.index]:
-                        np.copyto(entries[pc.index]["value"], vflat[pc.offset : pc.offset + pc.size].reshape(pc.shape))
+                        np.copyto(entries[pc.index]["value"], src)
+        steps, has_buffer = self._steps, self._has_buffer
         for i, g in enumerate(has_grad):
             if g:
-                self._steps[i] += 1
-                if options[self._group_of[i]][1] != 0:
-                    self._has_buffer[i] = True
+                steps[i] += 1
+                if options[group_of[i]][1] != 0:
+                    has_buffer[i] = True
         self._applied(options)
         return True
 
