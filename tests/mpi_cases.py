@@ -13,7 +13,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import traceback
 from typing import Any, Callable
 
