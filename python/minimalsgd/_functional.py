@@ -145,6 +145,10 @@ def _check_companion(name: str, what: str, arr: Any, value: np.ndarray, written:
         raise ValueError(f"{name}: {what} is read-only; the step updates it in place")
 
 
+#: The companion check by its public name (the optimizers check their state arrays with it).
+check_companion = _check_companion
+
+
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
     if a.size == 0:
         return (0, 0)
@@ -164,9 +168,14 @@ def _really_overlap(a: np.ndarray, b: np.ndarray) -> bool:
         return True
 
 
-def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray | None]]) -> None:
-    """ValueError if an array that the step writes (slots 0 and 2 of each tuple) shares memory with
-    any other array of the call. Grads (slot 1) may share memory with each other."""
+def check_no_overlap(
+    names: Sequence[str],
+    arrays: Sequence[Sequence[np.ndarray | None]],
+    slot_names: Sequence[str] = ("value", "grad", "momentum buffer"),
+) -> None:
+    """ValueError if an array that the step writes (every slot but 1 of each tuple: the value and
+    the state arrays) shares memory with any other array of the call. Grads (slot 1) may share
+    memory with each other. ``slot_names`` name the slots in the message."""
     spans = []
     for i, group in enumerate(arrays):
         for slot, a in enumerate(group):
@@ -174,7 +183,7 @@ def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray 
                 lo, hi = _byte_bounds(a)
                 spans.append((lo, hi, slot != 1, i, slot, a))
     spans.sort(key=lambda s: s[0])
-    labels = ("value", "grad", "momentum buffer")
+    labels = slot_names
     active: list[tuple[int, int, bool, int, int, np.ndarray]] = []
     for span in spans:
         lo = span[0]
@@ -216,18 +225,20 @@ def run_step(
     names: Sequence[str],
     values: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
-    buffers: Sequence[np.ndarray] | None,
+    buffers: Sequence[np.ndarray | None] | None,
     firsts: Sequence[bool],
-    hyper: tuple[float, float, float, float, bool, bool],
+    group_of: Sequence[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
     grad_scale: float,
     backend: str,
 ) -> None:
-    """Route each validated tensor to a backend, then run: native ones in one call."""
-    lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
-    with_buffer = momentum != 0
+    """Route each validated tensor to a backend, then run: tensor i with ``options[group_of[i]]``
+    (lr, momentum, dampening, weight_decay, nesterov, maximize); its buffer may be None when its
+    momentum is 0."""
     native: list[int] = []
     other: list[int] = []
     for i in range(len(values)):
+        with_buffer = options[group_of[i]][1] != 0
         buf = buffers[i] if with_buffer and buffers is not None else None
         if backend == "numpy":
             other.append(i)
@@ -239,25 +250,34 @@ def run_step(
             raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
         else:
             other.append(i)
-    args = (lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
-    if native:
-        assert _core is not None
-        _core.sgd_step(
-            [values[i] for i in native],
-            [grads[i] for i in native],
-            [buffers[i] for i in native] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in native],
-            *args,
-            check_overlap=False,
-        )
-    if other:
-        _numpy.sgd_step(
-            [values[i] for i in other],
-            [grads[i] for i in other],
-            [buffers[i] for i in other] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in other],
-            *args,
-        )
+    for part, run in ((native, _run_native), (other, _run_numpy)):
+        if part:
+            run([values[i] for i in part], [grads[i] for i in part],
+                [buffers[i] if buffers is not None else None for i in part],
+                [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale)
+
+
+def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+    assert _core is not None
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _core.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                       [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                       *opts, grad_scale, check_overlap=False)
+
+
+def _run_numpy(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _numpy.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                        [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                        *opts, grad_scale)
 
 
 def sum_of_squares(names: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> float:
@@ -360,7 +380,7 @@ def sgd_step(
         if with_buffer and bs is not None and bs[i] is None:
             raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
     check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
-    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved)
+    run_step(names, vs, gs, bs, firsts, [0] * len(vs), [hyper], scale, resolved)
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:
