@@ -621,7 +621,8 @@ class ShardedSGD:
         opt = self._opt
         if hasattr(opt, "param_groups"):
             groups = [dict(g) for g in opt.param_groups]
-            return SGD(groups, clip_grad_norm=opt.clip_grad_norm, skip_nonfinite=opt.skip_nonfinite, backend=opt.backend)
+            return SGD(groups, **getattr(opt, "defaults", {}), clip_grad_norm=opt.clip_grad_norm,
+                       skip_nonfinite=opt.skip_nonfinite, backend=opt.backend)
         return SGD(opt.params, backend=opt.backend, **{k: getattr(opt, k) for k in _HYPER})
 
     # -----------------------------------------------------------------------------------------
