@@ -245,6 +245,19 @@ def param_groups_and_schedules(comm: Any) -> None:
         else:
             assert x == y, (k, x, y)
 
+    # Resume from the checkpoint in a new ShardedSGD (same schedule): continues like the plain run.
+    c = {k: {"value": p["value"].copy(), "grad": None} for k, p in a.items()}
+    resumed = ShardedSGD(groups(c), comm, lr=1.0)
+    resumed.load_state_dict(sd)
+    assert resumed.applied_steps == 4 and resumed.param_groups[1]["momentum"] == 0.5
+    for t in range(4, 6):
+        set_grads(c, comm.rank, t)
+        set_grads(b, comm.rank, t)
+        resumed.step()
+        allreduce_grads(b, comm)
+        plain.step()
+    assert_bitwise(snapshot(c), snapshot(b), "groups resumed")
+
 
 def _half_dtypes() -> list[Any]:
     """16-bit float dtypes that this build's SGD steps (float16 always; bfloat16 with ml_dtypes and
