@@ -472,6 +472,13 @@ def broadcast_params_copies_root(comm: Any) -> None:
                 "c": {"value": rng.standard_normal(3).astype(np.float16), "grad": None},
                 "d": {"value": np.asarray(rng.standard_normal(), dtype=np.float32), "grad": None}}
 
+    for bad in (-1, comm.size, 0.5, True):
+        try:
+            broadcast_params(build(0), comm, root=bad)
+        except ValueError as err:
+            assert "root must be a rank" in str(err)
+        else:
+            raise AssertionError(f"root={bad!r} accepted")
     mine, want = build(comm.rank), build(root)
     ids = {k: id(p["value"]) for k, p in mine.items()}
     broadcast_params(mine, comm, root=root)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,12 +35,9 @@ from .optim import SGD
 
 __all__ = ["ShardedSGD", "allreduce_grads", "broadcast_params", "partition"]
 
-Params = MutableMapping[str, MutableMapping[str, Any]]
-
 # Element types MPI sums portably. 16-bit floats (float16, ml_dtypes' bfloat16) have no portable MPI
 # sum: they are summed in float32 and moved as raw 16-bit words (see _Layout).
 _MPI_DTYPES = tuple(np.dtype(c) for c in ("float32", "float64", "complex64", "complex128"))
-
 
 #: Native supported dtype -> its name, the code the ranks compare (filled as dtypes are met).
 _DTYPE_NAMES: dict[np.dtype, str] = {d: d.name for d in _MPI_DTYPES}
@@ -60,6 +57,8 @@ def _dtype_name(dtype: np.dtype) -> str:
 def _is_half(dtype: np.dtype) -> bool:
     """float16 or bfloat16 (native byte order)."""
     return dtype.itemsize == 2 and (dtype == np.float16 or dtype.name == "bfloat16")
+
+
 # What ShardedSGD's signature carries besides the params, in SGD's constructor order.
 _HYPER = ("lr", "momentum", "nesterov", "weight_decay", "clip_grad_norm", "dampening", "maximize", "skip_nonfinite")
 
@@ -395,7 +394,8 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None
     into a buffer of their size and copied back.
 
     Raises:
-        TypeError: ``comm`` is not an MPI communicator; a grad is not a float32/float64/complex array.
+        TypeError: ``comm`` is not an MPI communicator; a grad is not an array of a supported dtype
+            (float32, float64, complex64, complex128, float16, bfloat16).
         ValueError: a grad is read-only, or the ranks disagree on the names, shapes, dtypes or the
             presence of grads. The same error is raised on every rank, before anything is written.
     """
@@ -457,6 +457,9 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
     :class:`ShardedSGD` requires (its first step checks it).
     """
     comm = _check_comm(comm)
+    size = comm.Get_size()
+    if isinstance(root, bool) or not isinstance(root, (int, np.integer)) or not 0 <= root < size:
+        raise ValueError(f"root must be a rank in [0, {size}), got {root!r}")
     error: BaseException | None = None
     items = []
     values = []
