@@ -232,6 +232,12 @@ def param_groups_and_schedules(comm: Any) -> None:
         plain.step()
         assert_bitwise(snapshot(a), snapshot(b), f"groups step {t}")
     assert sharded.applied_steps == plain.applied_steps == 4
+    try:
+        sharded.add_param_group({"params": {"late": {"value": np.zeros(2, np.float32), "grad": None}}})
+    except ValueError as err:
+        assert "fixed after the first step" in str(err)
+    else:
+        raise AssertionError("a group added after the first step")
     sd, ref = sharded.state_dict(), plain.state_dict()
     assert sorted(sd) == sorted(ref)
     for k in ref:

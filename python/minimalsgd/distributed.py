@@ -571,6 +571,14 @@ class ShardedSGD:
     def params(self) -> Any:
         return self._opt.params
 
+    def add_param_group(self, param_group: Any) -> None:
+        """As :meth:`minimalsgd.SGD.add_param_group`, before the first step only (the slices are
+        fixed then); afterwards build a new ShardedSGD (``state_dict``/``load_state_dict``)."""
+        if self._layouts is not None:
+            raise ValueError("ShardedSGD's slices are fixed after the first step; build a new ShardedSGD "
+                             "with the new group (state_dict/load_state_dict carry the state over)")
+        self._opt.add_param_group(param_group)
+
     @property
     def rank(self) -> int:
         return int(self.comm.Get_rank())
