@@ -494,6 +494,52 @@ def broadcast_params_copies_root(comm: Any) -> None:
 
 
 @case
+def packed_params_one_slice_of_one_arena(comm: Any) -> None:
+    """Params packed by minimalsgd.pack_params: each rank's slice is one slice of the arena, the
+    collectives run on it in place (no packed copies), and the results equal the unpacked
+    ShardedSGD and allreduce_grads + SGD on packed params bit for bit."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads, partition
+
+    if not hasattr(minimalsgd, "pack_params"):
+        raise Skip("this minimalsgd has no pack_params")
+    cfg = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, clip_grad_norm=1e6)
+    a, b, c, d = make_params(), make_params(), make_params(), make_params()
+    for p in (a, b, c, d):
+        set_grads(p, comm.rank, 0)
+    arena = minimalsgd.pack_params(a)
+    arena_b = minimalsgd.pack_params(b)
+    sharded = ShardedSGD(a, comm, **cfg)
+    unpacked = ShardedSGD(c, comm, **cfg)
+    auto = ShardedSGD(d, comm, pack=True, **cfg)
+    assert auto.arena is not None and np.shares_memory(d["w1"]["value"], auto.arena.values[np.dtype(np.float32)])
+    plain = minimalsgd.SGD(b, **cfg)
+    for t in range(4):
+        for p in (a, b, c, d):
+            set_grads(p, comm.rank, t)  # in place: the grads stay the arena's
+        sharded.step()
+        unpacked.step()
+        auto.step()
+        allreduce_grads(b, comm)
+        plain.step()
+        assert_bitwise(snapshot(a), snapshot(c), f"packed vs unpacked step {t}")
+        assert_bitwise(snapshot(a), snapshot(b), f"sharded vs allreduce+SGD step {t}")
+        assert_bitwise(snapshot(a), snapshot(d), f"pack=True step {t}")
+    same_on_all_ranks(comm, snapshot(a))
+    flat = arena.values[np.dtype(np.float32)]
+    for k, p in a.items():
+        assert np.shares_memory(p["value"], flat) or p["value"].size == 0, k
+        assert np.shares_memory(b[k]["grad"], arena_b.grads[np.dtype(np.float32)]) or p["value"].size == 0, k
+    (lay,) = sharded._layouts
+    assert lay.packed_grads is None and lay.packed_values is None, "a packed copy was made"
+    assert unpacked._layouts[0].packed_values is not None  # the unpacked run did need them
+    total = flat.size
+    counts, displs = partition(total, comm.size)
+    assert sharded.shards() == {"float32": (displs[comm.rank], displs[comm.rank] + counts[comm.rank], total)}
+    assert sharded.state_bytes == counts[comm.rank] * 4
+
+
+@case
 def allreduce_grads_on_an_arena_in_place(comm: Any) -> None:
     """Grads that are consecutive views of one buffer are reduced in that buffer (no packed copy)."""
     import minimalsgd.distributed as D

@@ -509,8 +509,11 @@ class ShardedSGD:
     5. ``Allgatherv`` of the values, so every rank ends with the same full values.
 
     Grads are never written. When the values (and grads) of a dtype are consecutive views of one
-    buffer (``minimalsgd.pack_params``) the collectives run on it in place; otherwise on internal
-    flat copies.
+    buffer, as :func:`minimalsgd.pack_params` lays them out (the same order as the slices), the
+    collectives run on that arena in place and each rank's slice is one slice of it; otherwise they
+    run on internal flat copies (two full copies per step). ``pack=True`` calls ``pack_params(params)``
+    first: the dict entries are rebound to views of the arena (``opt.arena``), so arrays held from
+    before are no longer the params.
 
     Settings, counters and checkpoints belong to a plain :class:`minimalsgd.SGD` over the same
     params that this object keeps without state (``opt.lr``, ``opt.skipped_steps``, ... are its);
@@ -533,14 +536,23 @@ class ShardedSGD:
         maximize: bool = False,
         skip_nonfinite: bool = False,
         backend: F.Backend = "auto",
+        pack: bool = False,
     ) -> None:
         comm = _check_comm(comm)
+        pack = F.check_bool("pack", pack)
         # The plain optimizer validates everything as SGD does and keeps the settings.
         opt = SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                   clip_grad_norm=clip_grad_norm, dampening=dampening, maximize=maximize,
                   skip_nonfinite=skip_nonfinite, backend=backend)
+        arena = None
+        if pack:
+            from . import pack_params  # type: ignore[attr-defined]
+
+            arena = pack_params(params)
         object.__setattr__(self, "comm", comm)
         object.__setattr__(self, "_opt", opt)
+        #: The Arena that ``pack=True`` made (None otherwise).
+        object.__setattr__(self, "arena", arena)
         object.__setattr__(self, "_layouts", None)
         object.__setattr__(self, "_names", [])
         object.__setattr__(self, "_group_of", [])  # per param: its group
