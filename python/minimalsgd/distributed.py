@@ -546,9 +546,11 @@ class ShardedSGD:
                   skip_nonfinite=skip_nonfinite, backend=backend)
         arena = None
         if pack:
-            from . import pack_params  # type: ignore[attr-defined]
+            import minimalsgd
 
-            arena = pack_params(params)
+            if not hasattr(minimalsgd, "pack_params"):
+                raise ValueError("pack=True needs minimalsgd.pack_params, which this version lacks")
+            arena = minimalsgd.pack_params(params)
         object.__setattr__(self, "comm", comm)
         object.__setattr__(self, "_opt", opt)
         #: The Arena that ``pack=True`` made (None otherwise).
