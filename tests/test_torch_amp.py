@@ -430,3 +430,47 @@ def test_hooks_fire_once_when_torchs_step_serves_the_step():
     opt.step()
     assert seen == ["pre", "post"]
     assert math.isclose(float(p[0].detach()), float(w0[0].detach()) - 0.1, rel_tol=1e-6)
+
+
+# --- the same contract on the other routes ----------------------------------------------------------------
+
+
+def test_without_the_native_module_torch_code_honours_the_contract(monkeypatch):
+    """No _core (a pure-Python install): torch's fused code steps everything, the skip included."""
+    monkeypatch.setattr(F, "_core", None)
+    ref, ours = _group_params(seed=8), _group_params(seed=8)
+    kw = dict(lr=0.1, momentum=0.9, fused=True)
+    o_ref, o_ours = torch.optim.SGD(ref, **kw), SGD(ours, **kw)
+    for o in (o_ours,):
+        o.found_inf = torch.ones(())
+    snap = _snapshot(o_ours)
+    o_ours.step()
+    _assert_unchanged(o_ours, snap)  # skipped, and no buffer started
+    del o_ours.found_inf
+    for o in (o_ref, o_ours):
+        o.grad_scale, o.found_inf = torch.tensor(2.0**8), torch.zeros(())
+        o.step()
+        o.step()
+    for a, b in zip(ref, ours):
+        assert _bits_equal(a, b) and _bits_equal(a.grad, b.grad)
+        assert _bits_equal(o_ref.state[a]["momentum_buffer"], o_ours.state[b]["momentum_buffer"])
+
+
+def test_numpy_view_route_scales_in_the_kernel_too(monkeypatch):
+    """A _core without sgd_step_ptrs (views through _core.sgd_step): the same bits as the address route."""
+    runs = []
+    for route in ("ptrs", "views"):
+        if route == "views":
+            monkeypatch.delattr(F._core, "sgd_step_ptrs")
+            real, calls = F._core.sgd_step, []
+            monkeypatch.setattr(F._core, "sgd_step", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+        ps = _group_params(torch.float64, seed=9)
+        opt = SGD(ps, lr=0.1, momentum=0.9, nesterov=True, fused=True)
+        for _ in range(2):
+            opt.grad_scale, opt.found_inf = torch.tensor(2.0**-5), torch.zeros(())
+            opt.step()
+            for p in ps:
+                p.grad = p.grad * 2.0**-5
+        runs.append([p.detach().clone() for p in ps] + [p.grad.clone() for p in ps])
+    assert all(_bits_equal(a, b) for a, b in zip(*runs))
+    assert len(calls) == 2  # the views route ran

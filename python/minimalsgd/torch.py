@@ -31,14 +31,15 @@ Importing :mod:`minimalsgd` never imports torch; this module does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
-
-import math
 
 import torch
 from torch.autograd.graph import increment_version as _increment_version
 from torch.optim.sgd import sgd as _torch_sgd
+
+from . import _functional as F
 
 try:
     from torch.optim.optimizer import _device_dtype_check_for_fused
@@ -56,8 +57,6 @@ except ImportError:  # pragma: no cover - other torch versions; 2.13.0 has both
                 "`fused=True` requires all the params to be floating point Tensors of "
                 f"supported devices: {devices} but {p.dtype} and {p.device.type}"
             )
-
-from . import _functional as F
 
 __all__ = ["SGD"]
 
@@ -296,6 +295,9 @@ class SGD(torch.optim.SGD):
         with_momentum = plan.with_momentum
         state = self.state
         sparse = unfit = False
+        # Local lists (the plan's own): appends in this loop are the per-param cost of a step.
+        rest, params, grads, bufs, firsts = plan.rest, plan.params, plan.grads, plan.bufs, plan.firsts
+        kinds, vptrs, gptrs, bptrs, sizes = plan.kinds, plan.vptrs, plan.gptrs, plan.bptrs, plan.sizes
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -312,7 +314,7 @@ class SGD(torch.optim.SGD):
                 or g.is_neg()
                 or g.numel() != n
             ):
-                plan.rest.append(p)
+                rest.append(p)
                 if fused:
                     sparse = sparse or g.is_sparse
                     unfit = unfit or not _fused_kernel_takes(p)
@@ -326,17 +328,17 @@ class SGD(torch.optim.SGD):
                     plan.new_buffers.append((p, buf))
                     first = True
                 elif not _dense_cpu(buf, dtype, n):
-                    plan.rest.append(p)
+                    rest.append(p)
                     continue
-                plan.bufs.append(buf)
-                plan.bptrs.append(buf.data_ptr())
-            plan.params.append(p)
-            plan.grads.append(g)
-            plan.firsts.append(first)
-            plan.kinds.append(kind)
-            plan.vptrs.append(p.data_ptr())
-            plan.gptrs.append(g.data_ptr())
-            plan.sizes.append(n)
+                bufs.append(buf)
+                bptrs.append(buf.data_ptr())
+            params.append(p)
+            grads.append(g)
+            firsts.append(first)
+            kinds.append(kind)
+            vptrs.append(p.data_ptr())
+            gptrs.append(g.data_ptr())
+            sizes.append(n)
         if sparse:
             raise RuntimeError("`_fused_sgd` does not support sparse gradients")  # torch's _fused_sgd
         return None if unfit else plan
@@ -406,7 +408,8 @@ class SGD(torch.optim.SGD):
         and torch's error is raised before any param, buffer or grad is written.
         """
         amp = _AmpInputs(self)
-        if any(g["differentiable"] for g in self.param_groups) or not amp.native_readable:
+        amp_set = amp.is_set
+        if any(g["differentiable"] for g in self.param_groups) or (amp_set and not amp.native_readable):
             # Autograd through the step, or AMP inputs the native path does not read as torch's
             # kernel does: torch's own step serves these (its decorator sets the grad mode the
             # differentiable option needs).
@@ -415,13 +418,16 @@ class SGD(torch.optim.SGD):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        skip = amp.skips
+        skip = amp_set and amp.skips
         fused_scale = None if skip else amp.kernel_scale()
         plans: list[_GroupPlan] = []
         for group in self.param_groups:
-            self._check_fused_params(group)
-            fused = _takes_fused_path(group)
-            amp.check_allowed(fused)
+            fused = False
+            if group["fused"]:
+                self._check_fused_params(group)
+                fused = _takes_fused_path(group)
+            if amp_set:
+                amp.check_allowed(fused)
             plan = self._plan_group(group, fused, fused_scale if fused else 1.0)
             if plan is None:
                 # A fused group holding a param torch's fused kernel refuses (complex, say): torch's
