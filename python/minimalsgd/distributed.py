@@ -33,7 +33,7 @@ import numpy as np
 from . import _functional as F
 from .optim import SGD
 
-__all__ = ["ShardedSGD", "allreduce_grads", "broadcast_params", "partition"]
+__all__ = ["ShardedOptimizer", "ShardedSGD", "allreduce_grads", "broadcast_params", "partition"]
 
 # Element types MPI sums portably. 16-bit floats (float16, ml_dtypes' bfloat16) have no portable MPI
 # sum: they are summed in float32 and moved as raw 16-bit words (see _Layout).
@@ -59,8 +59,6 @@ def _is_half(dtype: np.dtype) -> bool:
     return dtype.itemsize == 2 and (dtype == np.float16 or dtype.name == "bfloat16")
 
 
-# What ShardedSGD's signature carries besides the params, in SGD's constructor order.
-_HYPER = ("lr", "momentum", "nesterov", "weight_decay", "clip_grad_norm", "dampening", "maximize", "skip_nonfinite")
 
 
 def _mpi() -> Any:
@@ -252,11 +250,11 @@ class _Layout:
         self.mpi_type = _mpi().UINT16_T if self.half else self.mpi_red
         self._scratch: np.ndarray | None = None  # this rank's slice of the reduced grads (red_dtype)
         self._scratch_half: np.ndarray | None = None  # the same rounded to the 16-bit dtype
-        self.momentum: np.ndarray | None = None  # this rank's slice of every momentum buffer
+        self.state: dict[str, np.ndarray] = {}  # state field -> this rank's slice of it, all params
         self.packed_values: np.ndarray | None = None  # full-size copies when the params are not an arena
         self.packed_grads: np.ndarray | None = None
         self._flat_cache: dict[str, tuple[list[Any], np.ndarray | None]] = {}
-        self._runs: list[tuple[int, int, int, bool]] = []
+        self._runs: list[tuple[int, int, int]] = []
         self._views: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
         self._runs_key: Any = None
 
@@ -289,22 +287,26 @@ class _Layout:
         self._flat_cache[what] = (list(arrays), flat)
         return flat
 
-    def runs(self, key: Any, has_grad: list[bool], group_of: list[int], firsts: list[bool]) -> list[tuple[int, int, int, bool]]:
-        """``[(start, stop, group, first)]`` in slice coordinates: maximal stretches of params that
-        have a grad and share group and first-step flag (cached per ``key``)."""
+    def runs(self, key: Any, has_grad: list[bool], group_of: list[int], born: list[bool], steps: list[int]) -> list[tuple[int, int, int]]:
+        """``[(start, stop, param index of the first)]`` in slice coordinates: maximal stretches of
+        params that have a grad and share group, birth and step count (cached per ``key``)."""
         if self._runs_key == key:
             return self._runs
-        out: list[tuple[int, int, int, bool]] = []
+        out: list[tuple[int, int, int]] = []
+        last = None
         for pc, a, b in self.segments:
             i = pc.index
             if not has_grad[i]:
+                last = None
                 continue
             s0 = pc.offset + a - self.lo
             s1 = s0 + b - a
-            if out and out[-1][1] == s0 and out[-1][2] == group_of[i] and out[-1][3] == firsts[i]:
-                out[-1] = (out[-1][0], s1, group_of[i], firsts[i])
+            tag = (group_of[i], born[i], steps[i])
+            if out and last == tag and out[-1][1] == s0:
+                out[-1] = (out[-1][0], s1, out[-1][2])
             else:
-                out.append((s0, s1, group_of[i], firsts[i]))
+                out.append((s0, s1, i))
+            last = tag
         self._runs, self._runs_key = out, key
         return out
 
@@ -489,14 +491,16 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
 # The sharded optimizer
 
 
-class ShardedSGD:
-    r"""SGD with its momentum buffers sharded across the ranks of ``comm`` (ZeRO stage 1).
+class ShardedOptimizer:
+    r"""Any minimalsgd optimizer with its state sharded across the ranks of ``comm`` (ZeRO stage 1).
 
-    ``params`` and the other arguments are :class:`minimalsgd.SGD`'s and mean the same; the
-    params must have the same names, shapes and dtypes on every rank and the same values at the
-    start (see :func:`broadcast_params`). The elements of each dtype, params end to end in order
-    (C order within a param), are cut into ``N`` contiguous slices (:func:`partition`); rank ``r``
-    keeps the momentum buffer only for slice ``r``. ``step()``:
+    ``ShardedOptimizer(optimizer_class, params, comm=None, pack=False, **arguments)``: ``params`` and
+    the arguments are ``optimizer_class``'s (:class:`minimalsgd.SGD` for :class:`ShardedSGD`) and mean
+    the same; the params must have the same names, shapes and dtypes on every rank and the same
+    values at the start (see :func:`broadcast_params`). The elements of each dtype, params end to
+    end in order (C order within a param), are cut into ``N`` contiguous slices (:func:`partition`);
+    rank ``r`` keeps every state array (``optimizer_class.state_fields``) only for slice ``r``.
+    ``step()``:
 
     1. checks the params on every rank and agrees (one 3-integer allreduce) that all ranks hold the
        same names, shapes, dtypes, grads present and hyperparameters, else raises the same
@@ -505,7 +509,8 @@ class ShardedSGD:
     3. with ``clip_grad_norm`` or ``skip_nonfinite``: each rank's sum of squares of its slice (float64)
        and one ``Allgather`` of those ``N`` numbers, summed in rank order by every rank, so the norm,
        the clip coefficient and the skip decision are identical everywhere;
-    4. the fused kernel (:func:`minimalsgd.sgd_step`) on 1-D views of this rank's slice;
+    4. the optimizer's own fused formula (its ``_run``, one call per dtype) on 1-D views of this
+       rank's slice: stretches of consecutive params that share group, step count and first step;
     5. ``Allgatherv`` of the values, so every rank ends with the same full values.
 
     Grads are never written. When the values (and grads) of a dtype are consecutive views of one
@@ -515,35 +520,20 @@ class ShardedSGD:
     first: the dict entries are rebound to views of the arena (``opt.arena``), so arrays held from
     before are no longer the params.
 
-    Settings, counters and checkpoints belong to a plain :class:`minimalsgd.SGD` over the same
-    params that this object keeps without state (``opt.lr``, ``opt.skipped_steps``, ... are its);
-    only the momentum buffers are sharded. The result equals :func:`allreduce_grads` followed by
-    :class:`minimalsgd.SGD` bit for bit, except that with an engaged clip the norm is summed in
-    another order (a difference of float64 rounding in the clip coefficient).
+    Settings, counters and checkpoints belong to a plain ``optimizer_class`` over the same params
+    that this object keeps without state (``opt.lr``, ``opt.param_groups``, ``opt.skipped_steps``,
+    ... are its); only the state arrays are sharded. The result equals :func:`allreduce_grads`
+    followed by the plain optimizer bit for bit, except that with an engaged clip the norm is
+    summed in another order (a difference of float64 rounding in the clip coefficient).
     """
 
-    def __init__(
-        self,
-        params: Any,
-        comm: Any = None,
-        lr: Any = 1e-2,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        clip_grad_norm: float | None = None,
-        *,
-        dampening: float = 0.0,
-        maximize: bool = False,
-        skip_nonfinite: bool = False,
-        backend: F.Backend = "auto",
-        pack: bool = False,
-    ) -> None:
+    def __init__(self, optimizer_class: type, params: Any, comm: Any = None, *, pack: bool = False, **kwargs: Any) -> None:
         comm = _check_comm(comm)
         pack = F.check_bool("pack", pack)
-        # The plain optimizer validates everything as SGD does and keeps the settings.
-        opt = SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-                  clip_grad_norm=clip_grad_norm, dampening=dampening, maximize=maximize,
-                  skip_nonfinite=skip_nonfinite, backend=backend)
+        if not (isinstance(optimizer_class, type) and hasattr(optimizer_class, "_run") and hasattr(optimizer_class, "state_fields")):
+            raise TypeError(f"optimizer_class must be a minimalsgd optimizer class (like minimalsgd.SGD), got {optimizer_class!r}")
+        # The plain optimizer validates everything as it always does and keeps the settings.
+        opt = optimizer_class(params, **kwargs)
         arena = None
         if pack:
             import minimalsgd
@@ -551,18 +541,19 @@ class ShardedSGD:
             if not hasattr(minimalsgd, "pack_params"):
                 raise ValueError("pack=True needs minimalsgd.pack_params, which this version lacks")
             arena = minimalsgd.pack_params(params)
-        object.__setattr__(self, "comm", comm)
-        object.__setattr__(self, "_opt", opt)
+        d = self.__dict__
+        d["comm"] = comm
+        d["_opt"] = opt
         #: The Arena that ``pack=True`` made (None otherwise).
-        object.__setattr__(self, "arena", arena)
-        object.__setattr__(self, "_layouts", None)
-        object.__setattr__(self, "_names", [])
-        object.__setattr__(self, "_group_of", [])  # per param: its group
-        object.__setattr__(self, "_steps", [])  # per param, the same on every rank
-        object.__setattr__(self, "_has_buffer", [])
-        object.__setattr__(self, "_verified", False)  # the first step also checks that the values agree
-        object.__setattr__(self, "_last_signature", None)
-        object.__setattr__(self, "_last_digest", 0)
+        d["arena"] = arena
+        d["_layouts"] = None
+        d["_names"] = []
+        d["_group_of"] = []  # per param: its group
+        d["_steps"] = []  # per param, the same on every rank
+        d["_has"] = {}  # state field -> per param: whether it has that state
+        d["_verified"] = False  # the first step also checks that the values agree
+        d["_last_signature"] = None
+        d["_last_digest"] = 0
 
     # Settings and counters live in the plain optimizer.
     def __getattr__(self, name: str) -> Any:
@@ -570,13 +561,13 @@ class ShardedSGD:
             raise AttributeError(name)
         if name == "state":
             raise AttributeError(
-                "ShardedSGD keeps only this rank's slice of the state: state_dict() gathers the full state "
-                "(SGD's format), shards() and state_bytes describe the slice"
+                f"{type(self).__name__} keeps only this rank's slice of the state: state_dict() gathers the full "
+                "state (the plain optimizer's format), shards() and state_bytes describe the slice"
             )
         return getattr(self._opt, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.__dict__ or name in ("comm",):
+        if name in self.__dict__:
             object.__setattr__(self, name, value)
         else:
             setattr(self._opt, name, value)
@@ -586,10 +577,10 @@ class ShardedSGD:
         return self._opt.params
 
     def add_param_group(self, param_group: Any) -> None:
-        """As :meth:`minimalsgd.SGD.add_param_group`, before the first step only (the slices are
-        fixed then); afterwards build a new ShardedSGD (``state_dict``/``load_state_dict``)."""
+        """As the plain optimizer's ``add_param_group``, before the first step only (the slices are
+        fixed then); afterwards build a new sharded optimizer (``state_dict``/``load_state_dict``)."""
         if self._layouts is not None:
-            raise ValueError("ShardedSGD's slices are fixed after the first step; build a new ShardedSGD "
+            raise ValueError(f"{type(self).__name__}'s slices are fixed after the first step; build a new one "
                              "with the new group (state_dict/load_state_dict carry the state over)")
         self._opt.add_param_group(param_group)
 
@@ -603,8 +594,8 @@ class ShardedSGD:
 
     @property
     def state_bytes(self) -> int:
-        """Bytes of optimizer state (momentum slices) this rank holds: about total/N."""
-        return sum(lay.momentum.nbytes for lay in self._layouts or () if lay.momentum is not None)
+        """Bytes of optimizer state (the state arrays' slices) this rank holds: about total/N."""
+        return sum(a.nbytes for lay in self._layouts or () for a in lay.state.values() if a is not None)
 
     def shards(self) -> dict[str, tuple[int, int, int]]:
         """``{dtype: (lo, hi, total)}``: the elements of each dtype that this rank owns."""
@@ -613,42 +604,27 @@ class ShardedSGD:
         return {str(lay.dtype): (lay.lo, lay.hi, lay.total) for lay in self._layouts}
 
     # -----------------------------------------------------------------------------------------
-    # The plain optimizer's groups and settings (one group in SGD without param groups)
+    # The plain optimizer's groups and settings
 
     def _param_dicts(self) -> list[Any]:
-        opt = self._opt
-        groups = getattr(opt, "param_groups", None)
-        if groups is None:
-            return [opt.params]
-        return [g["params"] for g in groups]
+        return [g["params"] for g in self._opt.param_groups]
 
-    def _options(self) -> tuple[list[tuple[float, float, float, float, bool, bool]], float | None, bool, str]:
-        """Each group's (lr, momentum, dampening, weight_decay, nesterov, maximize) for this step,
-        checked as SGD checks them, and the global (clip, skip, backend)."""
+    def _options(self) -> tuple[list[tuple[Any, ...]], float | None, bool, str]:
+        """Each group's options for this step (schedules evaluated), checked by the optimizer's
+        rules, and the global (clip, skip, backend)."""
         opt = self._opt
-        if hasattr(opt, "_checked_group"):  # SGD with param groups and schedules
-            clip, skip, backend = opt._check_globals()
-            count = opt.applied_steps
-            options = [opt._checked_group(g, f"param_groups[{i}]", opt._lr_of(i, g, count))
-                       for i, g in enumerate(opt.param_groups)]
-            return options, clip, skip, backend
-        hyper, clip, skip, backend = opt._check_settings()
-        return [hyper], clip, skip, backend
+        clip, skip, backend = opt._check_globals()
+        count = opt.applied_steps
+        options = [opt._checked_group(g, f"param_groups[{i}]", opt._lr_of(i, g, count))
+                   for i, g in enumerate(opt.param_groups)]
+        return options, clip, skip, backend
 
-    def _applied(self, options: list[tuple[Any, ...]]) -> None:
+    def _fresh(self) -> Any:
+        """A plain optimizer over the same params and settings, without state."""
         opt = self._opt
-        if hasattr(opt, "_applied"):
-            object.__setattr__(opt, "_applied", opt._applied + 1)
-            opt.last_lrs = [float(o[0]) for o in options]
-
-    def _fresh_sgd(self) -> SGD:
-        """A plain SGD over the same params and settings, without state."""
-        opt = self._opt
-        if hasattr(opt, "param_groups"):
-            groups = [dict(g) for g in opt.param_groups]
-            return SGD(groups, **getattr(opt, "defaults", {}), clip_grad_norm=opt.clip_grad_norm,
-                       skip_nonfinite=opt.skip_nonfinite, backend=opt.backend)
-        return SGD(opt.params, backend=opt.backend, **{k: getattr(opt, k) for k in _HYPER})
+        groups = [dict(g) for g in opt.param_groups]
+        return type(opt)(groups, **opt.defaults, clip_grad_norm=opt.clip_grad_norm,
+                         skip_nonfinite=opt.skip_nonfinite, backend=opt.backend)
 
     # -----------------------------------------------------------------------------------------
     # Layout (local: built from this rank's params, checked against the other ranks at each step)
@@ -728,14 +704,14 @@ class ShardedSGD:
         d["_names"] = names
         d["_group_of"] = group_of
         d["_steps"] = [0] * len(names)
-        d["_has_buffer"] = [False] * len(names)
+        d["_has"] = {f: [False] * len(names) for f in self._opt.state_fields}
 
     def _check_unchanged(self, desc: list[tuple[str, tuple[Any, ...]]], group_of: list[int]) -> None:
         if self._layouts is None:
             return
         if [d[0] for d in desc] != self._names or group_of != self._group_of:
             raise ValueError(
-                "the param names changed since the optimizer was set up; build a new ShardedSGD "
+                "the param names changed since the optimizer was set up; build a new sharded optimizer "
                 "(state_dict/load_state_dict carry the state over)"
             )
         for lay in self._layouts:
@@ -745,7 +721,7 @@ class ShardedSGD:
                 if shape != piece.shape or dtype != lay_name:
                     raise ValueError(
                         f"{piece.label} changed from shape {piece.shape} dtype {lay_name} to shape {shape} dtype {dtype} "
-                        "since the optimizer was set up; build a new ShardedSGD"
+                        "since the optimizer was set up; build a new sharded optimizer"
                     )
 
     def _values_digest(self) -> int:
@@ -768,6 +744,7 @@ class ShardedSGD:
         """
         comm = self.comm
         d = self.__dict__
+        opt = self._opt
         error: BaseException | None = None
         desc: list[tuple[str, tuple[Any, ...]]] = []
         entries: list[Any] = []
@@ -780,8 +757,7 @@ class ShardedSGD:
             error = err
         signature: dict[str, Any] = {"params": desc}
         if settings is not None:
-            names = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-            signature["groups"] = [dict(zip(names, o)) for o in settings[0]]
+            signature["groups"] = [dict(zip(opt.hyperparameters, o)) for o in settings[0]]
             signature["clip_grad_norm"], signature["skip_nonfinite"] = settings[1], settings[2]
         extra = 0
         if not self._verified and error is None:
@@ -830,10 +806,15 @@ class ShardedSGD:
             values_flat.append(vflat)
             reduced.append(_reduce_scatter(comm, lay, gflat, True))
 
-        # Runs: maximal stretches of this rank's slice whose params all have a grad, the same
-        # group and the same first-step flag, so the kernel gets a handful of long 1-D views.
-        firsts = [not b for b in self._has_buffer]
-        run_key = (tuple(has_grad), tuple(firsts))
+        # Which state each param's group needs, and whether this step gives birth to it.
+        fields = opt.state_fields
+        needed = [opt._fields_needed(o) for o in options]
+        has = self._has
+        born = [any(not has[f][i] for f in needed[group_of[i]]) for i in range(len(has_grad))]
+        steps = self._steps
+        # Runs: maximal stretches of this rank's slice whose params all have a grad and share group,
+        # birth and step count, so the formula gets a handful of long 1-D views.
+        run_key = (tuple(has_grad), tuple(born), tuple(steps))
 
         # 2. The global norm of the mean gradient: local sums of squares, one collective.
         scale = 1.0
@@ -842,7 +823,7 @@ class ShardedSGD:
             bad = 0.0
             views = []
             for lay, mine in zip(self._layouts, reduced):
-                for s0, s1, _, _ in lay.runs(run_key, has_grad, group_of, firsts):
+                for s0, s1, _ in lay.runs(run_key, has_grad, group_of, born, steps):
                     views.append(mine[s0:s1])
             if views:
                 local = F.sum_of_squares([f"slice[{i}]" for i in range(len(views))], views, backend)
@@ -852,59 +833,66 @@ class ShardedSGD:
             comm.Allgather(np.array([local, bad], dtype=np.float64), parts)
             norm = math.sqrt(math.fsum(parts[:, 0].tolist()))
             if skip and bool(parts[:, 1].any()):
-                self._opt.skipped_steps += 1
+                opt.skipped_steps += 1
                 return False
-            self._opt.last_grad_norm = norm
+            opt.last_grad_norm = norm
             scale = F.clip_scale(norm, clip)
 
-        # 3. The fused kernel on this rank's slice, one call per dtype and group; 4. allgather the values.
-        any_momentum = any(o[1] != 0 for o in options)
+        # 3. The formula on this rank's slice, one call per dtype; 4. allgather the values.
         for lay, vflat, mine in zip(self._layouts, values_flat, reduced):
-            if any_momentum and lay.momentum is None:
-                lay.momentum = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
-            batches: dict[int, tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray], list[bool]]] = {}
-            for s0, s1, gi, first in lay.runs(run_key, has_grad, group_of, firsts):
-                vs, gs, bs, fs = batches.setdefault(gi, ([], [], [], []))
+            runs = lay.runs(run_key, has_grad, group_of, born, steps)
+            labels, vs, gs, states, borns, run_steps, run_groups = [], [], [], [], [], [], []
+            for s0, s1, i in runs:
+                gi = group_of[i]
+                row: list[np.ndarray | None] = []
+                for f in fields:
+                    if f in needed[gi]:
+                        arr = lay.state.get(f)
+                        if arr is None:
+                            arr = lay.state[f] = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
+                        row.append(arr[s0:s1])
+                    else:
+                        row.append(None)
+                if born[i]:  # as the plain optimizer gives birth to state: its own initial arrays
+                    for f, a in zip(fields, row):
+                        if a is not None and not has[f][i]:
+                            a[...] = opt._new_state_array(f, a)
+                labels.append(f"slice[{s0}:{s1}]")
                 vs.append(vflat[lay.lo + s0 : lay.lo + s1])
                 gs.append(mine[s0:s1])
-                if options[gi][1] != 0:
-                    assert lay.momentum is not None
-                    bs.append(lay.momentum[s0:s1])
-                fs.append(first)
-            for gi, (vs, gs, bs, fs) in batches.items():
-                lr, momentum, dampening, weight_decay, nesterov, maximize = options[gi]
-                F.sgd_step(
-                    vs, gs, bs if momentum != 0 else None, lr=lr, momentum=momentum, dampening=dampening,
-                    weight_decay=weight_decay, nesterov=nesterov, maximize=maximize, grad_scale=scale,
-                    first_step=fs, backend=backend,
-                )
+                states.append(row)
+                borns.append(born[i])
+                run_steps.append(steps[i])
+                run_groups.append(gi)
+            if vs:
+                opt._run(labels, vs, gs, states, borns, run_steps, run_groups, options, scale, backend)
             _allgather_in_place(comm, lay, vflat)
             if vflat is lay.packed_values:
                 for pc, src in zip(lay.pieces, lay.views(vflat)):
                     if has_grad[pc.index]:
                         np.copyto(entries[pc.index]["value"], src)
-        steps, has_buffer = self._steps, self._has_buffer
         for i, g in enumerate(has_grad):
             if g:
                 steps[i] += 1
-                if options[group_of[i]][1] != 0:
-                    has_buffer[i] = True
-        self._applied(options)
+                for f in needed[group_of[i]]:
+                    has[f][i] = True
+        object.__setattr__(opt, "_applied", opt._applied + 1)
+        opt.last_lrs = [float(o[0]) for o in options]
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero every grad in place (or set it to None), as :meth:`minimalsgd.SGD.zero_grad`."""
+        """Zero every grad in place (or set it to None), as the plain optimizer's ``zero_grad``."""
         self._opt.zero_grad(set_to_none)
 
     # -----------------------------------------------------------------------------------------
-    # Checkpoints: the full state, built into the plain SGD so the format is SGD's by construction.
+    # Checkpoints: the full state, built into the plain optimizer so the format is its own.
 
     def state_dict(self, root: int | None = None) -> dict[str, Any] | None:
-        """The full optimizer state, exactly :meth:`minimalsgd.SGD.state_dict`'s format (a collective call).
+        """The full optimizer state, exactly the plain optimizer's ``state_dict()`` format (a collective call).
 
-        With ``root=None`` (default) every rank gets it (one ``Allgatherv`` of the momentum slices
-        per dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None,
-        which saves memory on the others. Save it from one rank, e.g.
+        With ``root=None`` (default) every rank gets it (one ``Allgatherv`` per state field and
+        dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None, which
+        saves memory on the others. Save it from one rank, e.g.
         ``if sd is not None: np.savez(path, **sd)``. Every rank must call it, with the same ``root``.
         """
         comm = self.comm
@@ -913,32 +901,39 @@ class ShardedSGD:
             raise ValueError(f"root must be None or a rank in [0, {size}), got {root!r}")
         self._ensure_layout()
         assert self._layouts is not None
-        gathered: list[np.ndarray | None] = []
+        fields = self._opt.state_fields
+        gathered: list[dict[str, np.ndarray | None]] = []
         for lay in self._layouts:
-            if not any(self._has_buffer[pc.index] for pc in lay.pieces):
-                gathered.append(None)
-                continue
-            mine = lay.momentum if lay.momentum is not None else np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
-            if root is None or self.rank == root:
-                full = np.empty(lay.total, dtype=lay.dtype)
-                recv = lay.vector(full)
-            else:
-                full, recv = None, None
-            if root is None:
-                comm.Allgatherv([lay.raw(mine), lay.mpi_type], recv)
-            else:
-                comm.Gatherv([lay.raw(mine), lay.mpi_type], recv, root=root)
-            gathered.append(full)
+            per_field: dict[str, np.ndarray | None] = {}
+            for f in fields:
+                if not any(self._has[f][pc.index] for pc in lay.pieces):
+                    continue
+                mine = lay.state.get(f)
+                if mine is None:
+                    mine = np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
+                if root is None or self.rank == root:
+                    full = np.empty(lay.total, dtype=lay.dtype)
+                    recv = lay.vector(full)
+                else:
+                    full, recv = None, None
+                if root is None:
+                    comm.Allgatherv([lay.raw(mine), lay.mpi_type], recv)
+                else:
+                    comm.Gatherv([lay.raw(mine), lay.mpi_type], recv, root=root)
+                per_field[f] = full
+            gathered.append(per_field)
         if root is not None and self.rank != root:
             return None
         state: dict[str, dict[str, Any]] = {}
-        for lay, full in zip(self._layouts, gathered):
+        for lay, per_field in zip(self._layouts, gathered):
             for pc in lay.pieces:
-                if self._steps[pc.index] == 0 and not self._has_buffer[pc.index]:
+                i = pc.index
+                if self._steps[i] == 0 and not any(self._has[f][i] for f in fields):
                     continue
-                st: dict[str, Any] = {"step": self._steps[pc.index]}
-                if self._has_buffer[pc.index] and full is not None:
-                    st["momentum_buffer"] = full[pc.offset : pc.offset + pc.size].reshape(pc.shape)
+                st: dict[str, Any] = {"step": self._steps[i]}
+                for f, full in per_field.items():
+                    if self._has[f][i] and full is not None:
+                        st[f] = full[pc.offset : pc.offset + pc.size].reshape(pc.shape)
                 state[pc.name] = st
         opt = self._opt
         opt.state = state
@@ -948,17 +943,17 @@ class ShardedSGD:
             opt.state = {}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Take a full state dict (from :meth:`state_dict` or :meth:`minimalsgd.SGD.state_dict`, saved
-        on any number of ranks) and keep this rank's slice of it (a collective call).
+        """Take a full state dict (from :meth:`state_dict` or the plain optimizer's, saved on any
+        number of ranks) and keep this rank's slice of it (a collective call).
 
-        A plain :class:`minimalsgd.SGD` over the same params validates and loads it; if that fails
-        on any rank, every rank raises the same error and nothing changes.
+        A plain optimizer over the same params validates and loads it; if that fails on any rank,
+        every rank raises the same error and nothing changes.
         """
         error: BaseException | None = None
         trial = None
         try:
             self._describe()
-            trial = self._fresh_sgd()
+            trial = self._fresh()
             trial.load_state_dict(state_dict)
         except (TypeError, ValueError) as err:
             error = err
@@ -966,31 +961,59 @@ class ShardedSGD:
         assert trial is not None
         self._ensure_layout()
         assert self._layouts is not None
+        fields = trial.state_fields
         index = {name: i for i, name in enumerate(self._names)}
         steps = [0] * len(self._names)
-        has_buffer = [False] * len(self._names)
-        buffers: dict[int, np.ndarray] = {}
+        has = {f: [False] * len(self._names) for f in fields}
+        arrays: dict[str, dict[int, np.ndarray]] = {f: {} for f in fields}
         for name, st in trial.state.items():
             i = index[name]
             steps[i] = int(st.get("step", 0))
-            if st.get("momentum_buffer") is not None:
-                has_buffer[i] = True
-                buffers[i] = st["momentum_buffer"]
+            for f in fields:
+                if st.get(f) is not None:
+                    has[f][i] = True
+                    arrays[f][i] = st[f]
         for lay in self._layouts:
-            if not any(has_buffer[pc.index] for pc in lay.pieces):
-                lay.momentum = None
-                continue
-            mom = np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
-            for pc, a, b in lay.segments:
-                if pc.index in buffers:
-                    s = pc.offset + a - lay.lo
-                    mom[s : s + b - a] = np.ravel(buffers[pc.index])[a:b]
-            lay.momentum = mom
+            lay.state = {}
+            for f in fields:
+                if not any(has[f][pc.index] for pc in lay.pieces):
+                    continue
+                sl = np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
+                for pc, a, b in lay.segments:
+                    if pc.index in arrays[f]:
+                        s = pc.offset + a - lay.lo
+                        sl[s : s + b - a] = np.ravel(arrays[f][pc.index])[a:b]
+                lay.state[f] = sl
         trial.state = {}
         d = self.__dict__
         d["_opt"] = trial
         d["_steps"] = steps
-        d["_has_buffer"] = has_buffer
+        d["_has"] = has
 
     def __repr__(self) -> str:
-        return f"ShardedSGD(rank {self.rank} of {self.world_size}, {self._opt!r})"
+        return f"{type(self).__name__}(rank {self.rank} of {self.world_size}, {self._opt!r})"
+
+
+class ShardedSGD(ShardedOptimizer):
+    """:class:`minimalsgd.SGD` with its momentum buffers sharded across the ranks of ``comm``
+    (ZeRO stage 1): see :class:`ShardedOptimizer`. The arguments are SGD's, plus ``comm`` and ``pack``."""
+
+    def __init__(
+        self,
+        params: Any,
+        comm: Any = None,
+        lr: Any = 1e-2,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+        clip_grad_norm: float | None = None,
+        *,
+        dampening: float = 0.0,
+        maximize: bool = False,
+        skip_nonfinite: bool = False,
+        backend: F.Backend = "auto",
+        pack: bool = False,
+    ) -> None:
+        super().__init__(SGD, params, comm, pack=pack, lr=lr, momentum=momentum, nesterov=nesterov,
+                         weight_decay=weight_decay, clip_grad_norm=clip_grad_norm, dampening=dampening,
+                         maximize=maximize, skip_nonfinite=skip_nonfinite, backend=backend)
