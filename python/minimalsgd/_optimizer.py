@@ -417,8 +417,7 @@ class Optimizer:
             gi = next((i for i, g in enumerate(self.param_groups) if g is group), -1)
             if (gi >= 0 and isinstance(lr, (int, float)) and not isinstance(lr, bool)
                     and all(i != gi for i, _ in self._plan_schedules)):
-                self._flush_plan_steps()
-                if plan.set_lr(gi, float(lr)):
+                if plan.set_lr(gi, float(lr)):  # (the plan keeps the lrs of its latest step apart)
                     return
         self._drop_plan()
 
