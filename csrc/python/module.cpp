@@ -9,7 +9,8 @@
 // Where things are:
 //   runtime.hpp        instruction set, threads, grain
 //   buffers.hpp        array checks, overlap checks, the per-call batch of kernel spans
-//   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch)
+//   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch),
+//                      adam_step, adam_step_ptrs (torch)
 //   plan.hpp           the cached plan of Optimizer.step(), a template over the formula's traits
 //   bench_support.hpp  the bench's timing of the yardstick and the bare kernel
 //   kernels*.{hpp,cpp} one kernel table per instruction-set target
@@ -75,7 +76,18 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
           py::arg("grad_scale"), "Private to minimalsgd.torch: the step over raw contiguous buffers.");
+    m.def("adam_step", &adam_step, py::arg("values"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+          py::arg("max_exp_avg_sqs"), py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+          py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+          py::arg("grad_scale"), py::arg("check_overlap") = true,
+          "The fused Adam/AdamW step over lists of float32/float64 contiguous arrays, in place, in one call.");
+    m.def("adam_step_ptrs", &adam_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
+          py::arg("exp_avg_ptrs"), py::arg("exp_avg_sq_ptrs"), py::arg("max_exp_avg_sq_ptrs"), py::arg("sizes"),
+          py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+          py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+          py::arg("grad_scale"), "Private to minimalsgd.torch: the Adam step over raw contiguous buffers.");
     bind_plan<SgdFormula>(m, "SgdPlan");
+    bind_plan<AdamFormula>(m, "AdamPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");

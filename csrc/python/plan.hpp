@@ -41,7 +41,7 @@ inline PyObject* g_str_grad = nullptr;
 //                                    so it is never a first step)
 //   advance<T>(Span<T>&)             after an applied step (Adam: ++ its step count; SGD: nothing)
 //   run(table, f32, f64, options, n_groups, grad_scale, par)   the kernel call of one step
-// Adding Adam adds a traits type and a binding (module.cpp: bind_plan<AdamFormula>(m, "AdamPlan")).
+// AdamFormula below is the second: a traits type and a binding (module.cpp: bind_plan<AdamFormula>(m, "AdamPlan")).
 
 struct SgdFormula {
     using Options = minimalsgd::SgdOptions;
@@ -73,6 +73,44 @@ struct SgdFormula {
         }
         if (!f64.empty()) {
             k.step_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
+        }
+    }
+};
+
+// Adam and AdamW: the moments (and amsgrad's maximum) are the states; the span carries the step
+// this update makes (the tensor's applied steps + 1), which advance() moves on after each step.
+struct AdamFormula {
+    using Options = minimalsgd::AdamOptions;
+    static constexpr int kStates = 3;  // exp_avg, exp_avg_sq, max_exp_avg_sq
+    template <class T>
+    using Span = minimalsgd::AdamSpan<T>;
+
+    static Options options_from(py::handle t) {
+        const py::tuple o(py::reinterpret_borrow<py::object>(t));
+        if (py::len(o) != 8) {
+            throw py::value_error("Adam options are (lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled)");
+        }
+        return Options{o[0].cast<double>(), o[1].cast<double>(), o[2].cast<double>(), o[3].cast<double>(),
+                       o[4].cast<double>(), o[5].cast<bool>(),   o[6].cast<bool>(),   o[7].cast<bool>()};
+    }
+    static std::string validate(const Options& o) { return minimalsgd::validate(o); }
+    static void set_lr(Options& o, double lr) { o.lr = lr; }
+    static bool uses_state(const Options& o, int k) { return k < 2 || o.amsgrad; }
+    template <class T>
+    static Span<T> span(T* w, const T* g, T* const* states, std::size_t n, long step, std::uint32_t group) {
+        return Span<T>{w, g, states[0], states[1], states[2], n, static_cast<std::int64_t>(step) + 1, group};
+    }
+    template <class T>
+    static void advance(Span<T>& s) {
+        ++s.step;
+    }
+    static void run(const KernelTable& k, const std::vector<Span<float>>& f32, const std::vector<Span<double>>& f64,
+                    const Options* groups, std::size_t n_groups, double grad_scale, const minimalsgd::Parallel& par) {
+        if (!f32.empty()) {
+            k.adam_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
+        }
+        if (!f64.empty()) {
+            k.adam_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
         }
     }
 };

@@ -783,7 +783,7 @@ class Optimizer:
                             f"state_dict's {label} does not hold this optimizer's {label} params: "
                             f"only in the state dict {only_saved}, only here {only_here}"
                         )
-            hyper = {k: _scalar(sd[prefix + k], f"{prefix}{k}") for k in self.hyperparameters}
+            hyper = {k: _saved_hyperparameter(sd[prefix + k], f"{prefix}{k}") for k in self.hyperparameters}
             for k, v in hyper.items():
                 if isinstance(v, np.bool_):
                     hyper[k] = bool(v)
@@ -921,6 +921,14 @@ def _scalar(x: Any, name: str) -> Any:
     elif isinstance(x, np.generic):
         x = x.item()
     return x
+
+
+def _saved_hyperparameter(x: Any, name: str) -> Any:
+    """A hyperparameter from a state dict: a scalar, or a tuple (Adam's betas) that np.savez
+    stored as a 1-d array."""
+    if isinstance(x, np.ndarray) and x.ndim == 1:
+        return tuple(x.tolist())
+    return _scalar(x, name)
 
 
 def _all_finite_confirmed(norm: float, grads: list[np.ndarray]) -> bool:
