@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -810,11 +811,15 @@ class ShardedOptimizer:
         fields = opt.state_fields
         needed = [opt._fields_needed(o) for o in options]
         has = self._has
-        born = [any(not has[f][i] for f in needed[group_of[i]]) for i in range(len(has_grad))]
+        if all(all(has[f]) for f in set().union(*needed)):  # every needed state exists (all but first steps)
+            born = [False] * len(has_grad)
+        else:
+            born = [any(not has[f][i] for f in needed[group_of[i]]) for i in range(len(has_grad))]
         steps = self._steps
         # Runs: maximal stretches of this rank's slice whose params all have a grad and share group,
-        # birth and step count, so the formula gets a handful of long 1-D views.
-        run_key = (tuple(has_grad), tuple(born), tuple(steps))
+        # birth and step count, so the formula gets a handful of long 1-D views. They depend on
+        # which neighbours have equal step counts, not on the counts: cached on the differences.
+        run_key = (tuple(has_grad), tuple(born), tuple(map(operator.sub, steps[1:], steps[:-1])))
 
         # 2. The global norm of the mean gradient: local sums of squares, one collective.
         scale = 1.0
