@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _functional as F
+from ._pyplan import PythonPlan
 
 __all__ = ["SGD"]
 
@@ -133,10 +134,12 @@ class SGD:
             self._flush_plan_steps()
             object.__setattr__(self, "_plan", None)
 
-    def _build_plan(self, keys: list[str], values: list[np.ndarray], grads: list[np.ndarray], buffers: list[Any],
+    def _build_plan(self, keys: list[str], labels: list[str], values: list[np.ndarray], grads: list[np.ndarray], buffers: list[Any],
                     hyper: tuple[float, float, float, float, bool, bool], clip: float | None, skip: bool, backend: str) -> None:
         core = F._core
-        if core is None or backend == "numpy" or type(self.params) is not dict:
+        if type(self.params) is not dict or any(type(p) is not dict for p in self.params.values()):
+            return
+        if self._build_python_plan(keys, labels, values, grads, buffers, hyper, clip, skip, backend):
             return
         inners = []
         index = []
@@ -147,15 +150,26 @@ class SGD:
             inners.append(p)
             index.append(included.get(name, -1))
         with_buffer = hyper[1] != 0
-        for i in range(len(keys)):
-            if F.native_reason(values[i], grads[i], buffers[i] if with_buffer else None) is not None:
-                return
         lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
         plan = core.Plan(self.params, list(self.params.keys()), inners, index, values, grads,
                          buffers if with_buffer else None, lr, momentum, dampening, weight_decay, nesterov, maximize,
                          -1.0 if clip is None else clip, skip)
         object.__setattr__(self, "_plan", plan)
         object.__setattr__(self, "_plan_keys", keys)
+
+    def _build_python_plan(self, keys: list[str], labels: list[str], values: list[np.ndarray], grads: list[np.ndarray],
+                           buffers: list[Any], hyper: tuple[float, float, float, float, bool, bool], clip: float | None,
+                           skip: bool, backend: str) -> bool:
+        """When some tensor is the NumPy backend's, the same cached plan in Python (minimalsgd._pyplan)."""
+        with_buffer = hyper[1] != 0
+        if F._core is not None and backend != "numpy" and all(
+            F.native_reason(values[i], grads[i], buffers[i] if with_buffer else None) is None for i in range(len(keys))
+        ):
+            return False
+        plan = PythonPlan(self.params, keys, labels, values, grads, buffers if with_buffer else None, hyper, clip, skip, backend)
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_plan_keys", keys)
+        return True
 
     # -----------------------------------------------------------------------------------------
     # Validation (nothing here writes or creates anything)
@@ -252,7 +266,7 @@ class SGD:
             if with_buffer:
                 st["momentum_buffer"] = buffers[i]
         object.__setattr__(self, "_measures_norm", clip is not None or skip)
-        self._build_plan(keys, values, grads, buffers, hyper, clip, skip, backend)
+        self._build_plan(keys, labels, values, grads, buffers, hyper, clip, skip, backend)
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
