@@ -32,7 +32,7 @@ __all__ = ["sgd_step", "sum_of_squares"]
 _mul, _add, _sub, _copyto = np.multiply, np.add, np.subtract, np.copyto
 
 # Blocks of this many elements are converted to float64 at a time for the sum of squares.
-_SUM_BLOCK = 1 << 20
+_SUM_BLOCK = 1 << 15
 # Elements per block of the step (per scratch array: 256 KiB of float32): large tensors are cut
 # into blocks of this size and small tensors batched up to it.
 _BLOCK = 1 << 16
@@ -317,16 +317,29 @@ def _step_tensor(w: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, first:
 
 
 def sum_of_squares(arrays: Sequence[np.ndarray]) -> float:
-    """Sum of |x|^2 over all arrays, accumulated in float64 (complex: re^2 + im^2)."""
+    """Sum of |x|^2 over all arrays, accumulated in float64 (complex: re^2 + im^2).
+
+    Each block of ``_SUM_BLOCK`` elements is converted to float64 in a per-thread scratch (exact
+    for every floating dtype), squared and summed (NumPy's pairwise sum; not ``numpy.dot``, whose
+    BLAS threads cost milliseconds per call on a busy machine); blocks are added in order."""
     total = 0.0
+    scratch = _sum_scratch()
     for a in arrays:
-        flat = np.asarray(a).reshape(-1)
-        if flat.dtype.kind == "c":
-            parts = [flat.real, flat.imag]
-        else:
-            parts = [flat]
-        for part in parts:
-            for start in range(0, part.size, _SUM_BLOCK):
-                block = part[start : start + _SUM_BLOCK].astype(np.float64)
-                total += float(np.dot(block, block))
+        a = np.asarray(a)
+        for part in (a.real, a.imag) if a.dtype.kind == "c" else (a,):
+            flat = part.reshape(-1)
+            n = flat.shape[0]
+            for start in range(0, n, _SUM_BLOCK):
+                stop = min(start + _SUM_BLOCK, n)
+                block = scratch[: stop - start]
+                np.copyto(block, flat[start:stop], casting="unsafe")
+                np.multiply(block, block, out=block)
+                total += float(np.add.reduce(block))
     return total
+
+
+def _sum_scratch() -> np.ndarray:
+    scratch = getattr(_LOCAL, "sum_scratch", None)
+    if scratch is None:
+        scratch = _LOCAL.sum_scratch = np.empty(_SUM_BLOCK, np.float64)
+    return scratch
