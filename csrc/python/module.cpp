@@ -81,7 +81,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
         .def("step", &Plan::step, py::arg("params"))
         .def_property_readonly("applied", &Plan::applied)
         .def("reset_applied", &Plan::reset_applied)
-        .def_property_readonly("last_norm", &Plan::last_norm);
+        .def_property_readonly("last_norm", &Plan::last_norm)
+        .def_property_readonly("spans", &Plan::spans,
+                               "Spans the kernel runs per step (adjacent tensors joined), once a step ran.");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");

@@ -142,7 +142,12 @@ class Plan {
                 }
             }
             if (status == 1) {
-                run_kernels(batch_.f32, batch_.f64, opts_, scale);
+                if (runs_stale_) {
+                    join_adjacent(batch_.f32, run32_);
+                    join_adjacent(batch_.f64, run64_);
+                    runs_stale_ = false;
+                }
+                run_kernels(run32_, run64_, opts_, scale);
             }
         }
         if (status == 1) {
@@ -157,6 +162,7 @@ class Plan {
     long applied() const { return applied_; }
     void reset_applied() { applied_ = 0; }
     double last_norm() const { return last_norm_; }
+    std::size_t spans() const { return run32_.size() + run64_.size(); }
 
   private:
     // What unchanged() compares: the data pointer, the layout flags and the shape (inline up to
@@ -266,6 +272,7 @@ class Plan {
         }
         t.grad = py::reinterpret_borrow<py::object>(grad);
         t.grad_state = state_of(g);
+        runs_stale_ = true;
         if (t.kind == Kind::f32) {
             batch_.f32[t.slot].grad = reinterpret_cast<const float*>(g.data);
             g32_[t.slot].data = reinterpret_cast<const float*>(g.data);
@@ -274,6 +281,32 @@ class Plan {
             g64_[t.slot].data = reinterpret_cast<const double*>(g.data);
         }
         return true;
+    }
+
+    // Joins spans whose value, grad and momentum buffer each continue where the previous span's
+    // end, with the same first-step flag and options set: the elementwise step over the joined
+    // span is the same operations on the same elements. (The norm keeps per-tensor spans, so that
+    // its blocks, and so its bits, are those of unpacked params.)
+    template <class T>
+    static void join_adjacent(const std::vector<minimalsgd::TensorSpan<T>>& in, std::vector<minimalsgd::TensorSpan<T>>& out) {
+        out.clear();
+        for (const auto& s : in) {
+            if (s.size == 0) {
+                continue;
+            }
+            if (!out.empty()) {
+                auto& b = out.back();
+                const bool buffers = b.momentum_buffer == nullptr
+                                         ? s.momentum_buffer == nullptr
+                                         : s.momentum_buffer != nullptr && b.momentum_buffer + b.size == s.momentum_buffer;
+                if (buffers && b.value + b.size == s.value && b.grad + b.size == s.grad && b.first_step == s.first_step &&
+                    b.group == s.group) {
+                    b.size += s.size;
+                    continue;
+                }
+            }
+            out.push_back(s);
+        }
     }
 
     bool all_grads_finite() const {
@@ -297,6 +330,11 @@ class Plan {
     std::vector<Entry> entries_;
     std::vector<Tensor> tensors_;
     Batch batch_{0};
+    // What the kernel runs: batch_'s spans with each run of adjacent tensors joined into one span
+    // (packed params, minimalsgd.pack_params: one span per dtype). Rebuilt when a grad changes.
+    std::vector<minimalsgd::TensorSpan<float>> run32_;
+    std::vector<minimalsgd::TensorSpan<double>> run64_;
+    bool runs_stale_ = true;
     std::vector<minimalsgd::ConstSpan<float>> g32_;
     std::vector<minimalsgd::ConstSpan<double>> g64_;
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;

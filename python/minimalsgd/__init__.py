@@ -6,6 +6,7 @@ PyTorch users: ``minimalsgd.torch.SGD`` (imports torch; this module never does).
 
 from __future__ import annotations
 
+from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
 from ._functional import global_grad_norm, sgd_step
 from ._paths import get_cmake_dir, get_include
@@ -13,6 +14,7 @@ from ._version import __version__
 from .optim import SGD
 
 __all__ = [
+    "Arena",
     "SGD",
     "__version__",
     "backend_info",
@@ -20,6 +22,7 @@ __all__ = [
     "get_include",
     "get_num_threads",
     "global_grad_norm",
+    "pack_params",
     "set_num_threads",
     "sgd_step",
     "show_config",

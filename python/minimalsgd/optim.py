@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from . import _functional as F
+from ._arena import new_buffers
 from ._pyplan import PythonPlan
 
 __all__ = ["SGD"]
@@ -254,10 +255,11 @@ class SGD:
 
         firsts = [False] * len(keys)
         if with_buffer:
-            for i in range(len(keys)):
-                if buffers[i] is None:
-                    buffers[i] = self._new_buffer(values[i])
-                    firsts[i] = True
+            missing = [i for i in range(len(keys)) if buffers[i] is None]
+            # Packed params (pack_params) get buffers laid out like their arena: adjacent likewise.
+            for i, buf in zip(missing, new_buffers([values[i] for i in missing])):
+                buffers[i] = buf
+                firsts[i] = True
         F.run_step(labels, values, grads, buffers if with_buffer else None, firsts, hyper, scale, backend)
         state = self.state
         for i, key in enumerate(keys):
