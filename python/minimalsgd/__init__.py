@@ -1,11 +1,13 @@
 """minimalsgd: one fused SGD step, as fast as the memory bus allows.
 
-NumPy users: :class:`SGD` (param dicts) and :func:`sgd_step` (functional, multi-tensor).
+NumPy users: :class:`SGD` (param dicts, param groups) and :func:`sgd_step` (functional,
+multi-tensor); lr schedules in :mod:`minimalsgd.schedules`.
 PyTorch users: ``minimalsgd.torch.SGD`` (imports torch; this module never does).
 """
 
 from __future__ import annotations
 
+from . import schedules
 from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
 from ._functional import global_grad_norm, sgd_step
@@ -24,6 +26,7 @@ __all__ = [
     "global_grad_norm",
     "pack_params",
     "set_num_threads",
+    "schedules",
     "sgd_step",
     "show_config",
 ]

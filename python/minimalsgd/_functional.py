@@ -166,6 +166,10 @@ def _check_companion(name: str, what: str, arr: Any, value: np.ndarray, written:
         raise ValueError(f"{name}: {what} is read-only; the step updates it in place")
 
 
+#: The companion check by its public name (the optimizers check their state arrays with it).
+check_companion = _check_companion
+
+
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
     if a.size == 0:
         return (0, 0)
@@ -196,9 +200,14 @@ def _memory_owner(a: np.ndarray) -> np.ndarray | None:
     return a
 
 
-def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray | None]]) -> None:
-    """ValueError if an array that the step writes (slots 0 and 2 of each tuple) shares memory with
-    any other array of the call. Grads (slot 1) may share memory with each other.
+def check_no_overlap(
+    names: Sequence[str],
+    arrays: Sequence[Sequence[np.ndarray | None]],
+    slot_names: Sequence[str] = ("value", "grad", "momentum buffer"),
+) -> None:
+    """ValueError if an array that the step writes (every slot but 1 of each tuple: the value and
+    the state arrays) shares memory with any other array of the call. Grads (slot 1) may share
+    memory with each other. ``slot_names`` name the slots in the message.
 
     Arrays whose memory NumPy allocated for different owners cannot overlap, so when every array
     has a known owner only arrays of one owner are compared (in the common case, none at all);
@@ -218,17 +227,19 @@ def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray 
         return  # every array's memory has its own owner
     all_members = [(i, slot, a) for i, group in enumerate(arrays) for slot, a in enumerate(group) if a is not None]
     if unknown:
-        _check_spans(names, all_members)
+        _check_spans(names, all_members, slot_names)
         return
     by_owner: dict[int, list[tuple[int, int, np.ndarray]]] = {}
     for member, key in zip(all_members, owners):
         by_owner.setdefault(key, []).append(member)
     for members in by_owner.values():
         if len(members) > 1 and any(slot != 1 for _, slot, _ in members):
-            _check_spans(names, members)
+            _check_spans(names, members, slot_names)
 
 
-def _check_spans(names: Sequence[str], members: Sequence[tuple[int, int, np.ndarray]]) -> None:
+def _check_spans(
+    names: Sequence[str], members: Sequence[tuple[int, int, np.ndarray]], slot_names: Sequence[str]
+) -> None:
     """The overlap check by byte bounds over (tensor index, slot, array) triples."""
     spans = []
     for i, slot, a in members:
@@ -236,7 +247,7 @@ def _check_spans(names: Sequence[str], members: Sequence[tuple[int, int, np.ndar
             lo, hi = _byte_bounds(a)
             spans.append((lo, hi, slot != 1, i, slot, a))
     spans.sort(key=lambda s: s[0])
-    labels = ("value", "grad", "momentum buffer")
+    labels = slot_names
     active: list[tuple[int, int, bool, int, int, np.ndarray]] = []
     for span in spans:
         lo = span[0]
@@ -278,26 +289,25 @@ def run_step(
     names: Sequence[str],
     values: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
-    buffers: Sequence[np.ndarray] | None,
+    buffers: Sequence[np.ndarray | None] | None,
     firsts: Sequence[bool],
-    hyper: tuple[float, float, float, float, bool, bool],
+    group_of: Sequence[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
     grad_scale: float,
     backend: str,
 ) -> None:
-    """Route each validated tensor to a backend, then run: native ones in one call."""
-    lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
-    with_buffer = momentum != 0
-    args = (lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
-    if backend == "numpy":
-        _numpy.sgd_step(values, grads, buffers if with_buffer else None, firsts, *args)
+    """Route each validated tensor to a backend, then run: tensor i with ``options[group_of[i]]``
+    (lr, momentum, dampening, weight_decay, nesterov, maximize); its buffer may be None when its
+    momentum is 0."""
+    if backend == "numpy":  # no routing to do
+        _run_numpy(values, grads, buffers if buffers is not None else [None] * len(values), firsts, group_of,
+                   options, grad_scale)
         return
     native: list[int] = []
     other: list[int] = []
     for i in range(len(values)):
+        with_buffer = options[group_of[i]][1] != 0
         buf = buffers[i] if with_buffer and buffers is not None else None
-        if backend == "numpy":
-            other.append(i)
-            continue
         reason = native_reason(values[i], grads[i], buf)
         if reason is None:
             native.append(i)
@@ -305,24 +315,38 @@ def run_step(
             raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
         else:
             other.append(i)
-    if native:
-        assert _core is not None
-        _core.sgd_step(
-            [values[i] for i in native],
-            [grads[i] for i in native],
-            [buffers[i] for i in native] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in native],
-            *args,
-            check_overlap=False,
-        )
-    if other:
-        _numpy.sgd_step(
-            [values[i] for i in other],
-            [grads[i] for i in other],
-            [buffers[i] for i in other] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in other],
-            *args,
-        )
+    for part, run in ((native, _run_native), (other, _run_numpy)):
+        if part:
+            run([values[i] for i in part], [grads[i] for i in part],
+                [buffers[i] if buffers is not None else None for i in part],
+                [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale)
+
+
+def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+    assert _core is not None
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _core.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                       [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                       *opts, grad_scale, check_overlap=False)
+
+
+def _run_numpy(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+    if len(options) == 1:  # one group: no lists to split
+        opts = options[0]
+        _numpy.sgd_step(values, grads, buffers if opts[1] != 0 else None, firsts, *opts, grad_scale)
+        return
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _numpy.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                        [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                        *opts, grad_scale)
 
 
 def sum_of_squares(names: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> float:
@@ -425,7 +449,7 @@ def sgd_step(
         if with_buffer and bs is not None and bs[i] is None:
             raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
     check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
-    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved)
+    run_step(names, vs, gs, bs, firsts, [0] * len(vs), [hyper], scale, resolved)
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:
