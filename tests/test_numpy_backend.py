@@ -267,3 +267,22 @@ def test_python_plan_skip_nonfinite_and_counts():
     assert opt.step() is True
     assert opt.state["p1"]["step"] == 3
     assert opt.state_dict()["state/p0/step"] == 3
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                dict(lr=0.1, momentum=0.9, clip_grad_norm=0.3), dict(lr=0.1, clip_grad_norm=0.3, maximize=True)])
+@pytest.mark.parametrize("n", [1, 2 * _numpy._BLOCK + 5])
+def test_python_plan_single_tensor_prepared_step(kw, n):
+    # One tensor: the plan binds its coefficients and scratch once (prepare_sgd_step).
+    rng = np.random.default_rng(5)
+    pa = {"w": {"value": rng.standard_normal(n).astype(np.float32), "grad": rng.standard_normal(n).astype(np.float32)}}
+    pb = {"w": {"value": pa["w"]["value"].copy(), "grad": pa["w"]["grad"].copy()}}
+    oa, ob = minimalsgd.SGD(pa, backend="numpy", **kw), minimalsgd.SGD(pb, backend="numpy", **kw)
+    for step in range(4):
+        oa.step()
+        ob._drop_plan()  # the reference takes the full path every step
+        ob.step()
+        assert pa["w"]["value"].tobytes() == pb["w"]["value"].tobytes(), step
+        new = rng.standard_normal(n).astype(np.float32)
+        pa["w"]["grad"][...] = new
+        pb["w"]["grad"][...] = new

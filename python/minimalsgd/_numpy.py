@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["sgd_step", "sum_of_squares"]
+__all__ = ["prepare_sgd_step", "sgd_step", "sum_of_squares"]
 
 _mul, _add, _sub, _copyto = np.multiply, np.add, np.subtract, np.copyto
 
@@ -306,6 +306,42 @@ def sgd_step(
             _step_tensor(w, g, buf, bool(first), c)
         else:
             _step_batch(items, total, bool(first), c)
+
+
+def prepare_sgd_step(
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    momentum_buffers: Sequence[np.ndarray] | None,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> Callable[[float], None]:
+    """``sgd_step`` with everything but ``grad_scale`` bound, for a cached plan that repeats one
+    validated step (no first step): ``run(grad_scale)``. A single small tensor gets its
+    coefficients and two scratch arrays of its own, bound once; anything else calls sgd_step."""
+    hyper = (lr, momentum, dampening, weight_decay, nesterov, maximize)
+    if len(values) == 1 and values[0].size <= 2 * _BLOCK:
+        w, grad = values[0], grads[0]
+        buf = momentum_buffers[0] if momentum != 0 and momentum_buffers is not None else None
+        unit = _coefficients(hyper + (1.0,), w.dtype)
+        kernel = unit.kernel
+        g, tmp = np.empty(w.shape, unit.dtype), np.empty(w.shape, unit.dtype)
+
+        def run(grad_scale: float) -> None:
+            if grad_scale == 1.0:
+                kernel(w, grad, buf, False, g, tmp)  # type: ignore[misc]
+            else:
+                _coefficients(hyper + (grad_scale,), w.dtype).kernel(w, grad, buf, False, g, tmp)  # type: ignore[misc]
+
+        return run
+
+    def run_all(grad_scale: float) -> None:
+        sgd_step(values, grads, momentum_buffers, False, *hyper, grad_scale)
+
+    return run_all
 
 
 def _step_tensor(w: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, first: bool, c: _Coefficients) -> None:

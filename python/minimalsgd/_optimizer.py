@@ -468,14 +468,24 @@ class Optimizer:
         n = len(keys)
         born = [False] * n
         group_of = [0] * n
-        state = self._state
-        after = [int(state[k]["step"]) for k in keys]  # steps applied before the plan's first step
-        run_formula = self._run
+        run = self._plan_runner(labels, values, grads, states, options[0], backend)
+        if run is None:
+            state = self._state
+            after = [int(state[k]["step"]) for k in keys]  # steps applied before the plan's first step
+            run_formula = self._run
 
-        def run(grad_scale: float, applied: int) -> None:
-            run_formula(labels, values, grads, states, born, Offset(after, applied), group_of, options, grad_scale, backend)
+            def run(grad_scale: float, applied: int) -> None:
+                run_formula(labels, values, grads, states, born, Offset(after, applied), group_of, options, grad_scale,
+                            backend)
 
         return PythonPlan(params, keys, labels, values, grads, states, run, clip, skip, backend)
+
+    def _plan_runner(self, labels: list[str], values: list[np.ndarray], grads: list[np.ndarray],
+                     states: list[list[np.ndarray | None]], options: tuple[Any, ...],
+                     backend: str) -> Callable[[float, int], None] | None:
+        """Optionally, the formula of a cached Python plan prepared once (the validated tensors of
+        one group, none born): ``run(grad_scale, applied)``. None: :meth:`_run` at every step."""
+        return None
 
     # -----------------------------------------------------------------------------------------
     # Validation (nothing here writes or creates anything)
