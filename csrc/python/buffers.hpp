@@ -167,6 +167,12 @@ struct Batch {
 
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
+    void clear() {
+        f32.clear();
+        f64.clear();
+        ranges.clear();
+    }
+
     // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
     void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
         const std::size_t bytes = size * itemsize(kind);

@@ -45,6 +45,7 @@ def _env_backend() -> str:
 
 #: The backend that "auto" means in this process (MINIMALSGD_BACKEND, read at import).
 DEFAULT_BACKEND: str = _env_backend()
+_AUTO_IS_NATIVE = _core is not None and DEFAULT_BACKEND != "numpy"
 
 
 def native_available() -> bool:
@@ -417,7 +418,7 @@ def sgd_step(
     # The common case in one native call: every input valid and every tensor native. The native
     # side checks all of it and writes nothing unless all of it holds; anything else (another
     # backend, a dtype or layout NumPy must serve, or an error to report) takes the path below.
-    if _core is not None and (backend == "native" or (backend == "auto" and DEFAULT_BACKEND != "numpy")):
+    if _core is not None and ((backend == "auto" and _AUTO_IS_NATIVE) or backend == "native"):
         if _core.try_sgd_step(
             values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
         ):
