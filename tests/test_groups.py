@@ -3,13 +3,14 @@ same groups and torch's own schedulers, against the float64 oracle, checkpoints,
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import pickle
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import minimalsgd
 from minimalsgd import SGD, schedules as S
@@ -390,22 +391,44 @@ BAD_GROUPS = [
 
 
 @pytest.mark.parametrize("case", range(len(BAD_GROUPS)))
-def test_bad_groups_are_refused(case):
+def test_bad_groups_are_refused_by_the_constructor(case):
     label, make, exc, pattern = BAD_GROUPS[case]
     p = make_params(13)
     w, b = split(p)
+    before = {k: v["value"].copy() for k, v in p.items()}
     with pytest.raises(exc, match=pattern):
         SGD(make(w, b), lr=0.1, momentum=0.9)
-    # add_param_group: refused, and the optimizer is unchanged
-    opt = SGD({"other": {"value": np.zeros(2), "grad": np.ones(2)}}, lr=0.1, momentum=0.9)
-    opt.step()
-    before = (copy.deepcopy([dict(g) for g in opt.param_groups]), opt.state["other"]["momentum_buffer"].copy())
-    groups = make(w, b)
-    with pytest.raises(exc):
-        for g in groups:
-            opt.add_param_group(g)
-        raise exc("(the bad group was the last one)")  # pragma: no cover - every case raises above
-    assert len(opt.param_groups) <= 1 + sum(1 for g in groups[:-1])
+    for k in p:
+        np.testing.assert_array_equal(p[k]["value"], before[k])
+
+
+BAD_ADDED_GROUPS = [
+    ("not a dict", lambda b: [b], TypeError, r"param_groups\[1\] must be a dict"),
+    ("no params", lambda b: {"lr": 0.1}, ValueError, r"param_groups\[1\] has no 'params'"),
+    ("params not a dict", lambda b: {"params": list(b.values())}, TypeError, r"param_groups\[1\]\['params'\]"),
+    ("unknown key", lambda b: {"params": b, "eps": 1e-8}, ValueError, r"param_groups\[1\].*'eps'"),
+    ("name of another group", lambda b: {"params": {**b, "w1": {"value": np.zeros(2), "grad": None}}}, ValueError,
+     r"'w1' is already in param_groups\[0\]"),
+    ("bad momentum", lambda b: {"params": b, "momentum": -0.5}, ValueError, r"param_groups\[1\]: momentum"),
+    ("bad maximize", lambda b: {"params": b, "maximize": 1}, TypeError, r"param_groups\[1\]: maximize"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_ADDED_GROUPS)))
+def test_bad_groups_are_refused_by_add_param_group_and_nothing_changes(case):
+    label, make, exc, pattern = BAD_ADDED_GROUPS[case]
+    p = make_params(13)
+    w, b = split(p)
+    opt = SGD(w, lr=0.1, momentum=0.9)
+    run(opt, w, 2)
+    before = snapshot(w, opt)
+    groups_before = [dict(g) for g in opt.param_groups]
+    with pytest.raises(exc, match=pattern):
+        opt.add_param_group(make(b))
+    assert [dict(g) for g in opt.param_groups] == groups_before, label
+    assert_same(before, snapshot(w, opt))
+    run(opt, w, 1, start=2)  # and it still steps
+    assert opt.applied_steps == 3
 
 
 def test_add_param_group_refuses_a_name_of_another_group():
@@ -451,3 +474,165 @@ def test_bad_schedule_value_is_refused_at_its_step(backend, bad, exc):
         opt.step()
     assert_same(before, snapshot(p, opt))
     assert opt.applied_steps == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# One native call: the cached plan serves groups and schedules; the functional API per tensor
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="needs the native backend")
+def test_plan_serves_groups_and_schedules_bit_for_bit():
+    pa, pb = make_params(20, np.float32), make_params(20, np.float32)
+    opts = []
+    for p, backend in ((pa, "auto"), (pb, "numpy")):
+        w, b = split(p)
+        opts.append(SGD([{"params": w, "lr": S.warmup_cosine(0.1, 3, 20), "weight_decay": 0.01},
+                         {"params": b, "lr": 0.05, "momentum": 0.0}],
+                        momentum=0.9, nesterov=False, clip_grad_norm=3.0, skip_nonfinite=True, backend=backend))
+    a, b = opts
+    for t in range(14):
+        if t == 6:  # a torch-style lr change: a cheap input of the plan, not a rebuild
+            plan = a._plan
+            a.param_groups[1]["lr"] = b.param_groups[1]["lr"] = 0.02
+            assert a._plan is plan
+        g = grads_for(t, np.float32)
+        if t == 9:
+            g["b2"][0] = np.inf
+        for k in pa:
+            pa[k]["grad"], pb[k]["grad"] = g[k], g[k].copy()
+        assert a.step() == b.step() == (t != 9)
+        if t >= 2:
+            assert a._plan is not None
+        for k in pa:
+            np.testing.assert_array_equal(pa[k]["value"], pb[k]["value"], err_msg=f"{k} step {t}")
+        assert a.last_lrs == b.last_lrs and a.applied_steps == b.applied_steps
+    assert a.last_grad_norm == b.last_grad_norm
+    assert {k: st["step"] for k, st in a.state.items()} == {k: st["step"] for k, st in b.state.items()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_per_tensor_hyperparameters(backend):
+    rng = np.random.default_rng(21)
+    vs = [rng.standard_normal(n) for n in (3, 4, 5)]
+    gs = [rng.standard_normal(n) for n in (3, 4, 5)]
+    bufs = [np.zeros(3), None, np.zeros(5)]
+    lrs, mus, wds = [0.1, 0.2, 0.3], [0.9, 0.0, 0.5], (0.0, 0.01, 0.02)
+    nests = [True, False, False]
+    expected = [oracle_step(v, g, None, first=True, lr=lr, momentum=mu, weight_decay=wd, nesterov=ne)[0]
+                for v, g, lr, mu, wd, ne in zip(vs, gs, lrs, mus, wds, nests)]
+    minimalsgd.sgd_step(vs, gs, bufs, lr=lrs, momentum=mus, weight_decay=wds, nesterov=nests,
+                        first_step=True, backend=backend)
+    for v, e in zip(vs, expected):
+        np.testing.assert_allclose(v, e, rtol=1e-14, atol=1e-16)
+    np.testing.assert_array_equal(bufs[0], gs[0])
+
+
+@pytest.mark.parametrize("kwargs,exc,pattern", [
+    (dict(lr=[0.1, 0.2]), ValueError, "lr has 2 values for 3 tensors"),
+    (dict(lr=0.1, momentum=[0.9] * 4), ValueError, "momentum has 4 values for 3 tensors"),
+    (dict(lr=[0.1, -0.2, 0.1]), ValueError, r"values\[1\]: lr"),
+    (dict(lr=0.1, nesterov=[True, False, False]), ValueError, r"values\[0\]: nesterov"),
+    (dict(lr=0.1, weight_decay=[0.0, "x", 0.0]), TypeError, r"values\[1\]: weight_decay"),
+])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_functional_per_tensor_bad_input(kwargs, exc, pattern, backend):
+    rng = np.random.default_rng(22)
+    vs = [rng.standard_normal(4).astype(np.float32) for _ in range(3)]
+    gs = [rng.standard_normal(4).astype(np.float32) for _ in range(3)]
+    bufs = [np.ones(4, np.float32) for _ in range(3)]
+    before = [x.copy() for x in vs + bufs]
+    with pytest.raises(exc, match=pattern):
+        minimalsgd.sgd_step(vs, gs, bufs, backend=backend, **kwargs)
+    for x, y in zip(vs + bufs, before):
+        np.testing.assert_array_equal(x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random groups, hyperparameters and schedules: the plan (one call) and the NumPy backend agree
+# bit for bit, and both follow the float64 oracle
+
+
+_HYPER = st.fixed_dictionaries({}, optional={
+    "lr": st.sampled_from([0.0, 0.01, 0.3]),
+    "momentum": st.sampled_from([0.0, 0.5, 0.9]),
+    "dampening": st.sampled_from([0.0, 0.2]),
+    "weight_decay": st.sampled_from([0.0, 0.01]),
+    "maximize": st.booleans(),
+})
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="needs the native backend")
+@settings(max_examples=40, deadline=None)
+@given(assign=st.lists(st.integers(0, 2), min_size=5, max_size=5), hypers=st.lists(_HYPER, min_size=3, max_size=3),
+       scheduled=st.lists(st.booleans(), min_size=3, max_size=3), clip=st.sampled_from([None, 1.0]),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_random_groups_plan_numpy_and_oracle(assign, hypers, scheduled, clip, dtype):
+    names = list(SHAPES)
+    runs = []
+    for backend in ("auto", "numpy"):
+        p = make_params(30, dtype)
+        groups = []
+        for gi in range(3):
+            h = dict(hypers[gi])
+            if scheduled[gi]:
+                h["lr"] = S.step_decay(h.get("lr", 0.1), 2, 0.5)
+            groups.append({"params": {k: p[k] for k, a in zip(names, assign) if a == gi}, **h})
+        opt = SGD(groups, lr=0.1, clip_grad_norm=clip, backend=backend)
+        run(opt, p, 6)
+        runs.append((p, opt))
+    (pa, oa), (pb, ob) = runs
+    for k in pa:
+        if clip is not None and dtype == np.float64:
+            # The backends' float64 norms may differ in the last bit (their sums of squares add in
+            # different orders; known, outside groups): the clipped steps then differ by an ulp.
+            np.testing.assert_allclose(pa[k]["value"], pb[k]["value"], rtol=1e-14, atol=1e-15, err_msg=k)
+        else:
+            np.testing.assert_array_equal(pa[k]["value"], pb[k]["value"], err_msg=k)
+    assert oa.last_lrs == ob.last_lrs
+    assert oa.last_grad_norm == pytest.approx(ob.last_grad_norm, rel=1e-14, abs=0) if clip else True
+    # The float64 oracle, tensor by tensor with its group's settings.
+    ref = {k: v["value"].astype(np.float64) for k, v in make_params(30, dtype).items()}
+    bufs: dict = {k: None for k in names}
+    for t in range(6):
+        g = grads_for(t, dtype)
+        scale = 1.0
+        if clip is not None:
+            total = math.sqrt(sum(float(np.sum(x.astype(np.float64) ** 2)) for x in g.values()))
+            scale = clip / (total + 1e-12) if total > clip else 1.0
+        for k, gi in zip(names, assign):
+            h = {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "maximize": False, **hypers[gi]}
+            if scheduled[gi]:
+                h["lr"] = S.step_decay(h["lr"], 2, 0.5)(t)
+            ref[k], bufs[k] = oracle_step(ref[k], g[k], bufs[k], first=bufs[k] is None, grad_scale=scale, **h)
+    for k in pa:
+        tol = 1e-12 if dtype == np.float64 else 2e-5
+        np.testing.assert_allclose(pa[k]["value"], ref[k], rtol=tol, atol=tol)
+
+
+def test_core_groups_entry_refuses_bad_input_and_writes_nothing():
+    core = minimalsgd._functional._core
+    if core is None:
+        pytest.skip("needs the native backend")
+    v = [np.zeros(3, np.float32), np.zeros(4, np.float32)]
+    g = [np.ones(3, np.float32), np.ones(4, np.float32)]
+    b = [np.zeros(3, np.float32), None]
+    opts = [(0.1, 0.9, 0.0, 0.0, False, False), (0.1, 0.0, 0.0, 0.0, False, False)]
+    bad = [
+        (dict(group_of=[0, 2]), ValueError, r"group_of\[1\]"),
+        (dict(group_of=[1, 0]), TypeError, r"momentum_buffers\[1\]"),  # tensor 1 in a momentum group, no buffer
+        (dict(options=[(0.1, 0.9, 0.0, 0.0, False, False), (-1.0, 0.0, 0.0, 0.0, False, False)]), ValueError, r"options\[1\]"),
+        (dict(options=[(0.1, 0.9)]), ValueError, r"options\[0\]"),
+        (dict(grad_scale=math.nan), ValueError, "grad_scale"),
+    ]
+    for change, exc, pattern in bad:
+        kw = dict(values=v, grads=g, momentum_buffers=b, first_step=[True, True], group_of=[0, 1], options=opts,
+                  grad_scale=1.0)
+        kw.update(change)
+        with pytest.raises(exc, match=pattern):
+            core.sgd_step_groups(**kw)
+        for x in v + [b[0]]:
+            np.testing.assert_array_equal(x, 0)
+    core.sgd_step_groups(v, g, b, [True, True], [0, 1], opts, 1.0)
+    np.testing.assert_allclose(v[0], -0.1, rtol=1e-6)
+    np.testing.assert_allclose(v[1], -0.1, rtol=1e-6)
+    np.testing.assert_array_equal(b[0], 1.0)

@@ -1,8 +1,9 @@
 """minimalsgd: one fused SGD step, as fast as the memory bus allows.
 
 NumPy users: :class:`SGD` (param dicts, param groups) and :func:`sgd_step` (functional,
-multi-tensor); lr schedules in :mod:`minimalsgd.schedules`.
-PyTorch users: ``minimalsgd.torch.SGD`` (imports torch; this module never does).
+multi-tensor); lr schedules in :mod:`minimalsgd.schedules`;
+:class:`Adam`, :class:`AdamW` and :func:`adam_step` (functional, multi-tensor).
+PyTorch users: ``minimalsgd.torch.SGD``, ``Adam``, ``AdamW`` (import torch; this module never does).
 """
 
 from __future__ import annotations
@@ -10,15 +11,19 @@ from __future__ import annotations
 from . import schedules
 from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
-from ._functional import global_grad_norm, sgd_step
+from ._functional import adam_step, global_grad_norm, sgd_step
 from ._paths import get_cmake_dir, get_include
 from ._version import __version__
+from .adam import Adam, AdamW
 from .optim import SGD
 
 __all__ = [
+    "Adam",
+    "AdamW",
     "Arena",
     "SGD",
     "__version__",
+    "adam_step",
     "backend_info",
     "get_cmake_dir",
     "get_include",

@@ -35,13 +35,18 @@ def try_sgd_step(
 ) -> bool: ...
 def _time_calls(kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0) -> list[float]: ...
 
-class Plan:
+class SgdPlan:
     def __init__(
-        self, params: dict, keys: list, inners: list, index: list[int], values: list[np.ndarray], grads: list[np.ndarray],
-        buffers: list[np.ndarray] | None, lr: float, momentum: float, dampening: float, weight_decay: float,
-        nesterov: bool, maximize: bool, clip: float, skip_nonfinite: bool,
+        self, outers: list[dict], keys: list[list], inners: list[list], index: list[list[int]], values: list[np.ndarray],
+        grads: list[np.ndarray], states: list[list[np.ndarray | None]], steps: list[int], group_of: list[int],
+        options: list[tuple[float, float, float, float, bool, bool]], clip: float, skip_nonfinite: bool,
     ) -> None: ...
-    def step(self, params: dict) -> int: ...
+    def step(self) -> int: ...
+    def set_lr(self, group: int, lr: float) -> bool: ...
+    @property
+    def lrs(self) -> list[float]: ...
+    @property
+    def last_lrs(self) -> list[float]: ...
     @property
     def applied(self) -> int: ...
     def reset_applied(self) -> None: ...
@@ -49,8 +54,40 @@ class Plan:
     def last_norm(self) -> float: ...
     @property
     def spans(self) -> int: ...
+class AdamPlan(SgdPlan):
+    """The cached plan of Adam/AdamW.step(); options are (lr, beta1, beta2, eps, weight_decay,
+    amsgrad, maximize, decoupled); states [exp_avg, exp_avg_sq, max_exp_avg_sq or None]."""
+
+def sgd_step_groups(
+    values: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: Sequence[np.ndarray | None],
+    first_step: Sequence[bool], group_of: Sequence[int], options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float, check_overlap: bool = True,
+) -> None: ...
 def sgd_step_ptrs(
     kinds: list[int], value_ptrs: list[int], grad_ptrs: list[int], buf_ptrs: list[int] | None, sizes: list[int],
     first_step: list[bool], lr: float, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
     maximize: bool, grad_scale: float,
+) -> bool: ...
+def adam_step(
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    step: int | Sequence[int],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    grad_scale: float,
+    check_overlap: bool = True,
+) -> None: ...
+def adam_step_ptrs(
+    kinds: list[int], value_ptrs: list[int], grad_ptrs: list[int], exp_avg_ptrs: list[int], exp_avg_sq_ptrs: list[int],
+    max_exp_avg_sq_ptrs: list[int] | None, sizes: list[int], steps: list[int], lr: float, beta1: float, beta2: float,
+    eps: float, weight_decay: float, amsgrad: bool, maximize: bool, decoupled: bool, grad_scale: float,
 ) -> bool: ...

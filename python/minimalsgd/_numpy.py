@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["prepare_sgd_step", "sgd_step", "sum_of_squares"]
+__all__ = ["adam_step", "prepare_sgd_step", "sgd_step", "sum_of_squares"]
 
 _mul, _add, _sub, _copyto = np.multiply, np.add, np.subtract, np.copyto
 
@@ -379,3 +379,102 @@ def _sum_scratch() -> np.ndarray:
     if scratch is None:
         scratch = _LOCAL.sum_scratch = np.empty(_SUM_BLOCK, np.float64)
     return scratch
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam / AdamW
+
+
+def adam_coefficients(
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int, grad_scale: float, maximize: bool
+) -> tuple[float, ...]:
+    """The per-step scalars of adam.hpp in float64, as torch computes them in Python:
+    (scale, weight_decay, 1 - lr*wd, 1 - beta1, beta2, 1 - beta2, (1 - beta2^t)^0.5, eps, lr / (1 - beta1^t))."""
+    bc1 = 1.0 - beta1 ** float(step)
+    bc2 = 1.0 - beta2 ** float(step)
+    return (
+        -grad_scale if maximize else grad_scale,
+        weight_decay,
+        1.0 - lr * weight_decay,
+        1.0 - beta1,
+        beta2,
+        1.0 - beta2,
+        bc2**0.5,
+        eps,
+        lr / bc1,
+    )
+
+
+def _adam_one(
+    w: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    vmax: np.ndarray | None,
+    coeffs: tuple[float, ...],
+    decay_mode: int,
+) -> None:
+    """adam.hpp's element operations on real arrays of one dtype, in its order (decay_mode: 0 none,
+    1 coupled (Adam), 2 decoupled (AdamW))."""
+    t = w.dtype.type
+    scale, wd, decay, w1, beta2, one_m_b2, bc2_sqrt, eps, step_size = (t(c) for c in coeffs)
+    shape, dtype = w.shape, w.dtype.newbyteorder("=")
+    g = np.empty(shape, dtype=dtype)
+    np.multiply(grad, scale, out=g)
+    tmp = np.empty(shape, dtype=dtype)
+    if decay_mode == 2:
+        np.multiply(w, decay, out=w)
+    elif decay_mode == 1:
+        np.multiply(w, wd, out=tmp)
+        np.add(g, tmp, out=g)
+    # torch's lerp: m + w1 * (g - m) for a small weight, g - (g - m) * (1 - w1) otherwise.
+    np.subtract(g, m, out=tmp)
+    if abs(w1) < t(0.5):
+        np.multiply(tmp, w1, out=tmp)
+        np.add(m, tmp, out=m)
+    else:
+        np.multiply(tmp, t(t(1) - w1), out=tmp)
+        np.subtract(g, tmp, out=m)
+    np.multiply(v, beta2, out=v)
+    np.multiply(g, one_m_b2, out=tmp)  # (1 - beta2) * g: the product commutes exactly
+    np.multiply(tmp, g, out=tmp)
+    np.add(v, tmp, out=v)
+    if vmax is not None:
+        np.maximum(vmax, v, out=vmax)
+    np.sqrt(vmax if vmax is not None else v, out=tmp)
+    np.divide(tmp, bc2_sqrt, out=tmp)
+    np.add(tmp, eps, out=tmp)
+    np.multiply(m, step_size, out=g)
+    np.divide(g, tmp, out=g)
+    np.subtract(w, g, out=w)
+
+
+def adam_step(
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    steps: Sequence[int],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    grad_scale: float,
+) -> None:
+    """The fused Adam/AdamW step (adam.hpp's formula), tensor by tensor; ``steps[i]`` is the step
+    this update makes (1-based). Complex tensors step their real and imaginary parts as two real
+    tensors, as torch does. Inputs are assumed validated (see _functional)."""
+    decay_mode = 0 if weight_decay == 0 else (2 if decoupled else 1)
+    for i, w in enumerate(values):
+        coeffs = adam_coefficients(lr, beta1, beta2, eps, weight_decay, steps[i], grad_scale, maximize)
+        arrays = [w, grads[i], exp_avgs[i], exp_avg_sqs[i], max_exp_avg_sqs[i] if amsgrad and max_exp_avg_sqs else None]
+        if w.dtype.kind == "c":
+            for part in ("real", "imag"):
+                _adam_one(*(getattr(a, part) if a is not None else None for a in arrays), coeffs, decay_mode)
+        else:
+            _adam_one(*arrays, coeffs, decay_mode)

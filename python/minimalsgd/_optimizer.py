@@ -8,8 +8,9 @@ An optimizer (``SGD``, ``Adam``, ...) is a subclass of :class:`Optimizer` that s
   :meth:`Optimizer._fields_needed` (which of them a group's options use) and
   :meth:`Optimizer._new_state_array` (how one is born);
 * :meth:`Optimizer._run`: its formula over a batch of validated tensors with per-tensor options,
-  through the functional layer (native and NumPy backends), and :meth:`Optimizer._make_plan`,
-  the cached native plan of a step (optional: without it every step takes the checked path).
+  through the functional layer (native and NumPy backends), and ``_plan_class``, the name of its
+  cached native plan in ``_core`` (the C++ plan is one template over a formula's traits, see
+  ``csrc/python/plan.hpp``; without one every step takes the checked path).
 
 Everything else lives here, once: param collection and validation (names unique across
 groups), ``param_groups`` and ``add_param_group``, schedules (an ``lr`` may be a callable of
@@ -41,7 +42,7 @@ ParamsOrGroups = Union[Params, Sequence[Mapping[str, Any]]]
 #: Version of the state_dict() layout. 1: one group, hyperparameters at the top level (still read).
 #: 2: "groups/<i>/..." per group, "applied_steps", "optimizer".
 STATE_DICT_FORMAT = 2
-#: Settings of the whole optimizer (not per group).
+#: Settings of the whole optimizer (not per group); a subclass may add its own (``global_settings``).
 _GLOBALS = ("clip_grad_norm", "skip_nonfinite", "backend")
 _STATE_PREFIX = "state/"
 _GROUP_PREFIX = "groups/"
@@ -108,6 +109,43 @@ class ParamGroup(dict):
         return (dict, (dict(self),))
 
 
+class ParamGroups(list):
+    """``Optimizer.param_groups``: a plain list that tells its optimizer when it changes (a group
+    replaced, added or removed other than through ``add_param_group``). It pickles and copies as
+    a plain list."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: Optimizer) -> None:
+        list.__init__(self)
+        self._owner = weakref.ref(owner)
+
+    def _changed(self) -> None:
+        owner = self._owner()
+        if owner is not None:
+            owner._drop_plan()
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
+
+
+def _mutator(name: str) -> Callable[..., Any]:
+    base = getattr(list, name)
+
+    def method(self: ParamGroups, *args: Any, **kwargs: Any) -> Any:
+        out = base(self, *args, **kwargs)
+        self._changed()
+        return self if name in ("__iadd__", "__imul__") else out
+
+    method.__name__ = name
+    return method
+
+
+for _name in ("__setitem__", "__delitem__", "__iadd__", "__imul__", "append", "extend", "insert", "pop", "remove",
+              "clear", "sort", "reverse"):
+    setattr(ParamGroups, _name, _mutator(_name))
+
+
 def _group_property(name: str) -> property:
     def get(self: Optimizer) -> Any:
         groups = self.param_groups
@@ -164,6 +202,9 @@ class Optimizer:
     hyperparameters: ClassVar[tuple[str, ...]] = ("lr",)
     #: Arrays kept per param, besides the "step" count.
     state_fields: ClassVar[tuple[str, ...]] = ()
+    #: Settings of the whole optimizer: attributes, saved in state dicts (None as NaN), checked by
+    #: ``_check_globals`` (a subclass that adds one extends both).
+    global_settings: ClassVar[tuple[str, ...]] = _GLOBALS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -184,13 +225,13 @@ class Optimizer:
         if unknown or "lr" not in defaults:
             raise TypeError(f"{type(self).__name__}: defaults must name exactly {self.hyperparameters}")
         object.__setattr__(self, "defaults", dict(defaults))
-        object.__setattr__(self, "param_groups", [])
+        object.__setattr__(self, "param_groups", ParamGroups(self))
         self.clip_grad_norm = clip_grad_norm
         self.skip_nonfinite = skip_nonfinite
         self.backend = backend
         self._check_globals()
         self._checked_group(self.defaults, "")  # the constructor's hyperparameters, by the optimizer's rules
-        if isinstance(params, Mapping) and "params" not in params:
+        if isinstance(params, Mapping):  # one group (even with a param named "params")
             if not isinstance(params, MutableMapping):
                 raise TypeError(f"params must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, got {type(params).__name__}")
             groups: list[Any] = [{"params": params}]
@@ -208,8 +249,7 @@ class Optimizer:
         self.skipped_steps = 0
         #: The global gradient norm of the latest step that measured it, else None.
         self.last_grad_norm: float | None = None
-        #: The lr of each group in the latest applied step, else None.
-        self.last_lrs: list[float] | None = None
+        self.last_lrs = None
 
     # -----------------------------------------------------------------------------------------
     # What a subclass provides
@@ -256,35 +296,23 @@ class Optimizer:
         ``steps[i]`` applied steps before this one, and uses ``options[group_of[i]]``."""
         raise NotImplementedError
 
-    def _make_plan(
-        self,
-        core: Any,
-        params: dict[str, Any],
-        keys: list[str],
-        inners: list[Any],
-        index: list[int],
-        values: list[np.ndarray],
-        grads: list[np.ndarray],
-        states: list[list[np.ndarray | None]],
-        options: tuple[Any, ...],
-        clip: float | None,
-        skip: bool,
-    ) -> Any:
-        """The native plan of a step that the native kernel served whole, or None (no plan)."""
-        return None
+    #: The native plan class of the formula in ``_core`` (``"SgdPlan"``), built by
+    #: ``csrc/python/plan.hpp``'s ``bind_plan<Formula>``; None: every step takes the checked path.
+    _plan_class: ClassVar[str | None] = None
 
     # -----------------------------------------------------------------------------------------
     # Attributes
 
     _plan: Any = None
     _plan_keys: list[str] = []
-    _plan_params: Any = None
+    _plan_schedules: list[tuple[int, Schedule]] = []
+    _last_lrs: list[float] | None = None
     _measures_norm = False
     _state: dict[str, dict[str, Any]]
     _applied: int
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in _GLOBALS:
+        if name in self.global_settings or name == "param_groups":
             self._drop_plan()
         object.__setattr__(self, name, value)
 
@@ -322,6 +350,18 @@ class Optimizer:
         plan = self._plan
         return self._applied + (plan.applied if plan is not None else 0)
 
+    @property
+    def last_lrs(self) -> list[float] | None:
+        """The lr of each group in the latest applied step (None before the first)."""
+        plan = self._plan
+        if plan is not None and plan.applied:
+            return list(plan.last_lrs)
+        return self._last_lrs
+
+    @last_lrs.setter
+    def last_lrs(self, value: list[float] | None) -> None:
+        object.__setattr__(self, "_last_lrs", value)
+
     def get_lr(self) -> list[float]:
         """The lr each group will use at the next step (schedules evaluated at ``applied_steps``).
 
@@ -340,26 +380,14 @@ class Optimizer:
         self._add_groups([param_group])
 
     def _add_groups(self, groups: list[Any]) -> None:
-        names = {name: i for i, g in enumerate(self.param_groups) for name in g["params"]}
+        names = {name: i for i, g in enumerate(self.param_groups) if isinstance(g, Mapping)
+                 for name in g.get("params", ())}
         base = len(self.param_groups)
         ready = []
         for k, group in enumerate(groups):
             label = f"param_groups[{base + k}]"
-            if not isinstance(group, Mapping):
-                raise TypeError(f"{label} must be a dict with 'params' and hyperparameters, got {type(group).__name__}")
-            if "params" not in group:
-                raise ValueError(f"{label} has no 'params'")
+            self._check_group_keys(group, label)
             params = group["params"]
-            if not isinstance(params, MutableMapping):
-                raise TypeError(
-                    f"{label}['params'] must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, got {type(params).__name__}"
-                )
-            for key in group:
-                if key != "params" and key not in self.hyperparameters:
-                    where = " (a global setting: give it to the constructor)" if key in _GLOBALS else ""
-                    raise ValueError(
-                        f"{label}: unknown hyperparameter {key!r}{where}; a group may set {list(self.hyperparameters)}"
-                    )
             for name in params:
                 if name in names:
                     raise ValueError(f"{label}: param {name!r} is already in param_groups[{names[name]}]; "
@@ -374,7 +402,33 @@ class Optimizer:
             self.param_groups.append(ParamGroup(self, full))
         self._drop_plan()
 
+    def _check_group_keys(self, group: Any, label: str) -> None:
+        """A group as given or as changed by hand: a dict with a params dict and known keys."""
+        if not isinstance(group, Mapping):
+            raise TypeError(f"{label} must be a dict with 'params' and hyperparameters, got {type(group).__name__}")
+        if "params" not in group:
+            raise ValueError(f"{label} has no 'params'")
+        if not isinstance(group["params"], MutableMapping):
+            raise TypeError(
+                f"{label}['params'] must be a dict of name -> {{'value': ndarray, 'grad': ndarray}}, "
+                f"got {type(group['params']).__name__}"
+            )
+        for key in group:
+            if key != "params" and key not in self.hyperparameters:
+                where = " (a global setting: give it to the constructor)" if key in self.global_settings else ""
+                raise ValueError(f"{label}: unknown hyperparameter {key!r}{where}; a group may set {list(self.hyperparameters)}")
+
     def _group_changed(self, group: ParamGroup, key: Any) -> None:
+        plan = self.__dict__.get("_plan")
+        if plan is None:
+            return
+        if key == "lr":  # a new lr (a torch-style scheduler, say): a cheap input of the plan
+            lr = dict.get(group, "lr")
+            gi = next((i for i, g in enumerate(self.param_groups) if g is group), -1)
+            if (gi >= 0 and isinstance(lr, (int, float)) and not isinstance(lr, bool)
+                    and all(i != gi for i, _ in self._plan_schedules)):
+                if plan.set_lr(gi, float(lr)):  # (the plan keeps the lrs of its latest step apart)
+                    return
         self._drop_plan()
 
     def _checked_group(self, group: Mapping[str, Any], label: str, lr: float | None = None) -> tuple[Any, ...]:
@@ -400,16 +454,7 @@ class Optimizer:
         lr = group.get("lr")
         if not callable(lr):
             return lr
-        value = lr(count)
-        what = f"param_groups[{i}]: the lr schedule returned {value!r} for step {count}"
-        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
-            value = value.item()
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{what}; an lr must be a real number")
-        out = float(value)
-        if not math.isfinite(out) or out < 0:
-            raise ValueError(f"{what}; an lr must be finite and >= 0")
-        return out
+        return _checked_schedule_value(i, lr(count), count)
 
     # -----------------------------------------------------------------------------------------
     # The cached native plan. After a step that the native kernel served whole, the validated
@@ -422,6 +467,7 @@ class Optimizer:
         plan = self.__dict__.get("_plan")
         if plan is not None and plan.applied:
             n = plan.applied
+            object.__setattr__(self, "_last_lrs", list(plan.last_lrs))
             plan.reset_applied()
             object.__setattr__(self, "_applied", self._applied + n)
             for key in self._plan_keys:
@@ -433,33 +479,49 @@ class Optimizer:
             object.__setattr__(self, "_plan", None)
 
     def _build_plan(self, keys: list[str], values: list[np.ndarray], grads: list[np.ndarray],
-                    states: list[list[np.ndarray | None]], options: list[tuple[Any, ...]], clip: float | None,
-                    skip: bool, backend: str) -> None:
+                    states: list[list[np.ndarray | None]], group_of: list[int], options: list[tuple[Any, ...]],
+                    clip: float | None, skip: bool, backend: str) -> None:
         core = F._core
-        if len(self.param_groups) != 1 or callable(self.param_groups[0]["lr"]):
+        # Only groups that report their changes (a plain dict or list put in by hand does not).
+        if type(self.param_groups) is not ParamGroups or self.param_groups._owner() is not self:
             return
-        params = self.param_groups[0]["params"]
-        if type(params) is not dict:
+        if not all(type(g) is ParamGroup and g._owner() is self for g in self.param_groups):
             return
-        inners = []
-        index = []
         included = {k: i for i, k in enumerate(keys)}
-        for name, p in params.items():
-            if type(p) is not dict:
+        outers, all_keys, all_inners, all_index = [], [], [], []
+        for group in self.param_groups:
+            params = group["params"]
+            if type(params) is not dict:
                 return
-            inners.append(p)
-            index.append(included.get(name, -1))
-        plan = None
-        if core is not None and backend != "numpy" and all(
-            F.native_reason(values[i], grads[i], s) is None for i in range(len(keys)) for s in states[i] or [None]
+            inners, index = [], []
+            for name, p in params.items():
+                if type(p) is not dict:
+                    return
+                inners.append(p)
+                index.append(included.get(name, -1))
+            outers.append(params)
+            all_keys.append(list(params.keys()))
+            all_inners.append(inners)
+            all_index.append(index)
+        if core is None or backend == "numpy" or self._plan_class is None or any(
+            F.native_reason(values[i], grads[i], s) is not None for i in range(len(keys)) for s in states[i] or [None]
         ):
-            plan = self._make_plan(core, params, list(params.keys()), inners, index, values, grads, states, options[0], clip, skip)
-        if plan is None:  # the same cached plan in Python, for NumPy's tensors (minimalsgd._pyplan)
-            plan = self._make_python_plan(params, keys, values, grads, states, options, clip, skip, backend)
-        if plan is not None:
-            object.__setattr__(self, "_plan", plan)
-            object.__setattr__(self, "_plan_keys", keys)
-            object.__setattr__(self, "_plan_params", params)
+            # Some tensor is NumPy's (or no native plan): the same cached plan in Python, for one
+            # group with a fixed lr (minimalsgd._pyplan); otherwise every step takes the full path.
+            if len(outers) == 1 and not callable(self.param_groups[0]["lr"]):
+                plan = self._make_python_plan(outers[0], keys, values, grads, states, options, clip, skip, backend)
+                object.__setattr__(self, "_plan", plan)
+                object.__setattr__(self, "_plan_keys", keys)
+                object.__setattr__(self, "_plan_schedules", [])
+            return
+        state = self._state
+        steps = [int(state[k]["step"]) for k in keys]
+        plan = getattr(core, self._plan_class)(outers, all_keys, all_inners, all_index, values, grads, states, steps,
+                                               group_of, options, -1.0 if clip is None else clip, skip)
+        object.__setattr__(self, "_plan", plan)
+        object.__setattr__(self, "_plan_keys", keys)
+        object.__setattr__(self, "_plan_schedules",
+                           [(i, g["lr"]) for i, g in enumerate(self.param_groups) if callable(g["lr"])])
 
     def _make_python_plan(self, params: dict[str, Any], keys: list[str], values: list[np.ndarray],
                           grads: list[np.ndarray], states: list[list[np.ndarray | None]],
@@ -478,7 +540,7 @@ class Optimizer:
                 run_formula(labels, values, grads, states, born, Offset(after, applied), group_of, options, grad_scale,
                             backend)
 
-        return PythonPlan(params, keys, labels, values, grads, states, run, clip, skip, backend)
+        return PythonPlan(params, keys, labels, values, grads, states, run, float(options[0][0]), clip, skip, backend)
 
     def _plan_runner(self, labels: list[str], values: list[np.ndarray], grads: list[np.ndarray],
                      states: list[list[np.ndarray | None]], options: tuple[Any, ...],
@@ -559,7 +621,18 @@ class Optimizer:
         """
         plan = self._plan
         if plan is not None:
-            status = plan.step(self._plan_params)
+            if self._plan_schedules:  # the cheap per-step input: each schedule's lr, checked here
+                count = self._applied + plan.applied
+                last: Any = None
+                lr = 0.0
+                for gi, sched in self._plan_schedules:
+                    if sched is not last:  # groups that share a schedule call it once
+                        lr = _checked_schedule_value(gi, sched(count), count)
+                        last = sched
+                    if not plan.set_lr(gi, lr):
+                        self._drop_plan()
+                        return self._full_step()
+            status = plan.step()
             if status == 1:
                 if self._measures_norm:
                     object.__setattr__(self, "last_grad_norm", plan.last_norm)
@@ -576,6 +649,7 @@ class Optimizer:
         lrs: list[float] = []
         options: list[tuple[Any, ...]] = []
         for gi, group in enumerate(self.param_groups):
+            self._check_group_keys(group, f"param_groups[{gi}]")
             lr = self._lr_of(gi, group, count)
             opts = self._checked_group(group, f"param_groups[{gi}]", lr)
             options.append(opts)
@@ -616,7 +690,7 @@ class Optimizer:
         object.__setattr__(self, "_applied", self._applied + 1)
         self.last_lrs = lrs
         object.__setattr__(self, "_measures_norm", clip is not None or skip)
-        self._build_plan(keys, values, grads, states, options, clip, skip, backend)
+        self._build_plan(keys, values, grads, states, group_of, options, clip, skip, backend)
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
@@ -660,9 +734,9 @@ class Optimizer:
         loads back.
         """
         sd: dict[str, Any] = {"format": STATE_DICT_FORMAT, "optimizer": type(self).__name__}
-        sd["clip_grad_norm"] = math.nan if self.clip_grad_norm is None else float(self.clip_grad_norm)
-        sd["skip_nonfinite"] = self.skip_nonfinite
-        sd["backend"] = self.backend
+        for key in self.global_settings:
+            val = getattr(self, key)
+            sd[key] = math.nan if val is None else val
         sd["applied_steps"] = self.applied_steps
         sd["skipped_steps"] = self.skipped_steps
         sd["last_grad_norm"] = math.nan if self.last_grad_norm is None else self.last_grad_norm
@@ -703,7 +777,7 @@ class Optimizer:
             sd = self._upgrade_format_1(sd)
         elif fmt != STATE_DICT_FORMAT:
             raise ValueError(f"state_dict format {fmt!r} is not supported (expected {STATE_DICT_FORMAT} or 1)")
-        top = set(_GLOBALS) | {"format", "optimizer", "applied_steps", "skipped_steps", "last_grad_norm"}
+        top = set(self.global_settings) | {"format", "optimizer", "applied_steps", "skipped_steps", "last_grad_norm"}
         for key in sd:
             if not (key in top or key.startswith(_GROUP_PREFIX) or key.startswith(_STATE_PREFIX)):
                 raise ValueError(f"state_dict key {key!r} is not a known entry")
@@ -712,14 +786,15 @@ class Optimizer:
             raise ValueError(f"state_dict is of a {kind} optimizer, not {type(self).__name__}")
 
         # Global settings, checked as step() would.
-        missing = [k for k in _GLOBALS if k not in sd]
+        missing = [k for k in self.global_settings if k not in sd]
         if missing:
             raise ValueError(f"state_dict lacks settings {missing}")
-        glob = {k: _scalar(sd[k], k) for k in _GLOBALS}
-        clip = glob["clip_grad_norm"]
-        glob["clip_grad_norm"] = None if clip is None or (isinstance(clip, float) and math.isnan(clip)) else clip
-        if isinstance(glob["skip_nonfinite"], np.bool_):
-            glob["skip_nonfinite"] = bool(glob["skip_nonfinite"])
+        glob = {k: _scalar(sd[k], k) for k in self.global_settings}
+        for key, val in glob.items():
+            if isinstance(val, float) and math.isnan(val):
+                glob[key] = None
+            elif isinstance(val, np.bool_):
+                glob[key] = bool(val)
         trial = object.__new__(type(self))
         trial.__dict__.update(glob)
         trial._check_globals()
@@ -753,7 +828,7 @@ class Optimizer:
                             f"state_dict's {label} does not hold this optimizer's {label} params: "
                             f"only in the state dict {only_saved}, only here {only_here}"
                         )
-            hyper = {k: _scalar(sd[prefix + k], f"{prefix}{k}") for k in self.hyperparameters}
+            hyper = {k: _saved_hyperparameter(sd[prefix + k], f"{prefix}{k}") for k in self.hyperparameters}
             for k, v in hyper.items():
                 if isinstance(v, np.bool_):
                     hyper[k] = bool(v)
@@ -867,6 +942,21 @@ class Optimizer:
         )
 
 
+def _checked_schedule_value(i: int, value: Any, count: int) -> float:
+    """A schedule's value as a float: TypeError/ValueError naming group i unless a finite real >= 0."""
+    if type(value) is float and 0.0 <= value < math.inf:  # the usual case, cheaply
+        return value
+    what = f"param_groups[{i}]: the lr schedule returned {value!r} for step {count}"
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what}; an lr must be a real number")
+    out = float(value)
+    if not math.isfinite(out) or out < 0:
+        raise ValueError(f"{what}; an lr must be finite and >= 0")
+    return out
+
+
 def _scalar(x: Any, name: str) -> Any:
     """A Python scalar from a scalar or a 0-d array (what np.load gives back)."""
     if isinstance(x, np.ndarray):
@@ -876,6 +966,14 @@ def _scalar(x: Any, name: str) -> Any:
     elif isinstance(x, np.generic):
         x = x.item()
     return x
+
+
+def _saved_hyperparameter(x: Any, name: str) -> Any:
+    """A hyperparameter from a state dict: a scalar, or a tuple (Adam's betas) that np.savez
+    stored as a 1-d array."""
+    if isinstance(x, np.ndarray) and x.ndim == 1:
+        return tuple(x.tolist())
+    return _scalar(x, name)
 
 
 def _all_finite_confirmed(norm: float, grads: list[np.ndarray]) -> bool:

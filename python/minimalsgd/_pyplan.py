@@ -56,6 +56,7 @@ class PythonPlan:
         grads: Sequence[np.ndarray],
         states: Sequence[Sequence[np.ndarray | None]],
         run: Callable[[float, int], None],
+        lr: float,
         clip: float | None,
         skip: bool,
         backend: str,
@@ -78,9 +79,15 @@ class PythonPlan:
         self._backend = backend
         self.applied = 0
         self.last_norm = math.nan
+        #: The lrs of the latest step (one group: its fixed lr), as the native plan reports them.
+        self.last_lrs = [float(lr)]
 
     def reset_applied(self) -> None:
         self.applied = 0
+
+    def set_lr(self, group: int, lr: float) -> bool:
+        """A new lr is not a cheap input of this plan: False, and the optimizer rebuilds it."""
+        return False
 
     def _unchanged(self, params: Any) -> bool:
         if params is not self._outer or type(params) is not dict or len(params) != len(self._entries):
@@ -99,8 +106,8 @@ class PythonPlan:
                 return False
         return True
 
-    def step(self, params: Any) -> int:
-        if not self._unchanged(params):
+    def step(self) -> int:
+        if not self._unchanged(self._outer):
             return 0
         scale = 1.0
         if self._measure:

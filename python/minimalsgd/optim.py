@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
+import numpy as np
+
 
 from . import _functional as F
 from ._optimizer import STATE_DICT_FORMAT, Optimizer, ParamsOrGroups, Schedule
@@ -46,6 +48,7 @@ class SGD(Optimizer):
 
     hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
     state_fields = ("momentum_buffer",)
+    _plan_class = "SgdPlan"
 
     def __init__(
         self,
@@ -76,7 +79,20 @@ class SGD(Optimizer):
     def _fields_needed(self, options: tuple[Any, ...]) -> tuple[str, ...]:
         return self.state_fields if options[1] != 0 else ()
 
-    def _run(self, labels, values, grads, states, born, steps, group_of, options, grad_scale, backend) -> None:  # type: ignore[no-untyped-def]
+    def _run(
+        self,
+        labels: list[str],
+        values: list[np.ndarray],
+        grads: list[np.ndarray],
+        states: list[list[np.ndarray | None]],
+        born: list[bool],
+        steps: list[int],
+        group_of: list[int],
+        options: list[tuple[Any, ...]],
+        grad_scale: float,
+        backend: str,
+    ) -> None:
+        # SGD's one state field is the momentum buffer; a buffer born this step is a first step.
         buffers = [s[0] for s in states]
         F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend)
 
@@ -107,11 +123,3 @@ class SGD(Optimizer):
                 call(grad_scale)
 
         return run
-
-    def _make_plan(self, core, params, keys, inners, index, values, grads, states, options, clip, skip):  # type: ignore[no-untyped-def]
-        lr, momentum, dampening, weight_decay, nesterov, maximize = options
-        buffers = [s[0] for s in states] if momentum != 0 else None
-        return core.Plan(params, keys, inners, index, values, grads, buffers, lr, momentum, dampening, weight_decay,
-                         nesterov, maximize, -1.0 if clip is None else clip, skip)
-
-
