@@ -286,3 +286,26 @@ def test_python_plan_single_tensor_prepared_step(kw, n):
         new = rng.standard_normal(n).astype(np.float32)
         pa["w"]["grad"][...] = new
         pb["w"]["grad"][...] = new
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_python_plan_adam_step_counts(cls):
+    # The Python plan is generic over the formula: Adam's bias correction needs the step counts.
+    Opt = getattr(minimalsgd, cls)
+    pa, pb = _params(7), _params(7)
+    oa = Opt(pa, lr=0.01, weight_decay=0.01, backend="numpy")
+    ob = Opt(pb, lr=0.01, weight_decay=0.01, backend="numpy")
+    rng = np.random.default_rng(8)
+    for step in range(6):
+        oa.step()
+        ob._drop_plan()
+        ob.step()
+        if step >= 1:
+            from minimalsgd._pyplan import PythonPlan
+            assert isinstance(oa._plan, PythonPlan)
+        for k in pa:
+            assert pa[k]["value"].tobytes() == pb[k]["value"].tobytes(), (step, k)
+            new = rng.standard_normal(pa[k]["grad"].shape).astype(np.float32)
+            pa[k]["grad"][...] = new
+            pb[k]["grad"][...] = new
+    assert oa.state["p0"]["step"] == ob.state["p0"]["step"] == 6
