@@ -4,6 +4,7 @@ NumPy users: :class:`SGD` (param dicts, param groups) and :func:`sgd_step` (func
 multi-tensor); lr schedules in :mod:`minimalsgd.schedules`;
 :class:`Adam`, :class:`AdamW` and :func:`adam_step` (functional, multi-tensor).
 PyTorch users: ``minimalsgd.torch.SGD``, ``Adam``, ``AdamW`` (import torch; this module never does).
+Data parallel over MPI: ``minimalsgd.distributed`` (imports mpi4py when used; this module never does).
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ from ._paths import get_cmake_dir, get_include
 from ._version import __version__
 from .adam import Adam, AdamW
 from .optim import SGD
+
+
+def __getattr__(name: str) -> object:
+    # Submodules with heavy optional dependencies load on first access, never at import.
+    if name == "distributed":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Adam",
