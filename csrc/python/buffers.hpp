@@ -1,0 +1,239 @@
+// minimalsgd._core: buffer checks. They read NumPy's array struct directly (no temporaries, no
+// conversion, never a copy), say what stops the kernel from walking an array in place as one flat
+// buffer, and find overlaps between the buffers of one call.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <minimalsgd/sgd.hpp>
+
+
+namespace py = pybind11;
+
+namespace minimalsgd_python {
+
+// ---------------------------------------------------------------------------------------------
+// Buffer checks: read the array struct directly (no temporaries, no conversion).
+
+enum class Kind { f32, f64 };
+
+struct View {
+    PyObject* obj;
+    char* data;
+    std::size_t size;  // elements
+    Kind kind;
+    int flags;
+    int ndim;
+    const Py_ssize_t* shape;
+};
+
+constexpr int kC = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kF = py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_;
+constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+
+inline std::string where(const char* what, std::size_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; }
+
+enum class Bad { none, type, dtype, layout, aligned, readonly };
+
+// What stops the native kernel from walking `obj` in place as one flat buffer (Bad::none: nothing).
+inline Bad inspect(PyObject* obj, bool writeable, View& v) {
+    if (!py::isinstance<py::array>(obj)) {
+        return Bad::type;
+    }
+    auto* a = py::detail::array_proxy(obj);
+    auto* d = py::detail::array_descriptor_proxy(a->descr);
+    v.obj = obj;
+    v.data = a->data;
+    v.flags = a->flags;
+    v.ndim = a->nd;
+    v.shape = reinterpret_cast<const Py_ssize_t*>(a->dimensions);
+#if PY_LITTLE_ENDIAN
+    constexpr char native = '<';
+#else
+    constexpr char native = '>';
+#endif
+    const bool native_order = d->byteorder == '=' || d->byteorder == '|' || d->byteorder == native;
+    if (d->type_num == py::detail::npy_api::NPY_FLOAT_ && native_order) {
+        v.kind = Kind::f32;
+    } else if (d->type_num == py::detail::npy_api::NPY_DOUBLE_ && native_order) {
+        v.kind = Kind::f64;
+    } else {
+        return Bad::dtype;
+    }
+    if (!(v.flags & (kC | kF))) {
+        return Bad::layout;
+    }
+    if (!(v.flags & kAligned)) {
+        return Bad::aligned;
+    }
+    if (writeable && !(v.flags & kWriteable)) {
+        return Bad::readonly;
+    }
+    std::size_t n = 1;
+    for (int k = 0; k < v.ndim; ++k) {
+        n *= static_cast<std::size_t>(v.shape[k]);
+    }
+    v.size = n;
+    return Bad::none;
+}
+
+inline View view_of(PyObject* obj, const char* what, std::size_t i, bool writeable) {
+    View v{};
+    switch (inspect(obj, writeable, v)) {
+        case Bad::none:
+            return v;
+        case Bad::type:
+            throw py::type_error(where(what, i) + " must be a numpy.ndarray, got " + std::string(Py_TYPE(obj)->tp_name));
+        case Bad::dtype:
+            throw py::type_error(where(what, i) + " must be float32 or float64 in native byte order for the native backend");
+        case Bad::layout:
+            throw py::value_error(where(what, i) + " must be C- or F-contiguous for the native backend");
+        case Bad::aligned:
+            throw py::value_error(where(what, i) + " is not aligned to its dtype; the native backend needs aligned data");
+        case Bad::readonly:
+            throw py::value_error(where(what, i) + " is read-only");
+    }
+    throw py::value_error(where(what, i) + " cannot be used");
+}
+
+inline bool same_layout(const View& a, const View& b) {
+    if (a.kind != b.kind || a.ndim != b.ndim || !std::equal(a.shape, a.shape + a.ndim, b.shape)) {
+        return false;
+    }
+    // Both C-contiguous or both F-contiguous: then element i is the same logical element in both.
+    return ((a.flags & kC) && (b.flags & kC)) || ((a.flags & kF) && (b.flags & kF));
+}
+
+inline std::size_t itemsize(Kind k) { return k == Kind::f32 ? sizeof(float) : sizeof(double); }
+
+struct Range {
+    std::uintptr_t lo, hi;  // [lo, hi)
+    bool written;
+    std::size_t tensor;
+};
+
+// No buffer that the step writes may overlap any other buffer of the call. Returns the index of
+// a pair that does (as `a`, `b`), or false when there is none. Sorts `ranges`.
+inline bool find_overlap(std::vector<Range>& ranges, std::size_t* a, std::size_t* b) {
+    std::sort(ranges.begin(), ranges.end(), [](const Range& x, const Range& y) { return x.lo < y.lo; });
+    // Sweep: keep the furthest-reaching written range and the furthest-reaching range of any kind.
+    const Range* reach_any = nullptr;
+    const Range* reach_written = nullptr;
+    for (const Range& r : ranges) {
+        if (r.lo == r.hi) {
+            continue;
+        }
+        if (reach_written && reach_written->hi > r.lo) {
+            *a = reach_written->tensor;
+            *b = r.tensor;
+            return true;
+        }
+        if (r.written && reach_any && reach_any->hi > r.lo) {
+            *a = reach_any->tensor;
+            *b = r.tensor;
+            return true;
+        }
+        if (!reach_any || r.hi > reach_any->hi) {
+            reach_any = &r;
+        }
+        if (r.written && (!reach_written || r.hi > reach_written->hi)) {
+            reach_written = &r;
+        }
+    }
+    return false;
+}
+
+inline void check_overlap(std::vector<Range>& ranges) {
+    std::size_t a = 0, b = 0;
+    if (find_overlap(ranges, &a, &b)) {
+        throw py::value_error("tensors " + std::to_string(a) + " and " + std::to_string(b) +
+                              " share memory that the step writes");
+    }
+}
+
+// The tensors of one call, split by dtype into the kernels' spans, with the memory ranges they
+// read and write (for the overlap check).
+struct Batch {
+    std::vector<minimalsgd::TensorSpan<float>> f32;
+    std::vector<minimalsgd::TensorSpan<double>> f64;
+    std::vector<Range> ranges;
+
+    explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
+
+    // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
+        const std::size_t bytes = size * itemsize(kind);
+        const auto range = [&](const char* p, bool written) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(p);
+            ranges.push_back(Range{lo, lo + bytes, written, i});
+        };
+        range(w, true);
+        range(g, false);
+        if (b != nullptr) {
+            range(b, true);
+        }
+        if (kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b),
+                           size, first});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
+                           reinterpret_cast<double*>(b), size, first});
+        }
+    }
+
+    bool overlaps() {
+        std::size_t a = 0, c = 0;
+        return ranges.size() > 1 && find_overlap(ranges, &a, &c);
+    }
+};
+
+inline std::vector<PyObject*> items(py::handle seq, const char* what) {
+    if (!PyList_Check(seq.ptr()) && !PyTuple_Check(seq.ptr())) {
+        throw py::type_error(std::string(what) + " must be a list or tuple of arrays");
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+    PyObject** it = PySequence_Fast_ITEMS(seq.ptr());
+    return std::vector<PyObject*>(it, it + n);
+}
+
+inline bool real_of(PyObject* o, double* out) {
+    if (PyFloat_CheckExact(o)) {
+        *out = PyFloat_AS_DOUBLE(o);
+        return true;
+    }
+    if (PyLong_CheckExact(o)) {
+        const double d = PyLong_AsDouble(o);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return false;
+        }
+        *out = d;
+        return true;
+    }
+    return false;
+}
+
+// One ndarray, or a list/tuple of them, as borrowed pointers.
+inline bool arrays_of(PyObject* o, std::vector<PyObject*>& out) {
+    if (PyList_CheckExact(o) || PyTuple_CheckExact(o)) {
+        const Py_ssize_t n = PySequence_Fast_GET_SIZE(o);
+        PyObject** it = PySequence_Fast_ITEMS(o);
+        out.assign(it, it + n);
+        return true;
+    }
+    if (py::isinstance<py::array>(o)) {
+        out.assign(1, o);
+        return true;
+    }
+    return false;
+}
+
+
+}  // namespace minimalsgd_python

@@ -1,0 +1,249 @@
+// minimalsgd._core: the functional entry points. The checked step and sum of squares over lists
+// of arrays, the fast path of the functional sgd_step (serves only the valid, all-native case and
+// otherwise writes nothing and says so), and the step over raw addresses for minimalsgd.torch.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "buffers.hpp"
+#include "runtime.hpp"
+
+namespace py = pybind11;
+
+namespace minimalsgd_python {
+
+// Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the caller).
+template <class Span32, class Span64>
+inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const minimalsgd::SgdOptions& opts,
+                 double grad_scale) {
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const minimalsgd::Parallel par = parallel();
+    if (!f32.empty()) {
+        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
+    }
+    if (!f64.empty()) {
+        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+inline void sgd_step(py::handle values, py::handle grads, py::object momentum_buffers, py::object first_steps, double lr,
+              double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
+              double grad_scale, bool check_overlaps) {
+    minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
+    const std::string error = minimalsgd::validate(opts);
+    if (!error.empty()) {
+        throw py::value_error(error);
+    }
+    const std::vector<PyObject*> vs = items(values, "values");
+    const std::vector<PyObject*> gs = items(grads, "grads");
+    const std::size_t n = vs.size();
+    if (gs.size() != n) {
+        throw py::value_error("grads has " + std::to_string(gs.size()) + " arrays for " + std::to_string(n) + " values");
+    }
+    const bool with_momentum = momentum != 0;
+    std::vector<PyObject*> bs;
+    if (with_momentum) {
+        if (momentum_buffers.is_none()) {
+            throw py::value_error("momentum != 0 needs momentum_buffers");
+        }
+        bs = items(momentum_buffers, "momentum_buffers");
+        if (bs.size() != n) {
+            throw py::value_error("momentum_buffers has " + std::to_string(bs.size()) + " arrays for " +
+                                  std::to_string(n) + " values");
+        }
+    }
+    std::vector<char> first(n, 0);
+    if (PyBool_Check(first_steps.ptr())) {
+        std::fill(first.begin(), first.end(), first_steps.ptr() == Py_True ? 1 : 0);
+    } else {
+        const std::vector<PyObject*> fs = items(first_steps, "first_step");
+        if (fs.size() != n) {
+            throw py::value_error("first_step has " + std::to_string(fs.size()) + " flags for " + std::to_string(n) +
+                                  " values");
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            const int t = PyObject_IsTrue(fs[i]);
+            if (t < 0) {
+                throw py::error_already_set();
+            }
+            first[i] = static_cast<char>(t);
+        }
+    }
+
+    // Check everything before writing anything.
+    Batch batch(n);
+    std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
+    keep.reserve(3 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const View w = view_of(vs[i], "values", i, true);
+        const View g = view_of(gs[i], "grads", i, false);
+        if (!same_layout(w, g)) {
+            throw py::value_error("grads[" + std::to_string(i) + "] must have the dtype, shape and memory order of values[" +
+                                  std::to_string(i) + "]");
+        }
+        View b{};
+        if (with_momentum) {
+            b = view_of(bs[i], "momentum_buffers", i, true);
+            if (!same_layout(w, b)) {
+                throw py::value_error("momentum_buffers[" + std::to_string(i) +
+                                      "] must have the dtype, shape and memory order of values[" + std::to_string(i) +
+                                      "]");
+            }
+            keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
+        }
+        keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
+        keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first[i] != 0, i);
+    }
+    if (check_overlaps) {
+        check_overlap(batch.ranges);
+    }
+    py::gil_scoped_release release;
+    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+}
+
+inline double sum_of_squares(py::handle arrays) {
+    const std::vector<PyObject*> xs = items(arrays, "grads");
+    std::vector<minimalsgd::ConstSpan<float>> f32;
+    std::vector<minimalsgd::ConstSpan<double>> f64;
+    std::vector<py::object> keep;
+    keep.reserve(xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) {
+        const View v = view_of(xs[i], "grads", i, false);
+        keep.emplace_back(py::reinterpret_borrow<py::object>(xs[i]));
+        if (v.kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<const float*>(v.data), v.size});
+        } else {
+            f64.push_back({reinterpret_cast<const double*>(v.data), v.size});
+        }
+    }
+    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const minimalsgd::Parallel par = parallel();
+    py::gil_scoped_release release;
+    double total = 0;
+    if (!f32.empty()) {
+        total += k.sumsq_f32(f32.data(), f32.size(), par);
+    }
+    if (!f64.empty()) {
+        total += k.sumsq_f64(f64.data(), f64.size(), par);
+    }
+    return total;
+}
+
+
+// The functional step when every input is valid and native: true when done, false (nothing
+// written) when the Python layer must look.
+inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers, py::handle first_step, py::handle lr_o,
+                  py::handle momentum_o, py::handle dampening_o, py::handle weight_decay_o, py::handle nesterov_o,
+                  py::handle maximize_o, py::handle grad_scale_o) {
+    minimalsgd::SgdOptions opts{0.0};
+    double scale = 1.0;
+    if (!real_of(lr_o.ptr(), &opts.lr) || !real_of(momentum_o.ptr(), &opts.momentum) ||
+        !real_of(dampening_o.ptr(), &opts.dampening) || !real_of(weight_decay_o.ptr(), &opts.weight_decay) ||
+        !real_of(grad_scale_o.ptr(), &scale) || !PyBool_Check(nesterov_o.ptr()) || !PyBool_Check(maximize_o.ptr())) {
+        return false;
+    }
+    opts.nesterov = nesterov_o.ptr() == Py_True;
+    opts.maximize = maximize_o.ptr() == Py_True;
+    if (!minimalsgd::validate(opts).empty() || !std::isfinite(scale) || scale < 0) {
+        return false;
+    }
+    std::vector<PyObject*> vs, gs, bs;
+    if (!arrays_of(values.ptr(), vs) || !arrays_of(grads.ptr(), gs) || gs.size() != vs.size()) {
+        return false;
+    }
+    const std::size_t n = vs.size();
+    const bool with_momentum = opts.momentum != 0;
+    if (with_momentum && (!arrays_of(buffers.ptr(), bs) || bs.size() != n)) {
+        return false;
+    }
+    PyObject* fs = first_step.ptr();
+    const bool first_is_bool = PyBool_Check(fs);
+    if (!first_is_bool && (!(PyList_CheckExact(fs) || PyTuple_CheckExact(fs)) ||
+                           static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fs)) != n)) {
+        return false;
+    }
+    Batch batch(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        View w{}, g{}, b{};
+        if (inspect(vs[i], true, w) != Bad::none || inspect(gs[i], false, g) != Bad::none || !same_layout(w, g)) {
+            return false;
+        }
+        if (with_momentum && (inspect(bs[i], true, b) != Bad::none || !same_layout(w, b))) {
+            return false;
+        }
+        PyObject* f = first_is_bool ? fs : PySequence_Fast_ITEMS(fs)[i];
+        if (!PyBool_Check(f)) {
+            return false;
+        }
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, f == Py_True, i);
+    }
+    if (batch.overlaps()) {
+        return false;
+    }
+    // The arrays stay alive while the GIL is released: the caller's arguments reference them.
+    py::gil_scoped_release release;
+    run_kernels(batch.f32, batch.f64, opts, scale);
+    return true;
+}
+
+// The step over raw buffers, for minimalsgd.torch (whose tensors are not NumPy arrays): one
+// (dtype code 0 = float32 / 1 = float64, value, grad, buffer address, element count, first step)
+// per tensor, taken from live, dense, contiguous CPU tensors that the caller holds during the call.
+// Returns false (nothing written) for invalid options or buffers that overlap.
+inline bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptrs, py::object buf_ptrs, py::list sizes,
+                   py::list firsts, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
+                   bool maximize, double grad_scale) {
+    const minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
+    if (!minimalsgd::validate(opts).empty() || !std::isfinite(grad_scale) || grad_scale < 0) {
+        return false;
+    }
+    const std::size_t n = py::len(kinds);
+    const bool with_momentum = momentum != 0;
+    if (py::len(value_ptrs) != n || py::len(grad_ptrs) != n || py::len(sizes) != n || py::len(firsts) != n ||
+        (with_momentum && (buf_ptrs.is_none() || py::len(buf_ptrs) != n))) {
+        throw py::value_error("sgd_step_ptrs: lists of different lengths");
+    }
+    const py::list bufs = with_momentum ? py::list(buf_ptrs) : py::list();
+    // Plain C API on the list items: pybind11's casts cost ~100 ns each, and there are 6 per tensor.
+    const auto address = [](py::list& l, std::size_t i) -> char* {
+        const unsigned long long v = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(l.ptr(), static_cast<Py_ssize_t>(i)));
+        if (PyErr_Occurred()) {
+            throw py::error_already_set();
+        }
+        return reinterpret_cast<char*>(static_cast<std::uintptr_t>(v));
+    };
+    Batch batch(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const auto idx = static_cast<Py_ssize_t>(i);
+        const long kind = PyLong_AsLong(PyList_GET_ITEM(kinds.ptr(), idx));
+        char* w = address(value_ptrs, i);
+        char* g = address(grad_ptrs, i);
+        char* b = with_momentum ? address(const_cast<py::list&>(bufs), i) : nullptr;
+        const std::size_t size = reinterpret_cast<std::uintptr_t>(address(sizes, i));
+        const int first = PyObject_IsTrue(PyList_GET_ITEM(firsts.ptr(), idx));
+        if (first < 0 || (kind == -1 && PyErr_Occurred())) {
+            throw py::error_already_set();
+        }
+        if (kind != 0 && kind != 1) {
+            throw py::value_error("sgd_step_ptrs: dtype code must be 0 or 1");
+        }
+        batch.add(kind == 0 ? Kind::f32 : Kind::f64, w, g, b, size, first != 0, i);
+    }
+    if (batch.overlaps()) {
+        return false;
+    }
+    py::gil_scoped_release release;
+    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+    return true;
+}
+
+}  // namespace minimalsgd_python
