@@ -6,6 +6,12 @@
 #include <minimalsgd/options.hpp>
 #include <minimalsgd/sgd.hpp>
 
+#if MINIMALSGD_X86_64 && defined(MINIMALSGD_X86_KERNELS)
+#define MINIMALSGD_HAVE_X86_KERNELS 1
+#else
+#define MINIMALSGD_HAVE_X86_KERNELS 0
+#endif
+
 namespace minimalsgd_python {
 
 struct KernelTable {
@@ -67,9 +73,13 @@ double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
 }
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 
-// One per translation unit, each compiled with its own -m flags and target namespace.
+// One per translation unit, each compiled with its own -m flags and target namespace. The x86-64
+// ones exist only when the compiler targets x86-64 and CMake built them (it defines
+// MINIMALSGD_X86_KERNELS for an x86-64 target with GCC-style flags; the sources check both).
 const KernelTable& kernels_baseline();
+#if MINIMALSGD_HAVE_X86_KERNELS
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+#endif
 
 }  // namespace minimalsgd_python
