@@ -224,6 +224,28 @@ TEST_CASE(isa_detection) {
     CHECK(!minimalsgd::parse_isa(nullptr, &parsed));
 }
 
+// The processor CMake built for (MINIMALSGD_TEST_PROCESSOR, from cmake/minimalsgdProcessor.cmake)
+// and the one the compiler's predefined macros name (config.hpp) must agree, and only x86-64 has
+// instruction sets beyond the baseline.
+TEST_CASE(processor_macros_match_the_build) {
+    const std::string cmake_says = MINIMALSGD_TEST_PROCESSOR;
+    const std::string processor = minimalsgd::processor_name();
+    const std::string simd = minimalsgd::baseline_simd();
+    CHECK_MSG(processor == cmake_says, processor + " vs CMake's " + cmake_says);
+    CHECK((MINIMALSGD_X86_64 == 1) == (processor == "x86_64"));
+    CHECK((MINIMALSGD_AARCH64 == 1) == (processor == "aarch64"));
+    if (processor == "x86_64") {
+        CHECK(simd == "SSE2");
+    } else {
+        CHECK(!minimalsgd::cpu_supports(minimalsgd::Isa::avx2));
+        CHECK(!minimalsgd::cpu_supports(minimalsgd::Isa::avx512));
+        CHECK(minimalsgd::best_isa() == minimalsgd::Isa::baseline);
+    }
+    if (processor == "aarch64") {
+        CHECK(simd == "NEON");
+    }
+}
+
 TEST_CASE(version_macros) {
     const std::string v = std::to_string(MINIMALSGD_VERSION_MAJOR) + "." + std::to_string(MINIMALSGD_VERSION_MINOR) + "." +
                           std::to_string(MINIMALSGD_VERSION_PATCH);
