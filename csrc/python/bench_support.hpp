@@ -54,7 +54,7 @@ inline std::vector<double> time_calls(const std::string& kind, py::handle w_obj,
                     sink += k.read_f32(pg, w.size, par.num_threads);
                 } else {
                     const minimalsgd::TensorSpan<float> span{pw, pg, pv, w.size, false};
-                    k.step_f32(&span, 1, opts, 1.0f, par);
+                    k.step_f32(&span, 1, &opts, 1, 1.0f, par);
                 }
             } else {
                 auto* pw = reinterpret_cast<double*>(w.data);
@@ -66,7 +66,7 @@ inline std::vector<double> time_calls(const std::string& kind, py::handle w_obj,
                     sink += k.read_f64(pg, w.size, par.num_threads);
                 } else {
                     const minimalsgd::TensorSpan<double> span{pw, pg, pv, w.size, false};
-                    k.step_f64(&span, 1, opts, 1.0, par);
+                    k.step_f64(&span, 1, &opts, 1, 1.0, par);
                 }
             }
         }

@@ -17,18 +17,26 @@ namespace py = pybind11;
 
 namespace minimalsgd_python {
 
-// Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the caller).
+// Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the
+// caller); each span refers to one of the `n_groups` options sets.
 template <class Span32, class Span64>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const minimalsgd::SgdOptions& opts,
-                 double grad_scale) {
+inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64,
+                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double grad_scale) {
     const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
     const minimalsgd::Parallel par = parallel();
     if (!f32.empty()) {
-        k.step_f32(f32.data(), f32.size(), opts, static_cast<float>(grad_scale), par);
+        k.step_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
     }
     if (!f64.empty()) {
-        k.step_f64(f64.data(), f64.size(), opts, grad_scale, par);
+        k.step_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
     }
+}
+
+// The same with one options set for every span.
+template <class Span32, class Span64>
+inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64,
+                        const minimalsgd::SgdOptions& opts, double grad_scale) {
+    run_kernels(f32, f64, &opts, 1, grad_scale);
 }
 
 // ---------------------------------------------------------------------------------------------

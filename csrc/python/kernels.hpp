@@ -15,10 +15,11 @@
 namespace minimalsgd_python {
 
 struct KernelTable {
-    void (*step_f32)(const minimalsgd::TensorSpan<float>*, std::size_t, const minimalsgd::SgdOptions&, float,
-                     const minimalsgd::Parallel&);
-    void (*step_f64)(const minimalsgd::TensorSpan<double>*, std::size_t, const minimalsgd::SgdOptions&, double,
-                     const minimalsgd::Parallel&);
+    // The fused step; each span refers to one of the options sets (its `group`).
+    void (*step_f32)(const minimalsgd::TensorSpan<float>*, std::size_t, const minimalsgd::SgdOptions*, std::size_t,
+                     float, const minimalsgd::Parallel&);
+    void (*step_f64)(const minimalsgd::TensorSpan<double>*, std::size_t, const minimalsgd::SgdOptions*, std::size_t,
+                     double, const minimalsgd::Parallel&);
     double (*sumsq_f32)(const minimalsgd::ConstSpan<float>*, std::size_t, const minimalsgd::Parallel&);
     double (*sumsq_f64)(const minimalsgd::ConstSpan<double>*, std::size_t, const minimalsgd::Parallel&);
     // The bench's yardstick: a plain streaming loop of the momentum step's shape (3 reads, 2 writes).

@@ -6,8 +6,10 @@ namespace minimalsgd_python {
 
 const KernelTable& MINIMALSGD_KERNEL_TABLE_NAME() {
     static const KernelTable table{
-        &minimalsgd::multi_tensor_sgd_step<float>,
-        &minimalsgd::multi_tensor_sgd_step<double>,
+        static_cast<void (*)(const minimalsgd::TensorSpan<float>*, std::size_t, const minimalsgd::SgdOptions*,
+                             std::size_t, float, const minimalsgd::Parallel&)>(&minimalsgd::multi_tensor_sgd_step<float>),
+        static_cast<void (*)(const minimalsgd::TensorSpan<double>*, std::size_t, const minimalsgd::SgdOptions*,
+                             std::size_t, double, const minimalsgd::Parallel&)>(&minimalsgd::multi_tensor_sgd_step<double>),
         &minimalsgd::multi_tensor_sum_of_squares<float>,
         &minimalsgd::multi_tensor_sum_of_squares<double>,
         &stream_loop<float>,

@@ -165,6 +165,56 @@ void check_multi_tensor() {
 TEST_CASE(multi_tensor_float) { check_multi_tensor<float>(); }
 TEST_CASE(multi_tensor_double) { check_multi_tensor<double>(); }
 
+// Per-tensor options: each span is stepped with its own group's hyperparameters, in one call,
+// exactly as a call of its own would step it (groups differ in every option, including momentum
+// 0 with a null buffer).
+template <class T>
+void check_groups() {
+    std::mt19937_64 rng(11);
+    const std::vector<SgdOptions> groups = {
+        {0.01, 0.9, 0.0, 0.001, true, false}, {0.1, 0.0, 0.0, 0.0, false, true},
+        {0.05, 0.5, 0.25, 0.0, false, false}, {0.002, 0.99, 0.0, 0.1, false, true}};
+    std::vector<std::size_t> sizes;
+    for (int i = 0; i < 60; ++i) sizes.push_back(static_cast<std::size_t>(rng() % 900));
+    sizes.push_back(40001);
+    for (int threads : {1, 2}) {
+        std::vector<std::vector<T>> w, g, v, w_ref, v_ref;
+        std::vector<minimalsgd::TensorSpan<T>> spans;
+        for (std::size_t k = 0; k < sizes.size(); ++k) {
+            w.push_back(randn<T>(sizes[k], rng));
+            g.push_back(randn<T>(sizes[k], rng));
+            v.push_back(randn<T>(sizes[k], rng));
+            w_ref.emplace_back(w.back().begin(), w.back().end());
+            v_ref.emplace_back(v.back().begin(), v.back().end());
+        }
+        for (std::size_t k = 0; k < sizes.size(); ++k) {
+            const auto grp = static_cast<std::uint32_t>((k * 7) % groups.size());
+            T* buf = groups[grp].momentum != 0 ? v[k].data() : nullptr;
+            spans.push_back({w[k].data(), g[k].data(), buf, sizes[k], k % 4 == 1, grp});
+        }
+        Parallel par;
+        par.num_threads = threads;
+        par.grain = 500;
+        minimalsgd::multi_tensor_sgd_step(spans.data(), spans.size(), groups.data(), groups.size(), T(0.75), par);
+        bool exact = true;
+        for (std::size_t k = 0; k < sizes.size(); ++k) {
+            same_order_step(w_ref[k], g[k], v_ref[k], groups[spans[k].group], k % 4 == 1, 0.75);
+            exact = exact && w_ref[k] == w[k] && v_ref[k] == v[k];
+        }
+        CHECK_MSG(exact, "threads=" + std::to_string(threads));
+    }
+    // A group index out of range is refused before anything is written.
+    std::vector<T> w1 = {1, 2}, g1 = {3, 4}, v1 = {5, 6};
+    const minimalsgd::TensorSpan<T> ok{w1.data(), g1.data(), v1.data(), 2, false, 0};
+    const minimalsgd::TensorSpan<T> bad{w1.data(), g1.data(), v1.data(), 2, false, 4};
+    const minimalsgd::TensorSpan<T> both[] = {ok, bad};
+    CHECK_THROWS(minimalsgd::multi_tensor_sgd_step(both, 2, groups.data(), groups.size()));
+    CHECK(w1[0] == 1 && w1[1] == 2 && v1[0] == 5 && v1[1] == 6);
+}
+
+TEST_CASE(per_tensor_options_float) { check_groups<float>(); }
+TEST_CASE(per_tensor_options_double) { check_groups<double>(); }
+
 TEST_CASE(sum_of_squares_matches_oracle_and_is_thread_independent) {
     std::mt19937_64 rng(3);
     for (std::size_t n : kSizes) {

@@ -27,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "config.hpp"
@@ -35,8 +36,9 @@
 namespace minimalsgd {
 
 /// One tensor of a multi-tensor step: `size` elements at `value`, `grad` and `momentum_buffer`
-/// (which may be null when momentum is 0). `first_step` marks a momentum buffer that has not been
-/// written yet: this step sets it to the gradient.
+/// (which may be null when its group's momentum is 0). `first_step` marks a momentum buffer that
+/// has not been written yet: this step sets it to the gradient. `group` is the index of the
+/// tensor's hyperparameters in the options array of the call (0 when the call has one set).
 template <class T>
 struct TensorSpan {
     T* value;
@@ -44,6 +46,7 @@ struct TensorSpan {
     T* momentum_buffer;
     std::size_t size;
     bool first_step;
+    std::uint32_t group = 0;
 };
 
 /// One gradient of a multi-tensor sum of squares.
@@ -127,18 +130,31 @@ constexpr std::size_t line_elems() {
     return 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;
 }
 
-// Runs the elements [begin, end) of the concatenation of `spans`.
+/// What one options set of a call becomes: its coefficients and its two loop variants.
+template <class T>
+struct Prepared {
+    Coefficients<T> c;
+    LoopFn<T> later, first;
+};
+
+template <class T>
+Prepared<T> prepare(const SgdOptions& o, double grad_scale) {
+    return {coefficients<T>(o, grad_scale), select_loop<T>(o, false), select_loop<T>(o, true)};
+}
+
+// Runs the elements [begin, end) of the concatenation of `spans`, each with its group's loop.
 template <class T>
 void step_range(const TensorSpan<T>* spans, std::size_t count, std::size_t begin, std::size_t end,
-                LoopFn<T> later, LoopFn<T> first, const Coefficients<T>& c) {
+                const Prepared<T>* groups) {
     std::size_t offset = 0;
     for (std::size_t k = 0; k < count && offset < end; ++k) {
         const TensorSpan<T>& s = spans[k];
         const std::size_t lo = begin > offset ? begin - offset : 0;
         const std::size_t hi = end - offset < s.size ? end - offset : s.size;
         if (lo < hi) {
+            const Prepared<T>& p = groups[s.group];
             T* buf = s.momentum_buffer ? s.momentum_buffer + lo : nullptr;
-            (s.first_step ? first : later)(s.value + lo, s.grad + lo, buf, hi - lo, c);
+            (s.first_step ? p.first : p.later)(s.value + lo, s.grad + lo, buf, hi - lo, p.c);
         }
         offset += s.size;
     }
@@ -178,27 +194,46 @@ constexpr std::size_t kSumBlock = 1 << 16;
 
 }  // namespace detail
 
-/// The fused step over many tensors in one call: every span gets exactly the update of
-/// sgd_step(). Threads share the total element count (chunks may span tensors).
-/// Throws std::invalid_argument, before writing anything, for invalid options or a null momentum
-/// buffer when momentum != 0.
+/// The fused step over many tensors in one call, each with its own hyperparameters: span k is
+/// updated with `groups[spans[k].group]`, exactly as sgd_step() would update it alone. Threads
+/// share the total element count (chunks may span tensors and groups).
+/// Throws std::invalid_argument, before writing anything, for invalid options, a group index out
+/// of range, or a null momentum buffer where the tensor's group has momentum != 0.
 template <class T>
-void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const SgdOptions& opts,
-                           T grad_scale = T(1), const Parallel& par = Parallel()) {
-    check(opts);
+void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const SgdOptions* groups,
+                           std::size_t n_groups, T grad_scale = T(1), const Parallel& par = Parallel()) {
+    if (n_groups == 0 && count != 0) {
+        throw std::invalid_argument("minimalsgd: a multi-tensor step needs at least one options set");
+    }
+    for (std::size_t j = 0; j < n_groups; ++j) {
+        check(groups[j]);
+    }
     std::size_t total = 0;
     for (std::size_t k = 0; k < count; ++k) {
-        if (opts.momentum != 0 && spans[k].momentum_buffer == nullptr && spans[k].size != 0) {
+        if (spans[k].group >= n_groups) {
+            throw std::invalid_argument("minimalsgd: tensor " + std::to_string(k) + " refers to options set " +
+                                        std::to_string(spans[k].group) + " of " + std::to_string(n_groups));
+        }
+        if (groups[spans[k].group].momentum != 0 && spans[k].momentum_buffer == nullptr && spans[k].size != 0) {
             throw std::invalid_argument("minimalsgd: momentum != 0 needs a momentum buffer for every tensor");
         }
         total += spans[k].size;
     }
-    const detail::Coefficients<T> c = detail::coefficients<T>(opts, static_cast<double>(grad_scale));
-    const detail::LoopFn<T> later = detail::select_loop<T>(opts, false);
-    const detail::LoopFn<T> first = detail::select_loop<T>(opts, true);
+    // The prepared groups: on the stack for the usual few, on the heap for many.
+    constexpr std::size_t kInline = 8;
+    detail::Prepared<T> inline_prepared[kInline];
+    std::vector<detail::Prepared<T>> heap_prepared;
+    detail::Prepared<T>* prepared = inline_prepared;
+    if (n_groups > kInline) {
+        heap_prepared.resize(n_groups);
+        prepared = heap_prepared.data();
+    }
+    for (std::size_t j = 0; j < n_groups; ++j) {
+        prepared[j] = detail::prepare<T>(groups[j], static_cast<double>(grad_scale));
+    }
     const int nt = threads_for(total, par);
     if (nt <= 1) {
-        detail::step_range(spans, count, 0, total, later, first, c);
+        detail::step_range(spans, count, 0, total, prepared);
         return;
     }
 #if defined(_OPENMP)
@@ -211,9 +246,16 @@ void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const 
         chunk = (chunk + line - 1) / line * line;
         const std::size_t begin = tid * chunk < total ? tid * chunk : total;
         const std::size_t end = begin + chunk < total ? begin + chunk : total;
-        detail::step_range(spans, count, begin, end, later, first, c);
+        detail::step_range(spans, count, begin, end, prepared);
     }
 #endif
+}
+
+/// The fused step over many tensors with one set of hyperparameters (every span's group is 0).
+template <class T>
+void multi_tensor_sgd_step(const TensorSpan<T>* spans, std::size_t count, const SgdOptions& opts,
+                           T grad_scale = T(1), const Parallel& par = Parallel()) {
+    multi_tensor_sgd_step(spans, count, &opts, 1, grad_scale, par);
 }
 
 /// The fused step on one tensor of n elements, in place: see the formula at the top of this file.
