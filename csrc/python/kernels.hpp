@@ -6,7 +6,7 @@
 #include <minimalsgd/options.hpp>
 #include <minimalsgd/sgd.hpp>
 
-#if MINIMALSGD_X86_64 && defined(MINIMALSGD_X86_KERNELS)
+#if MINIMALSGD_X86_64 && defined(MINIMALSGD_X86_KERNELS_LINKED)
 #define MINIMALSGD_HAVE_X86_KERNELS 1
 #else
 #define MINIMALSGD_HAVE_X86_KERNELS 0
@@ -76,7 +76,7 @@ double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
 
 // One per translation unit, each compiled with its own -m flags and target namespace. The x86-64
 // ones exist only when the compiler targets x86-64 and CMake built them (it defines
-// MINIMALSGD_X86_KERNELS for an x86-64 target with GCC-style flags; the sources check both).
+// MINIMALSGD_X86_KERNELS_LINKED for an x86-64 target with GCC-style flags; both are checked).
 const KernelTable& kernels_baseline();
 #if MINIMALSGD_HAVE_X86_KERNELS
 const KernelTable& kernels_avx2();
