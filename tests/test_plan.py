@@ -133,3 +133,67 @@ def test_skip_nonfinite_through_the_plan():
     p["p1"]["grad"][2] = 0.5
     assert opt.step() is True
     assert opt.state["p1"]["step"] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Param groups and schedules through the plan: every change to a group is noticed
+
+
+def _grouped_pair(**kw):
+    out = []
+    for backend in ("auto", "numpy"):
+        p = _params(n=5)
+        w = {k: p[k] for k in ("p0", "p1", "p2")}
+        b = {k: p[k] for k in ("p3", "p4")}
+        opt = SGD([{"params": w, "weight_decay": 0.1}, {"params": b, "lr": minimalsgd.schedules.exponential(0.2, 0.9)}],
+                  backend=backend, **kw)
+        out.append((p, opt))
+    return out
+
+
+GROUP_MUTATIONS = {
+    "set momentum": lambda o, p: o.param_groups[0].__setitem__("momentum", 0.5),
+    "set nesterov": lambda o, p: o.param_groups[1].update(nesterov=True, momentum=0.7),
+    "set a float lr": lambda o, p: o.param_groups[0].__setitem__("lr", 0.03),
+    "schedule to float": lambda o, p: o.param_groups[1].__setitem__("lr", 0.01),
+    "float to schedule": lambda o, p: o.param_groups[0].__setitem__("lr", minimalsgd.schedules.cosine(0.1, 5)),
+    "opt.lr for all": lambda o, p: setattr(o, "lr", 0.02),
+    "replace a group's params": lambda o, p: o.param_groups[1].__setitem__("params", {"p3": p["p3"]}),
+    "add a param to a group": lambda o, p: o.param_groups[1]["params"].__setitem__(
+        "new", {"value": np.ones(4, np.float32), "grad": np.ones(4, np.float32)}),
+    "add_param_group": lambda o, p: o.add_param_group(
+        {"params": {"extra": {"value": np.ones(3, np.float32), "grad": np.ones(3, np.float32)}}, "lr": 0.3}),
+    "replace a group in the list": lambda o, p: o.param_groups.__setitem__(
+        1, {**dict(o.param_groups[1]), "lr": 0.05}),
+    "remove a group from the list": lambda o, p: o.param_groups.pop(),
+    "set clip": lambda o, p: setattr(o, "clip_grad_norm", 0.1),
+    "nothing": lambda o, p: None,
+}
+
+
+@pytest.mark.parametrize("mutation", list(GROUP_MUTATIONS))
+def test_group_changes_between_steps_are_noticed(mutation):
+    (pa, oa), (pb, ob) = _grouped_pair(momentum=0.9)
+    for step in range(7):
+        if step == 3:
+            GROUP_MUTATIONS[mutation](oa, pa)
+            GROUP_MUTATIONS[mutation](ob, pb)
+        assert oa.step() and ob.step()
+        _same(pa, pb)
+        assert oa.last_lrs == ob.last_lrs
+        if step >= 5:
+            assert oa._plan is not None or mutation == "replace a group in the list"
+    assert oa.applied_steps == ob.applied_steps == 7
+    assert {k: s["step"] for k, s in oa.state.items()} == {k: s["step"] for k, s in ob.state.items()}
+
+
+def test_a_schedule_changes_lr_without_rebuilding_the_plan():
+    (pa, oa), (pb, ob) = _grouped_pair(momentum=0.9)
+    oa.step()
+    oa.step()
+    plan = oa._plan
+    assert plan is not None
+    for _ in range(5):
+        oa.step()
+    assert oa._plan is plan  # the same plan served every step, with a new lr each time
+    assert oa.last_lrs[1] == pytest.approx(0.2 * 0.9**6, rel=1e-15)

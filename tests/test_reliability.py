@@ -136,11 +136,26 @@ def _bad_state_dicts(good: dict) -> list[tuple[str, dict, type]]:
     d["state/w1/momentum_buffer"] = np.zeros((17, 9), np.float64)
     out.append(("buffer dtype", d, TypeError))
     d = dict(good)
-    d["lr"] = -1.0
+    d["groups/0/lr"] = -1.0
     out.append(("bad lr", d, ValueError))
     d = dict(good)
-    del d["momentum"]
+    del d["groups/0/momentum"]
     out.append(("missing hyperparameter", d, ValueError))
+    d = dict(good)
+    d["groups/1/lr"] = 0.1
+    out.append(("more groups", d, ValueError))
+    d = dict(good)
+    d["groups/0/params"] = np.array(["w1", "b1", "other"])
+    out.append(("other names", d, ValueError))
+    d = dict(good)
+    d["groups/0/colour"] = 1
+    out.append(("unknown group entry", d, ValueError))
+    d = dict(good)
+    d["optimizer"] = "Adam"
+    out.append(("other optimizer", d, ValueError))
+    d = dict(good)
+    d["lr"] = 0.1
+    out.append(("format-1 key in format 2", d, ValueError))
     d = dict(good)
     d["format"] = 99
     out.append(("format", d, ValueError))
@@ -153,7 +168,7 @@ def _bad_state_dicts(good: dict) -> list[tuple[str, dict, type]]:
     return out
 
 
-@pytest.mark.parametrize("case", range(8))
+@pytest.mark.parametrize("case", range(13))
 def test_bad_state_dict_is_refused_and_nothing_changes(case):
     p = make_params(0)
     opt = SGD(p, lr=0.1, momentum=0.9, clip_grad_norm=1.0)

@@ -168,7 +168,8 @@ struct Batch {
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
     // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
-    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i) {
+    void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
+             std::uint32_t group = 0) {
         const std::size_t bytes = size * itemsize(kind);
         const auto range = [&](const char* p, bool written) {
             const auto lo = reinterpret_cast<std::uintptr_t>(p);
@@ -181,10 +182,10 @@ struct Batch {
         }
         if (kind == Kind::f32) {
             f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b),
-                           size, first});
+                           size, first, group});
         } else {
             f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                           reinterpret_cast<double*>(b), size, first});
+                           reinterpret_cast<double*>(b), size, first, group});
         }
     }
 

@@ -118,6 +118,82 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
     run_kernels(batch.f32, batch.f64, opts, grad_scale);
 }
 
+// The step over lists of arrays with per-tensor options: tensor i uses options[group_of[i]]
+// ((lr, momentum, dampening, weight_decay, nesterov, maximize) tuples); its momentum buffer may be
+// None when its group's momentum is 0. All tensors of all groups in one kernel call.
+inline void sgd_step_groups(py::handle values, py::handle grads, py::handle momentum_buffers, py::handle first_steps,
+                            py::handle group_of, py::handle options, double grad_scale, bool check_overlaps) {
+    const std::vector<PyObject*> os = items(options, "options");
+    std::vector<minimalsgd::SgdOptions> opts;
+    for (std::size_t j = 0; j < os.size(); ++j) {
+        const py::tuple t = py::reinterpret_borrow<py::object>(os[j]).cast<py::tuple>();
+        if (py::len(t) != 6) {
+            throw py::value_error("options[" + std::to_string(j) +
+                                  "] must be (lr, momentum, dampening, weight_decay, nesterov, maximize)");
+        }
+        opts.push_back({t[0].cast<double>(), t[1].cast<double>(), t[2].cast<double>(), t[3].cast<double>(),
+                        t[4].cast<bool>(), t[5].cast<bool>()});
+        const std::string error = minimalsgd::validate(opts.back());
+        if (!error.empty()) {
+            throw py::value_error("options[" + std::to_string(j) + "]: " + error);
+        }
+    }
+    if (!std::isfinite(grad_scale) || grad_scale < 0) {
+        throw py::value_error("grad_scale must be a finite number >= 0");
+    }
+    const std::vector<PyObject*> vs = items(values, "values");
+    const std::vector<PyObject*> gs = items(grads, "grads");
+    const std::vector<PyObject*> bs = items(momentum_buffers, "momentum_buffers");
+    const std::vector<PyObject*> fs = items(first_steps, "first_step");
+    const std::vector<PyObject*> ix = items(group_of, "group_of");
+    const std::size_t n = vs.size();
+    if (gs.size() != n || bs.size() != n || fs.size() != n || ix.size() != n) {
+        throw py::value_error("values, grads, momentum_buffers, first_step and group_of must have one length");
+    }
+    Batch batch(n);
+    std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
+    keep.reserve(3 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const long group = PyLong_AsLong(ix[i]);
+        if (group == -1 && PyErr_Occurred()) {
+            throw py::error_already_set();
+        }
+        if (group < 0 || static_cast<std::size_t>(group) >= opts.size()) {
+            throw py::value_error("group_of[" + std::to_string(i) + "] is not an index into options");
+        }
+        const bool with_momentum = opts[static_cast<std::size_t>(group)].momentum != 0;
+        const View w = view_of(vs[i], "values", i, true);
+        const View g = view_of(gs[i], "grads", i, false);
+        if (!same_layout(w, g)) {
+            throw py::value_error("grads[" + std::to_string(i) + "] must have the dtype, shape and memory order of values[" +
+                                  std::to_string(i) + "]");
+        }
+        View b{};
+        if (with_momentum) {
+            b = view_of(bs[i], "momentum_buffers", i, true);
+            if (!same_layout(w, b)) {
+                throw py::value_error("momentum_buffers[" + std::to_string(i) +
+                                      "] must have the dtype, shape and memory order of values[" + std::to_string(i) +
+                                      "]");
+            }
+            keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
+        }
+        const int first = PyObject_IsTrue(fs[i]);
+        if (first < 0) {
+            throw py::error_already_set();
+        }
+        keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
+        keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
+        batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first != 0, i,
+                  static_cast<std::uint32_t>(group));
+    }
+    if (check_overlaps) {
+        check_overlap(batch.ranges);
+    }
+    py::gil_scoped_release release;
+    run_kernels(batch.f32, batch.f64, opts.data(), opts.size(), grad_scale);
+}
+
 inline double sum_of_squares(py::handle arrays) {
     const std::vector<PyObject*> xs = items(arrays, "grads");
     std::vector<minimalsgd::ConstSpan<float>> f32;

@@ -10,7 +10,7 @@
 //   runtime.hpp        instruction set, threads, grain
 //   buffers.hpp        array checks, overlap checks, the per-call batch of kernel spans
 //   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch)
-//   plan.hpp           the cached plan of SGD.step()
+//   plan.hpp           the cached plan of Optimizer.step(), a template over the formula's traits
 //   bench_support.hpp  the bench's timing of the yardstick and the bare kernel
 //   kernels*.{hpp,cpp} one kernel table per instruction-set target
 #include <pybind11/numpy.h>
@@ -59,6 +59,10 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
           py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"), py::arg("check_overlap") = true,
           "The fused step over lists of float32/float64 contiguous arrays, in place, in one call.");
+    m.def("sgd_step_groups", &sgd_step_groups, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
+          py::arg("first_step"), py::arg("group_of"), py::arg("options"), py::arg("grad_scale"),
+          py::arg("check_overlap") = true,
+          "The fused step with per-tensor options (tensor i uses options[group_of[i]]), all tensors in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
           "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
     g_str_value = PyUnicode_InternFromString("value");
@@ -71,17 +75,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
           py::arg("grad_scale"), "Private to minimalsgd.torch: the step over raw contiguous buffers.");
-    py::class_<Plan>(m, "Plan", "A validated SGD.step(), cached (private to minimalsgd.optim).")
-        .def(py::init<py::dict, py::list, py::list, py::list, py::list, py::list, py::object, double, double, double,
-                      double, bool, bool, double, bool>(),
-             py::arg("params"), py::arg("keys"), py::arg("inners"), py::arg("index"), py::arg("values"),
-             py::arg("grads"), py::arg("buffers"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"),
-             py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"), py::arg("clip"),
-             py::arg("skip_nonfinite"))
-        .def("step", &Plan::step, py::arg("params"))
-        .def_property_readonly("applied", &Plan::applied)
-        .def("reset_applied", &Plan::reset_applied)
-        .def_property_readonly("last_norm", &Plan::last_norm);
+    bind_plan<SgdFormula>(m, "SgdPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");

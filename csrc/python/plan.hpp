@@ -1,5 +1,6 @@
-// minimalsgd._core: the cached plan of SGD.step(). Built from a step that the Python layer fully
-// validated; later steps re-check only what can change cheaply and run in one GIL-released call.
+// minimalsgd._core: the cached plan of Optimizer.step() (every formula, every param group). Built
+// from a step that the Python layer fully validated; later steps re-check only what can change
+// cheaply and run in one GIL-released call.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -23,60 +25,162 @@ namespace minimalsgd_python {
 inline PyObject* g_str_value = nullptr;
 inline PyObject* g_str_grad = nullptr;
 
-// A validated SGD.step(), cached: the params dict, its entries and arrays as they were when the
-// plan was built. step() re-checks only what can change cheaply (dict entries by identity, the
-// arrays' data pointers, shapes and flags; a replaced grad is inspected and taken), then computes
-// the norm (when clipping or checking) and runs every tensor in one GIL-released call.
-class Plan {
-  public:
-    Plan(py::dict params, py::list keys, py::list inners, py::list index, py::list values, py::list grads,
-         py::object buffers, double lr, double momentum, double dampening, double weight_decay, bool nesterov,
-         bool maximize, double clip, bool skip_nonfinite)
-        : outer_(params), opts_{lr, momentum, dampening, weight_decay, nesterov, maximize}, clip_(clip), skip_(skip_nonfinite) {
-        minimalsgd::check(opts_);
-        const std::size_t n_entries = py::len(keys);
-        if (py::len(inners) != n_entries || py::len(index) != n_entries) {
-            throw py::value_error("keys, inners and index must have one length");
+// ---------------------------------------------------------------------------------------------
+// The extension point: a formula's traits. The plan below is the same for every optimizer; what
+// differs is said by a traits type with
+//   Options                          the kernel's per-group options (SgdOptions, AdamOptions, ...)
+//   kStates                          state buffers per tensor (SGD: 1, the momentum buffer; Adam: 2 or 3)
+//   template <class T> Span          the kernel's per-tensor span (members value, grad, size, group)
+//   options_from(py::handle)         one group's options from the Python tuple (hyperparameters order)
+//   validate(const Options&)         "" when valid (the kernel's own check)
+//   set_lr(Options&, double)         the per-step input of a schedule
+//   uses_state(const Options&, k)    whether state buffer k is used (SGD: momentum != 0)
+//   span<T>(w, g, states, n, step, group)  the span of one tensor; `step` is the count of steps
+//                                    applied to the tensor before this one (Adam's bias correction
+//                                    takes step + 1; SGD's plan is built after its buffers exist,
+//                                    so it is never a first step)
+//   advance<T>(Span<T>&)             after an applied step (Adam: ++ its step count; SGD: nothing)
+//   run(table, f32, f64, options, n_groups, grad_scale, par)   the kernel call of one step
+// Adding Adam adds a traits type and a binding (module.cpp: bind_plan<AdamFormula>(m, "AdamPlan")).
+
+struct SgdFormula {
+    using Options = minimalsgd::SgdOptions;
+    static constexpr int kStates = 1;
+    template <class T>
+    using Span = minimalsgd::TensorSpan<T>;
+
+    static Options options_from(py::handle t) {
+        const py::tuple o(py::reinterpret_borrow<py::object>(t));  // a tuple, or any sequence made one
+        if (py::len(o) != 6) {
+            throw py::value_error("SGD options are (lr, momentum, dampening, weight_decay, nesterov, maximize)");
         }
-        for (std::size_t e = 0; e < n_entries; ++e) {
-            entries_.push_back({keys[e], inners[e], index[e].cast<long>(), {}, {}});
+        return Options{o[0].cast<double>(), o[1].cast<double>(), o[2].cast<double>(), o[3].cast<double>(),
+                       o[4].cast<bool>(), o[5].cast<bool>()};
+    }
+    static std::string validate(const Options& o) { return minimalsgd::validate(o); }
+    static void set_lr(Options& o, double lr) { o.lr = lr; }
+    static bool uses_state(const Options& o, int) { return o.momentum != 0; }
+    template <class T>
+    static Span<T> span(T* w, const T* g, T* const* states, std::size_t n, long, std::uint32_t group) {
+        return Span<T>{w, g, states[0], n, false, group};
+    }
+    template <class T>
+    static void advance(Span<T>&) {}
+    static void run(const KernelTable& k, const std::vector<Span<float>>& f32, const std::vector<Span<double>>& f64,
+                    const Options* groups, std::size_t n_groups, double grad_scale, const minimalsgd::Parallel& par) {
+        if (!f32.empty()) {
+            k.step_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
+        }
+        if (!f64.empty()) {
+            k.step_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
+        }
+    }
+};
+
+// A validated Optimizer.step(), cached: the params dicts of every group, their entries and
+// arrays as they were when the plan was built, each tensor's group and each group's options.
+// step() re-checks only what can change cheaply (dict entries by identity, the arrays' data
+// pointers, shapes and flags; a replaced grad is inspected and taken), then computes the norm
+// (when clipping or checking) and runs every tensor of every group in one GIL-released call.
+// set_lr() is the cheap per-step input of a schedule: no re-validation of the params. The other
+// hyperparameters are fixed for the plan's life: the Python layer drops the plan when a group
+// changes (its param_groups report every change), and a new plan is built by the next full step.
+template <class Formula>
+class BasicPlan {
+  public:
+    using Options = typename Formula::Options;
+    static constexpr int kStates = Formula::kStates;
+
+    // outers[g]: group g's params dict; keys[g], inners[g], index[g]: its entries in dict order,
+    // with the tensor each one is (or -1: no grad). values/grads/states/steps/group_of: per
+    // tensor (states[i]: kStates arrays or None). options: per group (the formula's tuple).
+    BasicPlan(py::list outers, py::list keys, py::list inners, py::list index, py::list values, py::list grads,
+              py::list states, py::list steps, py::list group_of, py::list options, double clip, bool skip_nonfinite)
+        : clip_(clip), skip_(skip_nonfinite) {
+        const std::size_t n_groups = py::len(outers);
+        if (py::len(keys) != n_groups || py::len(inners) != n_groups || py::len(index) != n_groups ||
+            py::len(options) != n_groups) {
+            throw py::value_error("outers, keys, inners, index and options must have one entry per group");
+        }
+        for (std::size_t gi = 0; gi < n_groups; ++gi) {
+            opts_.push_back(Formula::options_from(options[gi]));
+            const std::string error = Formula::validate(opts_.back());
+            if (!error.empty()) {
+                throw py::value_error(error);
+            }
+            Group grp;
+            grp.outer = py::reinterpret_borrow<py::dict>(outers[gi]);
+            grp.begin = entries_.size();
+            const py::list k = keys[gi], in = inners[gi], ix = index[gi];
+            if (py::len(in) != py::len(k) || py::len(ix) != py::len(k)) {
+                throw py::value_error("keys, inners and index must have one length per group");
+            }
+            for (std::size_t e = 0; e < py::len(k); ++e) {
+                entries_.push_back({k[e], in[e], ix[e].cast<long>(), {}, {}});
+            }
+            grp.end = entries_.size();
+            groups_.push_back(std::move(grp));
         }
         const std::size_t n = py::len(values);
-        const bool with_momentum = momentum != 0;
-        if (py::len(grads) != n || (with_momentum && py::len(buffers) != n)) {
-            throw py::value_error("values, grads and buffers must have one length");
+        if (py::len(grads) != n || py::len(states) != n || py::len(steps) != n || py::len(group_of) != n) {
+            throw py::value_error("values, grads, states, steps and group_of must have one length");
         }
+        std::vector<Range> ranges;
         for (std::size_t i = 0; i < n; ++i) {
             Tensor t;
             t.value = values[i];
             t.grad = grads[i];
+            t.group = group_of[i].cast<std::uint32_t>();
+            if (t.group >= n_groups) {
+                throw py::value_error("group_of[" + std::to_string(i) + "] is out of range");
+            }
+            t.step = steps[i].cast<long>();
             const View w = view_of(t.value.ptr(), "values", i, true);
             const View g = view_of(t.grad.ptr(), "grads", i, false);
             if (!same_layout(w, g)) {
                 throw py::value_error("grads[" + std::to_string(i) + "] does not match values[" + std::to_string(i) + "]");
             }
-            View b{};
-            if (with_momentum) {
-                t.buffer = py::list(buffers)[i];
-                b = view_of(t.buffer.ptr(), "buffers", i, true);
+            char* state_ptrs[kStates > 0 ? kStates : 1] = {};
+            const py::object st = states[i];
+            for (int k = 0; k < kStates; ++k) {
+                if (!Formula::uses_state(opts_[t.group], k)) {
+                    continue;
+                }
+                t.states[k] = py::reinterpret_borrow<py::sequence>(st)[static_cast<std::size_t>(k)];
+                const View b = view_of(t.states[k].ptr(), "states", i, true);
                 if (!same_layout(w, b)) {
-                    throw py::value_error("buffers[" + std::to_string(i) + "] does not match values[" + std::to_string(i) + "]");
+                    throw py::value_error("states[" + std::to_string(i) + "] does not match values[" + std::to_string(i) + "]");
+                }
+                state_ptrs[k] = b.data;
+            }
+            const std::size_t bytes = w.size * itemsize(w.kind);
+            const auto range = [&](const char* p, bool written) {
+                const auto lo = reinterpret_cast<std::uintptr_t>(p);
+                ranges.push_back(Range{lo, lo + bytes, written, i});
+            };
+            range(w.data, true);
+            range(g.data, false);
+            for (int k = 0; k < kStates; ++k) {
+                if (state_ptrs[k] != nullptr) {
+                    range(state_ptrs[k], true);
                 }
             }
             t.kind = w.kind;
             t.value_state = state_of(w);
             t.grad_state = state_of(g);
-            t.slot = w.kind == Kind::f32 ? batch_.f32.size() : batch_.f64.size();
-            batch_.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, false, i);
             if (w.kind == Kind::f32) {
+                t.slot = f32_.size();
+                f32_.push_back(make_span<float>(w.data, g.data, state_ptrs, w.size, t.step, t.group));
                 g32_.push_back({reinterpret_cast<const float*>(g.data), w.size});
             } else {
+                t.slot = f64_.size();
+                f64_.push_back(make_span<double>(w.data, g.data, state_ptrs, w.size, t.step, t.group));
                 g64_.push_back({reinterpret_cast<const double*>(g.data), w.size});
             }
             tensors_.push_back(std::move(t));
         }
-        check_overlap(batch_.ranges);
-        for (const Range& r : batch_.ranges) {
+        check_overlap(ranges);
+        for (const Range& r : ranges) {
             if (r.written && r.lo != r.hi) {
                 written_.emplace_back(r.lo, r.hi);
             }
@@ -84,38 +188,67 @@ class Plan {
         std::sort(written_.begin(), written_.end());
     }
 
-    // 1: applied; 2: skipped (a non-finite gradient, skip_nonfinite); 0: stale, nothing written.
-    int step(py::handle params) {
-        PyObject* d = params.ptr();
-        if (d != outer_.ptr() || !PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != static_cast<Py_ssize_t>(entries_.size())) {
-            return 0;
+    // A new lr for group `g` from the next step on (a schedule's value). False, and nothing
+    // changed, when it is not a finite number >= 0.
+    bool set_lr(std::size_t g, double lr) {
+        if (g >= opts_.size()) {
+            throw py::index_error("no param group " + std::to_string(g));
         }
-        Py_ssize_t pos = 0;
-        PyObject *key = nullptr, *inner = nullptr;
-        std::size_t e = 0;
-        while (PyDict_Next(d, &pos, &key, &inner)) {
-            Entry& en = entries_[e++];
-            if (key != en.key.ptr() || inner != en.inner.ptr() || !PyDict_CheckExact(inner)) {
+        Options o = opts_[g];
+        Formula::set_lr(o, lr);
+        if (!Formula::validate(o).empty()) {
+            return false;
+        }
+        opts_[g] = o;
+        return true;
+    }
+
+    // The lr of each group in the latest step this plan applied.
+    const std::vector<double>& last_lrs() const { return last_lrs_; }
+
+    // The lr of each group (in force at the next step).
+    std::vector<double> lrs() const {
+        std::vector<double> out;
+        for (const Options& o : opts_) {
+            out.push_back(o.lr);
+        }
+        return out;
+    }
+
+    // 1: applied; 2: skipped (a non-finite gradient, skip_nonfinite); 0: stale, nothing written.
+    int step() {
+        for (const Group& grp : groups_) {
+            PyObject* d = grp.outer.ptr();
+            if (!PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != static_cast<Py_ssize_t>(grp.end - grp.begin)) {
                 return 0;
             }
-            PyObject* grad = lookup(inner, en.grad_slot, g_str_grad);
-            if (en.index < 0) {
-                if (grad != nullptr && grad != Py_None) {
+            Py_ssize_t pos = 0;
+            PyObject *key = nullptr, *inner = nullptr;
+            std::size_t e = grp.begin;
+            while (PyDict_Next(d, &pos, &key, &inner)) {
+                Entry& en = entries_[e++];
+                if (key != en.key.ptr() || inner != en.inner.ptr() || !PyDict_CheckExact(inner)) {
                     return 0;
                 }
-                continue;
-            }
-            Tensor& t = tensors_[static_cast<std::size_t>(en.index)];
-            PyObject* value = lookup(inner, en.value_slot, g_str_value);
-            if (value != t.value.ptr() || !unchanged(value, t.value_state)) {
-                return 0;
-            }
-            if (grad != t.grad.ptr()) {
-                if (grad == nullptr || !adopt_grad(t, grad)) {
+                PyObject* grad = lookup(inner, en.grad_slot, g_str_grad);
+                if (en.index < 0) {
+                    if (grad != nullptr && grad != Py_None) {
+                        return 0;
+                    }
+                    continue;
+                }
+                Tensor& t = tensors_[static_cast<std::size_t>(en.index)];
+                PyObject* value = lookup(inner, en.value_slot, g_str_value);
+                if (value != t.value.ptr() || !unchanged(value, t.value_state)) {
                     return 0;
                 }
-            } else if (!unchanged(grad, t.grad_state)) {
-                return 0;
+                if (grad != t.grad.ptr()) {
+                    if (grad == nullptr || !adopt_grad(t, grad)) {
+                        return 0;
+                    }
+                } else if (!unchanged(grad, t.grad_state)) {
+                    return 0;
+                }
             }
         }
         const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
@@ -142,11 +275,23 @@ class Plan {
                 }
             }
             if (status == 1) {
-                run_kernels(batch_.f32, batch_.f64, opts_, scale);
+                Formula::run(k, f32_, f64_, opts_.data(), opts_.size(), scale, par);
             }
         }
         if (status == 1) {
             ++applied_;
+            last_lrs_.resize(opts_.size());
+            for (std::size_t g = 0; g < opts_.size(); ++g) {
+                last_lrs_[g] = opts_[g].lr;
+            }
+            for (Tensor& t : tensors_) {
+                ++t.step;
+                if (t.kind == Kind::f32) {
+                    Formula::advance(f32_[t.slot]);
+                } else {
+                    Formula::advance(f64_[t.slot]);
+                }
+            }
             if (measure) {
                 last_norm_ = norm;
             }
@@ -174,17 +319,34 @@ class Plan {
         Py_ssize_t pos = -1;
         py::object key;
     };
+    struct Group {
+        py::dict outer;
+        std::size_t begin, end;  // its entries in entries_
+    };
     struct Entry {
         py::object key, inner;
         long index;  // the tensor, or -1 for an entry without a grad
         Slot value_slot{}, grad_slot{};
     };
     struct Tensor {
-        py::object value, grad, buffer;
+        py::object value, grad;
+        py::object states[kStates > 0 ? kStates : 1];
         ArrayState value_state, grad_state;
         Kind kind;
-        std::size_t slot;  // index in batch_.f32 / batch_.f64
+        std::uint32_t group;
+        long step;         // steps applied to it (the Python state's "step" plus this plan's)
+        std::size_t slot;  // index in f32_ / f64_
     };
+
+    template <class T>
+    static typename Formula::template Span<T> make_span(char* w, char* g, char* const* states, std::size_t n, long step,
+                                                        std::uint32_t group) {
+        T* typed[kStates > 0 ? kStates : 1];
+        for (int k = 0; k < kStates; ++k) {
+            typed[k] = reinterpret_cast<T*>(states[k]);
+        }
+        return Formula::template span<T>(reinterpret_cast<T*>(w), reinterpret_cast<const T*>(g), typed, n, step, group);
+    }
 
     static constexpr int kStateFlags = kC | kF | kAligned | kWriteable;
 
@@ -267,10 +429,10 @@ class Plan {
         t.grad = py::reinterpret_borrow<py::object>(grad);
         t.grad_state = state_of(g);
         if (t.kind == Kind::f32) {
-            batch_.f32[t.slot].grad = reinterpret_cast<const float*>(g.data);
+            f32_[t.slot].grad = reinterpret_cast<const float*>(g.data);
             g32_[t.slot].data = reinterpret_cast<const float*>(g.data);
         } else {
-            batch_.f64[t.slot].grad = reinterpret_cast<const double*>(g.data);
+            f64_[t.slot].grad = reinterpret_cast<const double*>(g.data);
             g64_[t.slot].data = reinterpret_cast<const double*>(g.data);
         }
         return true;
@@ -290,18 +452,39 @@ class Plan {
         return true;
     }
 
-    py::dict outer_;
-    minimalsgd::SgdOptions opts_;
     double clip_;
     bool skip_;
+    std::vector<Options> opts_;
+    std::vector<Group> groups_;
     std::vector<Entry> entries_;
     std::vector<Tensor> tensors_;
-    Batch batch_{0};
+    std::vector<typename Formula::template Span<float>> f32_;
+    std::vector<typename Formula::template Span<double>> f64_;
     std::vector<minimalsgd::ConstSpan<float>> g32_;
     std::vector<minimalsgd::ConstSpan<double>> g64_;
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;
     long applied_ = 0;
+    std::vector<double> last_lrs_;
     double last_norm_ = std::nan("");
 };
+
+// The Python class of a plan: Plan<Formula> as `name` in the module.
+template <class Formula>
+void bind_plan(py::module_& m, const char* name) {
+    using P = BasicPlan<Formula>;
+    py::class_<P>(m, name, "A validated optimizer step, cached (private to minimalsgd._optimizer).")
+        .def(py::init<py::list, py::list, py::list, py::list, py::list, py::list, py::list, py::list, py::list, py::list,
+                      double, bool>(),
+             py::arg("outers"), py::arg("keys"), py::arg("inners"), py::arg("index"), py::arg("values"),
+             py::arg("grads"), py::arg("states"), py::arg("steps"), py::arg("group_of"), py::arg("options"),
+             py::arg("clip"), py::arg("skip_nonfinite"))
+        .def("step", &P::step)
+        .def("set_lr", &P::set_lr, py::arg("group"), py::arg("lr"))
+        .def_property_readonly("lrs", &P::lrs)
+        .def_property_readonly("last_lrs", &P::last_lrs)
+        .def_property_readonly("applied", &P::applied)
+        .def("reset_applied", &P::reset_applied)
+        .def_property_readonly("last_norm", &P::last_norm);
+}
 
 }  // namespace minimalsgd_python

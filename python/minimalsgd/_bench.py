@@ -25,6 +25,7 @@ import numpy as np
 from . import _functional as F
 from ._config import backend_info
 from .optim import SGD
+from .schedules import warmup_cosine
 
 LR, MOMENTUM, WD, CLIP = 0.01, 0.9, 1e-4, 1.0  # Nesterov on: the issue's configuration
 LIMIT = "limit: plain C stream loop (yardstick)"
@@ -58,6 +59,7 @@ class Case:
     shapes: list[tuple[int, ...]]
     clip: bool = False
     per_call: bool = False  # report microseconds per call (tiny tensors)
+    groups: bool = False  # SGD.step with two param groups and an lr schedule (minimalsgd rows only)
 
     @property
     def numel(self) -> int:
@@ -72,6 +74,7 @@ def cases(quick: bool) -> list[Case]:
         Case("one 16M tensor", [(1 << 24,)]),
         Case("ResNet-50 set (161 tensors)", resnet50_shapes()),
         Case("ResNet-50 set, clip + step", resnet50_shapes(), clip=True),
+        Case("ResNet-50 set, 2 groups + schedule", resnet50_shapes(), groups=True),
     ]
     if not quick:
         out.insert(4, Case("one 64M tensor", [(1 << 26,)]))
@@ -171,6 +174,10 @@ def _numba_step() -> Callable | None:
     return step
 
 
+ONE_GROUP_ROW = "minimalsgd SGD.step, one group"
+GROUPS_ROW = "minimalsgd SGD.step, 2 groups + schedule"
+
+
 def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
     """Every row of one case. The yardstick and minimalsgd's rows are timed side by side: each
     round takes one sample of each in turn, and a row's time is its median over the rounds, so
@@ -231,7 +238,25 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
             samplers.append(("minimalsgd bare C++ call (no Python)", lambda: c_sample("step", 1), True))
 
     values, grads = _make_arrays(case, dtype)
-    if core is not None:
+    if case.groups:
+        # Two groups (weights with weight decay; biases and norms, the 1-D tensors, without) and a
+        # warmup-then-cosine schedule, against the same tensors as one group with a constant lr,
+        # side by side: the ratio is the cost of groups and a schedule.
+        if core is not None:
+            def grouped(**kw: Any) -> SGD:
+                d = _param_dict(values, grads)
+                w = {k: p for k, p in d.items() if p["value"].ndim > 1}
+                b = {k: p for k, p in d.items() if p["value"].ndim <= 1}
+                return SGD([{"params": w}, {"params": b, "weight_decay": 0.0}],
+                           lr=warmup_cosine(LR, 100, 10**9), momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kw)
+
+            one = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)
+            python_row(ONE_GROUP_ROW, one.step, threads=0, interleave=True)
+            python_row(GROUPS_ROW, grouped().step, threads=0, interleave=True)
+        baseline_opt = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
+        python_row(BASELINE, baseline_opt.step)
+        samplers[:] = [x for x in samplers if x[0] != "minimalsgd bare C++ call (no Python)"]
+    elif core is not None:
         opt = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
         python_row(f"minimalsgd SGD.step ({core.get_num_threads()} threads)", opt.step, threads=0, interleave=True)
         opt1 = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
@@ -243,27 +268,28 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
                 lambda: F.sgd_step(values, grads, bufs, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD),
                 interleave=True,
             )
-    opt_np = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip, backend="numpy")
-    python_row("minimalsgd NumPy backend", opt_np.step)
-    classic = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
-    python_row(BASELINE, classic.step)
+    if not case.groups:  # the peers: as in the one-group case above it
+        opt_np = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip, backend="numpy")
+        python_row("minimalsgd NumPy backend", opt_np.step)
+        classic = ClassicNumpySGD(_param_dict(values, grads), LR, MOMENTUM, True, WD, clip)
+        python_row(BASELINE, classic.step)
 
-    numba_step = _numba_step()
-    if numba_step is not None and not case.clip:
-        nbufs = [np.zeros_like(x) for x in values]
-        flat = [(x.reshape(-1), g.reshape(-1), b.reshape(-1)) for x, g, b in zip(values, grads, nbufs)]
-        t = dtype.type
+        numba_step = _numba_step()
+        if numba_step is not None and not case.clip:
+            nbufs = [np.zeros_like(x) for x in values]
+            flat = [(x.reshape(-1), g.reshape(-1), b.reshape(-1)) for x, g, b in zip(values, grads, nbufs)]
+            t = dtype.type
 
-        def numba_all() -> None:
-            for w, g, b in flat:
-                numba_step(w, g, b, t(LR), t(MOMENTUM), t(WD), t(1))
+            def numba_all() -> None:
+                for w, g, b in flat:
+                    numba_step(w, g, b, t(LR), t(MOMENTUM), t(WD), t(1))
 
-        python_row("numba parallel loop (one call per tensor)", numba_all)
+            python_row("numba parallel loop (one call per tensor)", numba_all)
 
-    torch = _optional("torch")
-    if torch is not None:
-        for label, fn in _torch_rows(torch, values, grads, clip):
-            python_row(label, fn)
+        torch = _optional("torch")
+        if torch is not None:
+            for label, fn in _torch_rows(torch, values, grads, clip):
+                python_row(label, fn)
 
     # The yardstick and minimalsgd's rows (one OpenMP runtime) in interleaved rounds; then each
     # peer in a block of its own rounds, since torch's and numba's thread pools keep spinning on
@@ -452,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
             case_rows = run_case(case, dtype, args.quick, progress)
             rows += case_rows
             print(format_table(case_rows), flush=True)
+            if case.groups:
+                by = {r.backend: r.seconds for r in case_rows}
+                grouped, one = by.get(GROUPS_ROW), by.get(ONE_GROUP_ROW)
+                if grouped and one:
+                    print(f"2 groups + schedule / one group: {grouped / one:.3f} (target: at most 1.05)", flush=True)
     sweep_rows: list[Row] = []
     if args.plot:
         sweep_rows = sweep(dtypes[0], args.quick, progress)

@@ -33,6 +33,7 @@ ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray]]
 _BACKENDS = ("auto", "native", "numpy")
 _NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ALIGNED_CONTIG = ("C_CONTIGUOUS", "F_CONTIGUOUS")
+_INF = math.inf
 
 
 def _env_backend() -> str:
@@ -56,6 +57,9 @@ def native_available() -> bool:
 
 def check_real(name: str, x: Any, *, minimum: float | None = None, positive: bool = False) -> float:
     """``x`` as a float; TypeError unless it is a real number, ValueError unless finite and in range."""
+    # The common case first (a finite float in range), without the ABC checks below.
+    if type(x) is float and -_INF < x < _INF and (minimum is None or x >= minimum) and (x > 0 or not positive):
+        return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         if isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "fiu":
             x = x.item()
@@ -72,6 +76,8 @@ def check_real(name: str, x: Any, *, minimum: float | None = None, positive: boo
 
 
 def check_bool(name: str, x: Any) -> bool:
+    if type(x) is bool:
+        return x
     if not isinstance(x, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
     return bool(x)
@@ -122,6 +128,21 @@ def _same_dtype(a: np.dtype, b: np.dtype) -> bool:
 
 def check_tensor(name: str, value: Any, grad: Any, buf: Any, with_buffer: bool) -> None:
     """Raise a TypeError/ValueError naming ``name`` unless the three arrays can be stepped."""
+    # The common case in one expression; anything else is examined below to say what is wrong.
+    if (
+        isinstance(value, np.ndarray)
+        and isinstance(grad, np.ndarray)
+        and value.dtype.kind in "fc"
+        and value.flags.writeable
+        and grad.dtype == value.dtype
+        and grad.shape == value.shape
+        and (
+            buf is None
+            or not with_buffer
+            or (isinstance(buf, np.ndarray) and buf.dtype == value.dtype and buf.shape == value.shape and buf.flags.writeable)
+        )
+    ):
+        return
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{name}: value must be a numpy.ndarray, got {type(value).__name__}")
     if value.dtype.kind not in "fc":
@@ -145,6 +166,10 @@ def _check_companion(name: str, what: str, arr: Any, value: np.ndarray, written:
         raise ValueError(f"{name}: {what} is read-only; the step updates it in place")
 
 
+#: The companion check by its public name (the optimizers check their state arrays with it).
+check_companion = _check_companion
+
+
 def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
     if a.size == 0:
         return (0, 0)
@@ -164,17 +189,65 @@ def _really_overlap(a: np.ndarray, b: np.ndarray) -> bool:
         return True
 
 
-def check_no_overlap(names: Sequence[str], arrays: Sequence[Sequence[np.ndarray | None]]) -> None:
-    """ValueError if an array that the step writes (slots 0 and 2 of each tuple) shares memory with
-    any other array of the call. Grads (slot 1) may share memory with each other."""
+def _memory_owner(a: np.ndarray) -> np.ndarray | None:
+    """The array that allocated ``a``'s memory (``a`` itself or the end of its chain of bases), or
+    None when the memory comes from elsewhere (a buffer object, a raw pointer)."""
+    while not a.flags.owndata:
+        base = a.base
+        if not isinstance(base, np.ndarray):
+            return None
+        a = base
+    return a
+
+
+def check_no_overlap(
+    names: Sequence[str],
+    arrays: Sequence[Sequence[np.ndarray | None]],
+    slot_names: Sequence[str] = ("value", "grad", "momentum buffer"),
+) -> None:
+    """ValueError if an array that the step writes (every slot but 1 of each tuple: the value and
+    the state arrays) shares memory with any other array of the call. Grads (slot 1) may share
+    memory with each other. ``slot_names`` name the slots in the message.
+
+    Arrays whose memory NumPy allocated for different owners cannot overlap, so when every array
+    has a known owner only arrays of one owner are compared (in the common case, none at all);
+    when any memory comes from elsewhere, all arrays are compared by their byte bounds."""
+    owners = []
+    unknown = False
+    for group in arrays:
+        for a in group:
+            if a is not None:
+                if a.flags.owndata:
+                    owners.append(id(a))
+                else:
+                    owner = _memory_owner(a)
+                    unknown = unknown or owner is None
+                    owners.append(id(owner))
+    if not unknown and len(set(owners)) == len(owners):
+        return  # every array's memory has its own owner
+    all_members = [(i, slot, a) for i, group in enumerate(arrays) for slot, a in enumerate(group) if a is not None]
+    if unknown:
+        _check_spans(names, all_members, slot_names)
+        return
+    by_owner: dict[int, list[tuple[int, int, np.ndarray]]] = {}
+    for member, key in zip(all_members, owners):
+        by_owner.setdefault(key, []).append(member)
+    for members in by_owner.values():
+        if len(members) > 1 and any(slot != 1 for _, slot, _ in members):
+            _check_spans(names, members, slot_names)
+
+
+def _check_spans(
+    names: Sequence[str], members: Sequence[tuple[int, int, np.ndarray]], slot_names: Sequence[str]
+) -> None:
+    """The overlap check by byte bounds over (tensor index, slot, array) triples."""
     spans = []
-    for i, group in enumerate(arrays):
-        for slot, a in enumerate(group):
-            if a is not None and a.size:
-                lo, hi = _byte_bounds(a)
-                spans.append((lo, hi, slot != 1, i, slot, a))
+    for i, slot, a in members:
+        if a.size:
+            lo, hi = _byte_bounds(a)
+            spans.append((lo, hi, slot != 1, i, slot, a))
     spans.sort(key=lambda s: s[0])
-    labels = ("value", "grad", "momentum buffer")
+    labels = slot_names
     active: list[tuple[int, int, bool, int, int, np.ndarray]] = []
     for span in spans:
         lo = span[0]
@@ -216,22 +289,25 @@ def run_step(
     names: Sequence[str],
     values: Sequence[np.ndarray],
     grads: Sequence[np.ndarray],
-    buffers: Sequence[np.ndarray] | None,
+    buffers: Sequence[np.ndarray | None] | None,
     firsts: Sequence[bool],
-    hyper: tuple[float, float, float, float, bool, bool],
+    group_of: Sequence[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
     grad_scale: float,
     backend: str,
 ) -> None:
-    """Route each validated tensor to a backend, then run: native ones in one call."""
-    lr, momentum, dampening, weight_decay, nesterov, maximize = hyper
-    with_buffer = momentum != 0
+    """Route each validated tensor to a backend, then run: tensor i with ``options[group_of[i]]``
+    (lr, momentum, dampening, weight_decay, nesterov, maximize); its buffer may be None when its
+    momentum is 0."""
+    if backend == "numpy":  # no routing to do
+        _run_numpy(values, grads, buffers if buffers is not None else [None] * len(values), firsts, group_of,
+                   options, grad_scale)
+        return
     native: list[int] = []
     other: list[int] = []
     for i in range(len(values)):
+        with_buffer = options[group_of[i]][1] != 0
         buf = buffers[i] if with_buffer and buffers is not None else None
-        if backend == "numpy":
-            other.append(i)
-            continue
         reason = native_reason(values[i], grads[i], buf)
         if reason is None:
             native.append(i)
@@ -239,25 +315,48 @@ def run_step(
             raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
         else:
             other.append(i)
-    args = (lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale)
-    if native:
-        assert _core is not None
-        _core.sgd_step(
-            [values[i] for i in native],
-            [grads[i] for i in native],
-            [buffers[i] for i in native] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in native],
-            *args,
-            check_overlap=False,
-        )
-    if other:
-        _numpy.sgd_step(
-            [values[i] for i in other],
-            [grads[i] for i in other],
-            [buffers[i] for i in other] if with_buffer and buffers is not None else None,
-            [firsts[i] for i in other],
-            *args,
-        )
+    for part, run in ((native, _run_native), (other, _run_numpy)):
+        if part:
+            run([values[i] for i in part], [grads[i] for i in part],
+                [buffers[i] if buffers is not None else None for i in part],
+                [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale)
+
+
+def _run_native(
+    values: list[np.ndarray],
+    grads: list[np.ndarray],
+    buffers: list[np.ndarray | None],
+    firsts: list[bool],
+    group_of: list[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float,
+) -> None:
+    assert _core is not None
+    if len(options) == 1:
+        with_buffer = options[0][1] != 0
+        _core.sgd_step(values, grads, buffers if with_buffer else None, firsts, *options[0], grad_scale,
+                       check_overlap=False)
+    else:  # every group in one call: tensor i with options[group_of[i]]
+        _core.sgd_step_groups(values, grads, buffers, firsts, group_of, list(options), grad_scale, check_overlap=False)
+
+
+def _run_numpy(
+    values: list[np.ndarray],
+    grads: list[np.ndarray],
+    buffers: list[np.ndarray | None],
+    firsts: list[bool],
+    group_of: list[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float,
+) -> None:
+    for g, opts in enumerate(options):
+        idx = [i for i in range(len(values)) if group_of[i] == g]
+        if not idx:
+            continue
+        with_buffer = opts[1] != 0
+        _numpy.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
+                        [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
+                        *opts, grad_scale)
 
 
 def sum_of_squares(names: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> float:
@@ -288,12 +387,12 @@ def sgd_step(
     grads: ArrayOrArrays,
     momentum_buffers: ArrayOrArrays | None = None,
     *,
-    lr: float,
-    momentum: float = 0.0,
-    dampening: float = 0.0,
-    weight_decay: float = 0.0,
-    nesterov: bool = False,
-    maximize: bool = False,
+    lr: float | Sequence[float],
+    momentum: float | Sequence[float] = 0.0,
+    dampening: float | Sequence[float] = 0.0,
+    weight_decay: float | Sequence[float] = 0.0,
+    nesterov: bool | Sequence[bool] = False,
+    maximize: bool | Sequence[bool] = False,
     grad_scale: float = 1.0,
     first_step: bool | Sequence[bool] = False,
     backend: Backend = "auto",
@@ -311,11 +410,14 @@ def sgd_step(
             g = g + momentum * v  if nesterov else v
         w = w - lr * g
 
+    Every hyperparameter but ``grad_scale`` may also be a sequence with one entry per tensor (per
+    param group hyperparameters, say): all tensors still go to the kernel in one call.
+
     Args:
         values: an array or a sequence of arrays, updated in place.
         grads: the gradients, one per value, same shape and dtype; never written.
         momentum_buffers: one per value, same shape and dtype, updated in place; required when
-            ``momentum != 0`` (``numpy.empty_like(value)`` will do with ``first_step=True``).
+            ``momentum != 0`` (an entry may be None for a tensor whose momentum is 0) (``numpy.empty_like(value)`` will do with ``first_step=True``).
         first_step: whether this step is the first for each buffer; one bool or one per tensor.
         grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
         backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
@@ -333,16 +435,19 @@ def sgd_step(
             values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
         ):
             return
-    hyper = check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov, maximize)
     scale = check_real("grad_scale", grad_scale, minimum=0.0)
     resolved = check_backend(backend)
     vs = as_list(values, "values")
     gs = as_list(grads, "grads")
     if len(gs) != len(vs):
         raise ValueError(f"grads has {len(gs)} arrays for {len(vs)} values")
-    with_buffer = hyper[1] != 0
+    group_of, options = per_tensor_options(
+        len(vs), lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+        maximize=maximize,
+    )
+    uses_buffer = [options[group_of[i]][1] != 0 for i in range(len(vs))]
     bs: list[Any] | None = None
-    if with_buffer:
+    if any(uses_buffer):
         if momentum_buffers is None:
             raise ValueError("momentum != 0 needs momentum_buffers (one array per value)")
         bs = as_list(momentum_buffers, "momentum_buffers")
@@ -356,11 +461,52 @@ def sgd_step(
             raise ValueError(f"first_step has {len(firsts)} flags for {len(vs)} values")
     names = [f"values[{i}]" for i in range(len(vs))]
     for i in range(len(vs)):
-        check_tensor(names[i], vs[i], gs[i], bs[i] if bs is not None else None, with_buffer)
-        if with_buffer and bs is not None and bs[i] is None:
+        buf = bs[i] if bs is not None and uses_buffer[i] else None
+        check_tensor(names[i], vs[i], gs[i], buf, uses_buffer[i])
+        if uses_buffer[i] and buf is None:
             raise TypeError(f"{names[i]}: momentum buffer must be a numpy.ndarray, got NoneType")
-    check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None else None) for i in range(len(vs))])
-    run_step(names, vs, gs, bs, firsts, hyper, scale, resolved)
+    check_no_overlap(names, [(vs[i], gs[i], bs[i] if bs is not None and uses_buffer[i] else None)
+                             for i in range(len(vs))])
+    run_step(names, vs, gs, [bs[i] if bs is not None and uses_buffer[i] else None for i in range(len(vs))],
+             firsts, group_of, options, scale, resolved)
+
+
+_SGD_OPTION_NAMES = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+
+def per_tensor_options(n: int, **hyper: Any) -> tuple[list[int], list[tuple[float, float, float, float, bool, bool]]]:
+    """Per-tensor SGD hyperparameters: each one a scalar (every tensor) or a sequence of ``n``
+    (one per tensor). Returns ``(group_of, options)``: tensor i uses ``options[group_of[i]]``,
+    one entry per distinct set, each checked by torch.optim.SGD's rules. Raises naming the
+    hyperparameter (``lr has 2 values for 3 tensors``) or the tensor (``values[1]: lr must ...``)."""
+    columns: dict[str, list[Any]] = {}
+    any_sequence = False
+    for name in _SGD_OPTION_NAMES:
+        x = hyper[name]
+        if isinstance(x, np.ndarray) and x.ndim == 1 or isinstance(x, (list, tuple)):
+            seq = list(x.tolist() if isinstance(x, np.ndarray) else x)
+            if len(seq) != n:
+                raise ValueError(f"{name} has {len(seq)} values for {n} tensors; give one per tensor or one for all")
+            columns[name] = seq
+            any_sequence = True
+        else:
+            columns[name] = [x] * n
+    if not any_sequence:  # one set for every tensor
+        return [0] * n, [check_hyperparameters(*(hyper[k] for k in _SGD_OPTION_NAMES))]
+    index: dict[tuple[Any, ...], int] = {}
+    group_of: list[int] = []
+    options: list[tuple[float, float, float, float, bool, bool]] = []
+    for i in range(n):
+        raw = tuple(columns[k][i] for k in _SGD_OPTION_NAMES)
+        try:
+            opts = check_hyperparameters(*raw)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"values[{i}]: {e}") from None
+        j = index.setdefault(opts, len(options))
+        if j == len(options):
+            options.append(opts)
+        group_of.append(j)
+    return group_of, options
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:

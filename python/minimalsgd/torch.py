@@ -13,15 +13,25 @@ scheduler work unchanged, and checkpoints move between the two in both direction
 momentum buffer are dense and contiguous goes to the native multi-tensor kernel in one call,
 in the tensors' own memory (no copies). Everything else — other devices,
 half precision, complex, sparse grads, non-contiguous layouts, negative-bit views, views that
-share memory, ``differentiable=True``, AMP grad scaling, hyperparameters the kernel refuses (a
-negative lr set by hand) — goes through torch's own SGD code, with torch's results and no error.
+share memory, ``differentiable=True``, hyperparameters the kernel refuses (a negative lr set by
+hand) — goes through torch's own SGD code, with torch's results and no error.
 The native step bumps the params' autograd version counters as torch's in-place ops do.
+
+torch's step contract for mixed precision is kept (see :class:`_AmpInputs`): with ``fused=True``
+a ``torch.amp.GradScaler`` hands the step ``grad_scale`` and ``found_inf``; a ``found_inf`` of 1
+skips the step of every fused group (nothing written, no state born), a power-of-two
+``grad_scale`` is divided out inside the native kernel (multiplying by its exact reciprocal: the
+same bits as torch's division) and the grads are left unscaled as torch's fused kernel leaves
+them; any other ``grad_scale`` goes to torch's fused code. Set on a group that does not take the
+fused path, either raises torch's ``AssertionError``. torch's fused-path checks raise torch's
+errors, before anything is written.
 
 Importing :mod:`minimalsgd` never imports torch; this module does.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +40,23 @@ from torch.autograd.graph import increment_version as _increment_version
 from torch.optim.sgd import sgd as _torch_sgd
 
 from . import _functional as F
+
+try:
+    from torch.optim.optimizer import _device_dtype_check_for_fused
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+except ImportError:  # pragma: no cover - other torch versions; 2.13.0 has both
+    def _get_fused_kernels_supported_devices() -> list[str]:
+        return ["mps", "cuda", "xpu", "hpu", "cpu", "mtia", torch._C._get_privateuse1_backend_name()]
+
+    def _device_dtype_check_for_fused(p: torch.Tensor, cuda_unsupported: bool = False) -> None:
+        devices = _get_fused_kernels_supported_devices()
+        if cuda_unsupported:
+            devices.remove("cuda")
+        if not (p.device.type in devices and torch.is_floating_point(p)):
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of "
+                f"supported devices: {devices} but {p.dtype} and {p.device.type}"
+            )
 
 __all__ = ["SGD"]
 
@@ -84,40 +111,193 @@ def _run_views(
 _bump_versions = getattr(torch._C, "_increment_version", _increment_version)
 
 
+# --- torch's step contract for grad scaling (GradScaler) and the fused-path checks ----------------
+# A reusable piece: any drop-in whose torch twin has a fused path (SGD here; Adam/AdamW next) reads
+# the step's grad_scale/found_inf through _AmpInputs and asks _takes_fused_path per group.
+
+# What torch's single-tensor and foreach paths raise when grad_scale or found_inf is set.
+_AMP_NOT_NONE = "Expected grad_scale and found_inf to be None"
+# Dtypes torch's fused CPU kernels dispatch on (AT_DISPATCH_FLOATING_TYPES_AND2(kBFloat16, kHalf)).
+_FUSED_DTYPES = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+
+
+def _takes_fused_path(group: dict[str, Any]) -> bool:
+    """True when torch's functional ``sgd``/``adam`` would run its fused implementation for this
+    group: ``fused`` truthy and ``foreach`` not (``foreach=True`` wins; both ``None`` never picks
+    fused). Only that path reads ``grad_scale``/``found_inf``; the others refuse them."""
+    return bool(group.get("fused")) and not group.get("foreach")
+
+
+def _fused_kernel_takes(p: torch.Tensor) -> bool:
+    """A param torch's fused kernel can step (its dtype and device); for the others torch raises
+    from inside the kernel, so the drop-in lets torch's own step raise it."""
+    return p.dtype in _FUSED_DTYPES and p.device.type in _get_fused_kernels_supported_devices()
+
+
+def _is_cpu_float_scalar(t: torch.Tensor) -> bool:
+    return (
+        isinstance(t, torch.Tensor)
+        and t.dtype is torch.float32
+        and t.is_cpu
+        and t.layout is _STRIDED
+        and t.numel() == 1
+        and not t.requires_grad
+    )
+
+
+class _AmpInputs:
+    """The ``grad_scale`` and ``found_inf`` that torch's step contract hands an optimizer.
+
+    ``torch.amp.GradScaler.step`` sets them as attributes for optimizers with
+    ``_step_supports_amp_scaling`` (torch's SGD/Adam/AdamW with ``fused=True``) and deletes them
+    after the step; a user may set them by hand. torch's fused kernels then, per step:
+
+    - skip the whole step when ``found_inf`` reads exactly 1.0 (the first float32 element; other
+      values, even 2.0, step), writing nothing;
+    - otherwise compute with ``grad / grad_scale`` (the float32 scale converted to the param's
+      dtype) and store that unscaled grad back into ``p.grad``.
+
+    The native kernel multiplies by a ``grad_scale`` coefficient instead. ``grad * (1/s)`` has the
+    same bits as ``grad / s`` exactly when ``1/s`` is representable (then both round the same real
+    number): ``s`` a positive power of two whose reciprocal fits in float32, which every
+    ``GradScaler`` scale is with the default growth and backoff factors. :meth:`kernel_scale`
+    returns that reciprocal, or ``None`` when the step must go to torch's fused code.
+
+    Reuse (Adam/AdamW drop-ins): ``amp = _AmpInputs(self)``; if ``amp.is_set and not
+    amp.native_readable``: run torch's own step. Before writing anything, per group:
+    ``amp.check_allowed(_takes_fused_path(group))``. Then per fused group: ``if amp.skips:
+    continue`` (no state born); ``scale = amp.kernel_scale()``; ``None`` -> torch's fused code for
+    the group, else the kernel with that ``grad_scale`` followed by ``amp.unscale_grads_(grads,
+    scale)``. torch's fused Adam also undoes its step-count increment by ``found_inf``: skipping
+    before counting gives the same counts.
+    """
+
+    __slots__ = ("grad_scale", "found_inf")
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.grad_scale: torch.Tensor | None = getattr(optimizer, "grad_scale", None)
+        self.found_inf: torch.Tensor | None = getattr(optimizer, "found_inf", None)
+
+    @property
+    def is_set(self) -> bool:
+        """Either input is present (torch's non-fused paths then raise)."""
+        return self.grad_scale is not None or self.found_inf is not None
+
+    @property
+    def native_readable(self) -> bool:
+        """Both absent or CPU float32 one-element tensors, which the native path reads as torch's
+        kernel does. Anything else (another dtype, device or size) is served by torch's own step,
+        which reads or refuses it in its own way."""
+        return (self.grad_scale is None or _is_cpu_float_scalar(self.grad_scale)) and (
+            self.found_inf is None or _is_cpu_float_scalar(self.found_inf)
+        )
+
+    def check_allowed(self, fused_path: bool) -> None:
+        """torch's ``AssertionError`` for a group whose path refuses these inputs."""
+        if self.is_set and not fused_path:
+            raise AssertionError(_AMP_NOT_NONE)
+
+    @property
+    def skips(self) -> bool:
+        """The fused step is skipped: ``found_inf`` reads exactly 1.0, as torch's kernels test it."""
+        return self.found_inf is not None and float(self.found_inf.reshape(-1)[0]) == 1.0
+
+    def kernel_scale(self) -> float | None:
+        """The native kernel's ``grad_scale`` coefficient: 1.0 without a ``grad_scale``; ``1/s``
+        when that multiplication is bit-identical to torch's division by ``s`` in float32 and
+        float64; ``None`` otherwise (torch's fused code must divide)."""
+        if self.grad_scale is None:
+            return 1.0
+        s = float(self.grad_scale.reshape(-1)[0])
+        if not (math.isfinite(s) and s > 0.0) or math.frexp(s)[0] != 0.5:
+            return None
+        inv = 1.0 / s  # exact in float64: s is a power of two
+        if inv > 2.0**127 or inv < 2.0**-149:  # not a float32 (subnormal powers of two still are)
+            return None
+        return inv
+
+    def unscale_grads_(self, grads: list[torch.Tensor], scale: float) -> None:
+        """Leave the grads unscaled (``grad * scale``, the same bits as torch's ``grad / s``), as
+        torch's fused kernel leaves them; a no-op without a ``grad_scale``."""
+        if self.grad_scale is not None and grads:
+            with torch.no_grad():
+                torch._foreach_mul_(grads, scale)
+
+
+def _torch_sgd_step(optimizer: torch.optim.SGD, closure: Callable[[], Any] | None) -> Any:
+    """torch.optim.SGD.step's own body, without the step-hook wrapper torch puts on the class once
+    a torch.optim.SGD exists (the drop-in's step is wrapped already: hooks must fire once)."""
+    fn = torch.optim.SGD.step
+    if getattr(fn, "hooked", False):
+        fn = fn.__wrapped__  # type: ignore[attr-defined]
+    return fn(optimizer, closure)
+
+
+class _GroupPlan:
+    """One param group's step, decided before anything is written: the native part (tensors and
+    their addresses) and the params left to torch."""
+
+    __slots__ = (
+        "group", "params", "grads", "bufs", "firsts", "kinds", "vptrs", "gptrs", "bptrs", "sizes",
+        "new_buffers", "rest", "with_momentum", "fused", "scale",
+    )
+
+    def __init__(self, group: dict[str, Any], fused: bool, scale: float | None) -> None:
+        self.group = group
+        self.fused = fused
+        self.scale = scale  # the kernel's grad_scale; None: torch's code runs the whole group
+        self.with_momentum = group["momentum"] != 0
+        self.params: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        self.bufs: list[torch.Tensor] = []
+        self.firsts: list[bool] = []
+        self.kinds: list[int] = []
+        self.vptrs: list[int] = []
+        self.gptrs: list[int] = []
+        self.bptrs: list[int] = []
+        self.sizes: list[int] = []
+        self.new_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.rest: list[torch.Tensor] = []
+
+    def everything_to_torch(self) -> list[torch.Tensor]:
+        return [p for p in self.group["params"] if p.grad is not None]
+
+
 class SGD(torch.optim.SGD):
     """``torch.optim.SGD`` with minimalsgd's fused native step (see the module docstring).
 
     The arguments are torch's: ``params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
     nesterov=False, *, maximize=False, foreach=None, differentiable=False, fused=None``.
     ``foreach`` and ``fused`` choose torch's implementation for the params that fall back to
-    torch; the native params always take the fused native kernel. ``differentiable=True``
-    (autograd through the step) hands the whole step to torch.
+    torch, and which of torch's step contracts applies: ``fused=True`` (without ``foreach=True``)
+    accepts a ``GradScaler``'s ``grad_scale``/``found_inf`` and runs torch's fused-path checks; the
+    native params always take the fused native kernel. ``differentiable=True`` (autograd through
+    the step) hands the whole step to torch.
     """
 
-    def _native_group(self, group: dict[str, Any]) -> list[torch.Tensor]:
-        """Step the group's native-eligible params in one native call; return the others.
+    def _check_fused_params(self, group: dict[str, Any]) -> None:
+        """torch.optim.SGD's fused-path check: the first param with a grad of the optimizer's first
+        fused step must be a floating point tensor on a fused-capable device (torch checks once per
+        optimizer, and so do we)."""
+        if group["fused"] and getattr(self, "_need_device_dtype_check_for_fused", True):
+            for p in group["params"]:
+                if p.grad is not None:
+                    _device_dtype_check_for_fused(p)
+                    self._need_device_dtype_check_for_fused = False
+                    break
 
-        Per param this checks only cheap tensor facts (dtype, device, layout, contiguity, neg bit,
-        size) and hands the kernel the tensors' own memory: no copies.
-        """
-        core = F._core
-        if core is None:
-            return [p for p in group["params"] if p.grad is not None]
-        by_address = getattr(core, "sgd_step_ptrs", None)
-        momentum = group["momentum"]
-        with_momentum = momentum != 0
-        rest: list[torch.Tensor] = []
-        params: list[torch.Tensor] = []
-        grads: list[torch.Tensor] = []
-        bufs: list[torch.Tensor] = []
-        firsts: list[bool] = []
-        kinds: list[int] = []
-        vptrs: list[int] = []
-        gptrs: list[int] = []
-        bptrs: list[int] = []
-        sizes: list[int] = []
-        new_buffers: list[tuple[torch.Tensor, torch.Tensor]] = []
+    def _plan_group(self, group: dict[str, Any], fused: bool, scale: float | None) -> _GroupPlan | None:
+        """Sort the group's params into native and torch's, checking only cheap tensor facts
+        (dtype, device, layout, contiguity, neg bit, size); nothing is written. None: a fused group
+        holds a param torch's fused kernel refuses, so torch's own step must run (and raise)."""
+        plan = _GroupPlan(group, fused, scale)
+        native = scale is not None and F._core is not None
+        with_momentum = plan.with_momentum
         state = self.state
+        sparse = unfit = False
+        # Local lists (the plan's own): appends in this loop are the per-param cost of a step.
+        rest, params, grads, bufs, firsts = plan.rest, plan.params, plan.grads, plan.bufs, plan.firsts
+        kinds, vptrs, gptrs, bptrs, sizes = plan.kinds, plan.vptrs, plan.gptrs, plan.bptrs, plan.sizes
         for p in group["params"]:
             g = p.grad
             if g is None:
@@ -126,7 +306,8 @@ class SGD(torch.optim.SGD):
             kind = _KIND.get(dtype)
             n = p.numel()
             if (
-                kind is None
+                not native
+                or kind is None
                 or not (p.is_cpu and p.layout is _STRIDED and p.is_contiguous())
                 or p.is_neg()
                 or not (g.dtype is dtype and g.is_cpu and g.layout is _STRIDED and g.is_contiguous())
@@ -134,13 +315,17 @@ class SGD(torch.optim.SGD):
                 or g.numel() != n
             ):
                 rest.append(p)
+                if fused:
+                    sparse = sparse or g.is_sparse
+                    unfit = unfit or not _fused_kernel_takes(p)
                 continue
             first = False
             if with_momentum:
-                buf = state[p].get("momentum_buffer")
+                st = state.get(p)  # not state[p]: planning must not add entries to the defaultdict
+                buf = None if st is None else st.get("momentum_buffer")
                 if buf is None:
                     buf = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    new_buffers.append((p, buf))
+                    plan.new_buffers.append((p, buf))
                     first = True
                 elif not _dense_cpu(buf, dtype, n):
                     rest.append(p)
@@ -154,27 +339,41 @@ class SGD(torch.optim.SGD):
             vptrs.append(p.data_ptr())
             gptrs.append(g.data_ptr())
             sizes.append(n)
-        if params:
-            hyper = (
-                _as_float(group["lr"]), float(momentum), float(group["dampening"]), _as_float(group["weight_decay"]),
-                bool(group["nesterov"]), bool(group["maximize"]), 1.0,
+        if sparse:
+            raise RuntimeError("`_fused_sgd` does not support sparse gradients")  # torch's _fused_sgd
+        return None if unfit else plan
+
+    def _run_native(self, plan: _GroupPlan, amp: _AmpInputs) -> bool:
+        """The plan's native call; False when the kernel refused its options or overlapping params
+        (nothing written)."""
+        group = plan.group
+        with_momentum = plan.with_momentum
+        assert plan.scale is not None
+        hyper = (
+            _as_float(group["lr"]), float(group["momentum"]), float(group["dampening"]),
+            _as_float(group["weight_decay"]), bool(group["nesterov"]), bool(group["maximize"]), plan.scale,
+        )
+        core = F._core
+        by_address = getattr(core, "sgd_step_ptrs", None)
+        if by_address is not None:
+            # The tensors (and so their memory) stay alive in the plan's lists.
+            done = by_address(
+                plan.kinds, plan.vptrs, plan.gptrs, plan.bptrs if with_momentum else None, plan.sizes, plan.firsts,
+                *hyper,
             )
-            if by_address is not None:
-                # The tensors (and so their memory) stay alive in `params`, `grads` and `bufs`.
-                done = by_address(kinds, vptrs, gptrs, bptrs if with_momentum else None, sizes, firsts, *hyper)
-            else:
-                done = _run_views(core, params, grads, bufs if with_momentum else None, firsts, hyper)
-            if not done:
-                # Options the kernel refuses (a scheduler may set any lr), or params that share
-                # memory (views of one tensor, which torch steps one after another): torch's own
-                # code does the whole group. Nothing has been written.
-                return [p for p in group["params"] if p.grad is not None]
-            for p, buf in new_buffers:
-                state[p]["momentum_buffer"] = buf
-            # The kernel wrote through raw memory: tell autograd, as torch's in-place ops would,
-            # so that a graph that saved a param before the step refuses to backward through it.
-            _bump_versions(params + bufs if with_momentum else params)
-        return rest
+        else:
+            done = _run_views(core, plan.params, plan.grads, plan.bufs if with_momentum else None, plan.firsts, hyper)
+        if not done:
+            return False
+        state = self.state
+        for p, buf in plan.new_buffers:
+            state[p]["momentum_buffer"] = buf
+        # The kernel wrote through raw memory: tell autograd, as torch's in-place ops would,
+        # so that a graph that saved a param before the step refuses to backward through it.
+        _bump_versions(plan.params + plan.bufs if with_momentum else plan.params)
+        if plan.fused:
+            amp.unscale_grads_(plan.grads, plan.scale)
+        return True
 
     def _torch_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
         """torch's own SGD math for these params of the group (as torch.optim.SGD.step does)."""
@@ -202,20 +401,51 @@ class SGD(torch.optim.SGD):
                 self.state[p]["momentum_buffer"] = buf
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Perform a single optimization step (``closure`` re-evaluates the model and returns the loss)."""
-        if any(g["differentiable"] for g in self.param_groups) or getattr(self, "grad_scale", None) is not None:
-            # Autograd through the step, or AMP grad scaling: torch's own step serves these
-            # (its decorator sets the grad mode the differentiable option needs).
-            return super().step(closure)
+        """Perform a single optimization step (``closure`` re-evaluates the model and returns the loss).
+
+        Every group is checked first, as torch checks it (the fused-path device/dtype check,
+        sparse grads on the fused path, ``grad_scale``/``found_inf`` on a path that refuses them),
+        and torch's error is raised before any param, buffer or grad is written.
+        """
+        amp = _AmpInputs(self)
+        amp_set = amp.is_set
+        if any(g["differentiable"] for g in self.param_groups) or (amp_set and not amp.native_readable):
+            # Autograd through the step, or AMP inputs the native path does not read as torch's
+            # kernel does: torch's own step serves these (its decorator sets the grad mode the
+            # differentiable option needs).
+            return _torch_sgd_step(self, closure)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # The native kernel writes raw memory that autograd never sees, so only torch's code
-        # needs no_grad (entering it costs more than a small native step).
+        skip = amp_set and amp.skips
+        fused_scale = None if skip else amp.kernel_scale()
+        plans: list[_GroupPlan] = []
         for group in self.param_groups:
-            rest = self._native_group(group)
+            fused = False
+            if group["fused"]:
+                self._check_fused_params(group)
+                fused = _takes_fused_path(group)
+            if amp_set:
+                amp.check_allowed(fused)
+            plan = self._plan_group(group, fused, fused_scale if fused else 1.0)
+            if plan is None:
+                # A fused group holding a param torch's fused kernel refuses (complex, say): torch's
+                # own step raises its own error at its own point.
+                _torch_sgd_step(self, None)
+                return loss
+            if not (fused and skip):  # a skipped fused step writes nothing and starts no buffer
+                plans.append(plan)
+        for plan in plans:
+            rest = plan.rest
+            if plan.params and not self._run_native(plan, amp):
+                # Options the kernel refuses (a scheduler may set any lr), or params that share
+                # memory (views of one tensor, which torch steps one after another): torch's own
+                # code does the whole group. Nothing has been written.
+                rest = plan.everything_to_torch()
             if rest:
+                # The native kernel writes raw memory that autograd never sees, so only torch's
+                # code needs no_grad (entering it costs more than a small native step).
                 with torch.no_grad():
-                    self._torch_group(group, rest)
+                    self._torch_group(plan.group, rest)
         return loss

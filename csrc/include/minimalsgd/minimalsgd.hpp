@@ -12,4 +12,5 @@
 #include "config.hpp"
 #include "options.hpp"
 #include "sgd.hpp"
+#include "schedules.hpp"
 #include "cpu.hpp"
