@@ -66,7 +66,9 @@ assert Path(minimalsgd.__file__).resolve().is_relative_to(Path(sys.argv[1]).reso
 minimalsgd.show_config()
 PY
 # The packaging tests that build from the checkout are skipped here (no checkout); the rest run.
-MINIMALSGD_TEST_INSTALLED_PREFIX="$W/venv" "$W/venv/bin/python" -m pytest -p no:cacheprovider -q tests
+# Hypothesis at its "dev" profile: the source-tree run in tests/run_all.sh already fuzzes at full
+# strength; this run checks the built artifact.
+HYPOTHESIS_PROFILE=dev MINIMALSGD_TEST_INSTALLED_PREFIX="$W/venv" "$W/venv/bin/python" -m pytest -p no:cacheprovider -q tests
 t_test=$((SECONDS - t0))
 echo "wheel: $(basename "$wheel") passed the suite in a fresh venv"
 echo "wheel: timings (s, cumulative): cibuildwheel config $t_cibw, wheel + repair $t_build, fresh venv + suite $t_test"
