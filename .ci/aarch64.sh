@@ -15,6 +15,7 @@ B=build/aarch64-ci
 SYSROOT=/usr/aarch64-linux-gnu
 t0=$SECONDS
 rm -rf $B $B.*.log  # a fresh configure: the toolchain file applies only to a new build tree
+mkdir -p build
 
 # --- 1. tools (idempotent: apt is asked only for what is missing) -----------------------------
 need=()
@@ -25,8 +26,11 @@ if ((${#need[@]})); then
   SUDO=""
   if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
   export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1
+  if ! { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"; } >$B.apt.log 2>&1; then
+    cat $B.apt.log >&2
+    echo "aarch64: apt could not install ${need[*]}" >&2
+    exit 1
+  fi
 fi
 python -c "import pybind11" 2>/dev/null || python -m pip install -q "pybind11>=2.12"
 python -c "import cmake" 2>/dev/null || command -v cmake >/dev/null || python -m pip install -q cmake
@@ -35,7 +39,7 @@ t_tools=$((SECONDS - t0))
 # --- 2. the C++ tests, cross-compiled, run under qemu by ctest ---------------------------------
 cmake -S . -B $B/tests --toolchain cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
   -DMINIMALSGD_BUILD_TESTS=ON -DMINIMALSGD_SANITIZE=OFF -DMINIMALSGD_INSTALL=OFF >$B.tests.log
-grep -q "target processor aarch64" $B.tests.log
+grep -q "target processor aarch64" $B.tests.log || { cat $B.tests.log >&2; echo "aarch64: not an aarch64 build" >&2; exit 1; }
 cmake --build $B/tests -j 2 >>$B.tests.log
 ctest --test-dir $B/tests --output-on-failure -j 2
 t_tests=$((SECONDS - t0))
