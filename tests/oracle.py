@@ -68,3 +68,38 @@ class ClassicSGD:
             self.v[k] = self.momentum * self.v[k] + g
             update = g + self.momentum * self.v[k] if self.nesterov else self.v[k]
             p["value"] -= self.lr * update
+
+
+def oracle_adam(w, grad, m, v, vmax, *, step, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+                maximize=False, decoupled=False, grad_scale=1.0):
+    """One Adam/AdamW step in float64, torch.optim.Adam's algorithm as written in its docs (the
+    textbook order, not the kernel's): returns (w, m, v, vmax); inputs are not modified. Complex
+    arrays step their real and imaginary parts as independent reals, as torch does."""
+    if np.iscomplexobj(w):
+        parts = [oracle_adam(*(None if a is None else np.asarray(a).real for a in (w, grad, m, v, vmax)), step=step,
+                             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                             maximize=maximize, decoupled=decoupled, grad_scale=grad_scale),
+                 oracle_adam(*(None if a is None else np.asarray(a).imag for a in (w, grad, m, v, vmax)), step=step,
+                             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                             maximize=maximize, decoupled=decoupled, grad_scale=grad_scale)]
+        return tuple(None if re is None else re + 1j * im for re, im in zip(*parts))
+    beta1, beta2 = betas
+    w = wide(w).copy()
+    g = wide(grad) * grad_scale
+    if maximize:
+        g = -g
+    if weight_decay != 0:
+        if decoupled:
+            w = w - lr * weight_decay * w
+        else:
+            g = g + weight_decay * w
+    m = beta1 * wide(m) + (1 - beta1) * g
+    v = beta2 * wide(v) + (1 - beta2) * g * g
+    v_hat = v
+    if amsgrad:
+        vmax = np.maximum(wide(vmax), v)
+        v_hat = vmax
+    m_hat = m / (1 - beta1**step)
+    v_hat = v_hat / (1 - beta2**step)
+    return w - lr * m_hat / (np.sqrt(v_hat) + eps), m, v, vmax
+

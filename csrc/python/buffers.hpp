@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <minimalsgd/adam.hpp>
 #include <minimalsgd/sgd.hpp>
 
 
@@ -158,28 +159,44 @@ inline void check_overlap(std::vector<Range>& ranges) {
     }
 }
 
-// The tensors of one call, split by dtype into the kernels' spans, with the memory ranges they
-// read and write (for the overlap check).
-struct Batch {
-    std::vector<minimalsgd::TensorSpan<float>> f32;
-    std::vector<minimalsgd::TensorSpan<double>> f64;
+// The memory ranges that the tensors of one call read and write, for the overlap check.
+struct Ranges {
     std::vector<Range> ranges;
 
+    // `bytes` bytes at `p`, of tensor `i` (null: nothing).
+    void record(const char* p, std::size_t bytes, bool written, std::size_t i) {
+        if (p != nullptr) {
+            const auto lo = reinterpret_cast<std::uintptr_t>(p);
+            ranges.push_back(Range{lo, lo + bytes, written, i});
+        }
+    }
+
+    bool overlaps() {
+        std::size_t a = 0, c = 0;
+        return ranges.size() > 1 && find_overlap(ranges, &a, &c);
+    }
+};
+
+// The tensors of one SGD call, split by dtype into the kernels' spans, with their memory ranges.
+struct Batch : Ranges {
+    std::vector<minimalsgd::TensorSpan<float>> f32;
+    std::vector<minimalsgd::TensorSpan<double>> f64;
+
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
+
+    void clear() {
+        f32.clear();
+        f64.clear();
+        ranges.clear();
+    }
 
     // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
     void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
              std::uint32_t group = 0) {
         const std::size_t bytes = size * itemsize(kind);
-        const auto range = [&](const char* p, bool written) {
-            const auto lo = reinterpret_cast<std::uintptr_t>(p);
-            ranges.push_back(Range{lo, lo + bytes, written, i});
-        };
-        range(w, true);
-        range(g, false);
-        if (b != nullptr) {
-            range(b, true);
-        }
+        record(w, bytes, true, i);
+        record(g, bytes, false, i);
+        record(b, bytes, true, i);
         if (kind == Kind::f32) {
             f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(b),
                            size, first, group});
@@ -188,10 +205,32 @@ struct Batch {
                            reinterpret_cast<double*>(b), size, first, group});
         }
     }
+};
 
-    bool overlaps() {
-        std::size_t a = 0, c = 0;
-        return ranges.size() > 1 && find_overlap(ranges, &a, &c);
+// The tensors of one Adam call: value, grad, exp_avg, exp_avg_sq and (amsgrad) max_exp_avg_sq.
+struct AdamBatch : Ranges {
+    std::vector<minimalsgd::AdamSpan<float>> f32;
+    std::vector<minimalsgd::AdamSpan<double>> f64;
+
+    explicit AdamBatch(std::size_t n) { ranges.reserve(5 * n); }
+
+    // Tensor `i`: `size` elements of `kind`; `vm` null without amsgrad; `step` 1-based.
+    void add(Kind kind, char* w, const char* g, char* m, char* v, char* vm, std::size_t size, std::int64_t step,
+             std::size_t i, std::uint32_t group = 0) {
+        const std::size_t bytes = size * itemsize(kind);
+        record(w, bytes, true, i);
+        record(g, bytes, false, i);
+        record(m, bytes, true, i);
+        record(v, bytes, true, i);
+        record(vm, bytes, true, i);
+        if (kind == Kind::f32) {
+            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(m),
+                           reinterpret_cast<float*>(v), reinterpret_cast<float*>(vm), size, step, group});
+        } else {
+            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
+                           reinterpret_cast<double*>(m), reinterpret_cast<double*>(v), reinterpret_cast<double*>(vm),
+                           size, step, group});
+        }
     }
 };
 

@@ -17,26 +17,59 @@ namespace py = pybind11;
 
 namespace minimalsgd_python {
 
+// The kernel-table entry of each span type: SGD's step or Adam's, float32 or float64.
+inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::TensorSpan<float>>& s,
+                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
+                        const minimalsgd::Parallel& par) {
+    k.step_f32(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
+}
+inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::TensorSpan<double>>& s,
+                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
+                        const minimalsgd::Parallel& par) {
+    k.step_f64(s.data(), s.size(), groups, n_groups, scale, par);
+}
+inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::AdamSpan<float>>& s,
+                        const minimalsgd::AdamOptions* groups, std::size_t n_groups, double scale,
+                        const minimalsgd::Parallel& par) {
+    k.adam_f32(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
+}
+inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::AdamSpan<double>>& s,
+                        const minimalsgd::AdamOptions* groups, std::size_t n_groups, double scale,
+                        const minimalsgd::Parallel& par) {
+    k.adam_f64(s.data(), s.size(), groups, n_groups, scale, par);
+}
+
 // Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the
 // caller); each span refers to one of the `n_groups` options sets.
-template <class Span32, class Span64>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double grad_scale) {
+template <class Span32, class Span64, class Options>
+inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const Options* groups,
+                        std::size_t n_groups, double grad_scale) {
     const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
     const minimalsgd::Parallel par = parallel();
     if (!f32.empty()) {
-        k.step_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
+        call_kernel(k, f32, groups, n_groups, grad_scale, par);
     }
     if (!f64.empty()) {
-        k.step_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
+        call_kernel(k, f64, groups, n_groups, grad_scale, par);
     }
 }
 
 // The same with one options set for every span.
-template <class Span32, class Span64>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64,
-                        const minimalsgd::SgdOptions& opts, double grad_scale) {
+template <class Span32, class Span64, class Options>
+inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const Options& opts,
+                        double grad_scale) {
     run_kernels(f32, f64, &opts, 1, grad_scale);
+}
+
+// `obj`, the `what`[i] companion of the value `w` (a grad or a state buffer): viewed, and of w's
+// dtype, shape and memory order.
+inline View companion_of(PyObject* obj, const char* what, std::size_t i, const View& w, bool writeable) {
+    const View c = view_of(obj, what, i, writeable);
+    if (!same_layout(w, c)) {
+        throw py::value_error(where(what, i) + " must have the dtype, shape and memory order of values[" +
+                              std::to_string(i) + "]");
+    }
+    return c;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -92,19 +125,10 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
     keep.reserve(3 * n);
     for (std::size_t i = 0; i < n; ++i) {
         const View w = view_of(vs[i], "values", i, true);
-        const View g = view_of(gs[i], "grads", i, false);
-        if (!same_layout(w, g)) {
-            throw py::value_error("grads[" + std::to_string(i) + "] must have the dtype, shape and memory order of values[" +
-                                  std::to_string(i) + "]");
-        }
+        const View g = companion_of(gs[i], "grads", i, w, false);
         View b{};
         if (with_momentum) {
-            b = view_of(bs[i], "momentum_buffers", i, true);
-            if (!same_layout(w, b)) {
-                throw py::value_error("momentum_buffers[" + std::to_string(i) +
-                                      "] must have the dtype, shape and memory order of values[" + std::to_string(i) +
-                                      "]");
-            }
+            b = companion_of(bs[i], "momentum_buffers", i, w, true);
             keep.emplace_back(py::reinterpret_borrow<py::object>(bs[i]));
         }
         keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
@@ -240,7 +264,9 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
     if (!minimalsgd::validate(opts).empty() || !std::isfinite(scale) || scale < 0) {
         return false;
     }
-    std::vector<PyObject*> vs, gs, bs;
+    // Reused per thread: a call on a small tensor allocates nothing.
+    thread_local std::vector<PyObject*> vs, gs, bs;
+    thread_local Batch batch(0);
     if (!arrays_of(values.ptr(), vs) || !arrays_of(grads.ptr(), gs) || gs.size() != vs.size()) {
         return false;
     }
@@ -255,7 +281,7 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
                            static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fs)) != n)) {
         return false;
     }
-    Batch batch(n);
+    batch.clear();
     for (std::size_t i = 0; i < n; ++i) {
         View w{}, g{}, b{};
         if (inspect(vs[i], true, w) != Bad::none || inspect(gs[i], false, g) != Bad::none || !same_layout(w, g)) {
@@ -279,6 +305,38 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
     return true;
 }
 
+// try_sgd_step as a plain CPython function (METH_FASTCALL, positional arguments only): the
+// functional step on a small tensor costs about as much as the kernel, and a general-purpose
+// dispatcher would be a sizeable part of it.
+inline PyObject* try_sgd_step_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "try_sgd_step() takes 11 positional arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    try {
+        const bool done = try_sgd_step(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8],
+                                       args[9], args[10]);
+        PyObject* result = done ? Py_True : Py_False;
+        Py_INCREF(result);
+        return result;
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    return nullptr;
+}
+
+// Item i of a list of addresses (or sizes) from minimalsgd.torch. Plain C API on the list items:
+// pybind11's casts cost ~100 ns each, and there are 6 or more per tensor.
+inline char* address(const py::list& l, std::size_t i) {
+    const unsigned long long v = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(l.ptr(), static_cast<Py_ssize_t>(i)));
+    if (PyErr_Occurred()) {
+        throw py::error_already_set();
+    }
+    return reinterpret_cast<char*>(static_cast<std::uintptr_t>(v));
+}
+
 // The step over raw buffers, for minimalsgd.torch (whose tensors are not NumPy arrays): one
 // (dtype code 0 = float32 / 1 = float64, value, grad, buffer address, element count, first step)
 // per tensor, taken from live, dense, contiguous CPU tensors that the caller holds during the call.
@@ -297,21 +355,13 @@ inline bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptr
         throw py::value_error("sgd_step_ptrs: lists of different lengths");
     }
     const py::list bufs = with_momentum ? py::list(buf_ptrs) : py::list();
-    // Plain C API on the list items: pybind11's casts cost ~100 ns each, and there are 6 per tensor.
-    const auto address = [](py::list& l, std::size_t i) -> char* {
-        const unsigned long long v = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(l.ptr(), static_cast<Py_ssize_t>(i)));
-        if (PyErr_Occurred()) {
-            throw py::error_already_set();
-        }
-        return reinterpret_cast<char*>(static_cast<std::uintptr_t>(v));
-    };
     Batch batch(n);
     for (std::size_t i = 0; i < n; ++i) {
         const auto idx = static_cast<Py_ssize_t>(i);
         const long kind = PyLong_AsLong(PyList_GET_ITEM(kinds.ptr(), idx));
         char* w = address(value_ptrs, i);
         char* g = address(grad_ptrs, i);
-        char* b = with_momentum ? address(const_cast<py::list&>(bufs), i) : nullptr;
+        char* b = with_momentum ? address(bufs, i) : nullptr;
         const std::size_t size = reinterpret_cast<std::uintptr_t>(address(sizes, i));
         const int first = PyObject_IsTrue(PyList_GET_ITEM(firsts.ptr(), idx));
         if (first < 0 || (kind == -1 && PyErr_Occurred())) {
@@ -321,6 +371,153 @@ inline bool sgd_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptr
             throw py::value_error("sgd_step_ptrs: dtype code must be 0 or 1");
         }
         batch.add(kind == 0 ? Kind::f32 : Kind::f64, w, g, b, size, first != 0, i);
+    }
+    if (batch.overlaps()) {
+        return false;
+    }
+    py::gil_scoped_release release;
+    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adam / AdamW
+
+// The options of an Adam call, or ValueError naming what is wrong (also a bad grad_scale).
+inline minimalsgd::AdamOptions adam_options(double lr, double beta1, double beta2, double eps, double weight_decay,
+                                            bool amsgrad, bool maximize, bool decoupled, double grad_scale) {
+    const minimalsgd::AdamOptions opts{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled};
+    const std::string error = minimalsgd::validate(opts);
+    if (!error.empty()) {
+        throw py::value_error(error);
+    }
+    if (!std::isfinite(grad_scale) || grad_scale < 0) {
+        throw py::value_error("grad_scale must be a finite number >= 0, got " + std::to_string(grad_scale));
+    }
+    return opts;
+}
+
+// The step count of each of `n` tensors: one int for all, or a list/tuple of one int each, >= 1.
+inline std::vector<std::int64_t> steps_of(py::handle steps, std::size_t n) {
+    const auto one = [](PyObject* o, std::size_t i) -> std::int64_t {
+        if (!PyLong_Check(o) || PyBool_Check(o)) {
+            throw py::type_error(where("step", i) + " must be an int, got " + std::string(Py_TYPE(o)->tp_name));
+        }
+        const long long t = PyLong_AsLongLong(o);
+        if (t == -1 && PyErr_Occurred()) {
+            throw py::error_already_set();
+        }
+        if (t < 1) {
+            throw py::value_error(where("step", i) + " must be >= 1 (the step this update makes), got " +
+                                  std::to_string(t));
+        }
+        return static_cast<std::int64_t>(t);
+    };
+    if (PyLong_Check(steps.ptr())) {
+        return std::vector<std::int64_t>(n, one(steps.ptr(), 0));
+    }
+    const std::vector<PyObject*> ss = items(steps, "step");
+    if (ss.size() != n) {
+        throw py::value_error("step has " + std::to_string(ss.size()) + " counts for " + std::to_string(n) + " values");
+    }
+    std::vector<std::int64_t> out(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        out[i] = one(ss[i], i);
+    }
+    return out;
+}
+
+// The checked Adam/AdamW step over lists of arrays: every array viewed in place (never copied),
+// every check before the first write, the kernels without the GIL.
+inline void adam_step(py::handle values, py::handle grads, py::handle exp_avgs, py::handle exp_avg_sqs,
+                      py::object max_exp_avg_sqs, py::handle steps, double lr, double beta1, double beta2, double eps,
+                      double weight_decay, bool amsgrad, bool maximize, bool decoupled, double grad_scale,
+                      bool check_overlaps) {
+    const minimalsgd::AdamOptions opts =
+        adam_options(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled, grad_scale);
+    const std::vector<PyObject*> vs = items(values, "values");
+    const std::size_t n = vs.size();
+    const auto same_count = [n](py::handle seq, const char* what) {
+        std::vector<PyObject*> out = items(seq, what);
+        if (out.size() != n) {
+            throw py::value_error(std::string(what) + " has " + std::to_string(out.size()) + " arrays for " +
+                                  std::to_string(n) + " values");
+        }
+        return out;
+    };
+    const std::vector<PyObject*> gs = same_count(grads, "grads");
+    const std::vector<PyObject*> ms = same_count(exp_avgs, "exp_avgs");
+    const std::vector<PyObject*> v2s = same_count(exp_avg_sqs, "exp_avg_sqs");
+    std::vector<PyObject*> vms;
+    if (amsgrad) {
+        if (max_exp_avg_sqs.is_none()) {
+            throw py::value_error("amsgrad needs max_exp_avg_sqs");
+        }
+        vms = same_count(max_exp_avg_sqs, "max_exp_avg_sqs");
+    }
+    const std::vector<std::int64_t> ts = steps_of(steps, n);
+
+    AdamBatch batch(n);
+    std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
+    keep.reserve(5 * n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const View w = view_of(vs[i], "values", i, true);
+        const View g = companion_of(gs[i], "grads", i, w, false);
+        const View m = companion_of(ms[i], "exp_avgs", i, w, true);
+        const View v = companion_of(v2s[i], "exp_avg_sqs", i, w, true);
+        const View vm = amsgrad ? companion_of(vms[i], "max_exp_avg_sqs", i, w, true) : View{};
+        for (PyObject* o : {vs[i], gs[i], ms[i], v2s[i]}) {
+            keep.emplace_back(py::reinterpret_borrow<py::object>(o));
+        }
+        if (amsgrad) {
+            keep.emplace_back(py::reinterpret_borrow<py::object>(vms[i]));
+        }
+        batch.add(w.kind, w.data, g.data, m.data, v.data, amsgrad ? vm.data : nullptr, w.size, ts[i], i);
+    }
+    if (check_overlaps) {
+        check_overlap(batch.ranges);
+    }
+    py::gil_scoped_release release;
+    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+}
+
+// The Adam step over raw buffers, for minimalsgd.torch: per tensor a dtype code (0 float32,
+// 1 float64), the addresses of value, grad, exp_avg, exp_avg_sq (and max_exp_avg_sq with amsgrad),
+// the element count and the step this update makes, from live, dense, contiguous CPU tensors that
+// the caller holds during the call. Returns false (nothing written) for invalid options or steps,
+// or buffers that overlap.
+inline bool adam_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_ptrs, py::list exp_avg_ptrs,
+                           py::list exp_avg_sq_ptrs, py::object max_ptrs, py::list sizes, py::list steps, double lr,
+                           double beta1, double beta2, double eps, double weight_decay, bool amsgrad, bool maximize,
+                           bool decoupled, double grad_scale) {
+    const minimalsgd::AdamOptions opts{lr, beta1, beta2, eps, weight_decay, amsgrad, maximize, decoupled};
+    if (!minimalsgd::validate(opts).empty() || !std::isfinite(grad_scale) || grad_scale < 0) {
+        return false;
+    }
+    const std::size_t n = py::len(kinds);
+    if (py::len(value_ptrs) != n || py::len(grad_ptrs) != n || py::len(exp_avg_ptrs) != n ||
+        py::len(exp_avg_sq_ptrs) != n || py::len(sizes) != n || py::len(steps) != n ||
+        (amsgrad && (max_ptrs.is_none() || py::len(max_ptrs) != n))) {
+        throw py::value_error("adam_step_ptrs: lists of different lengths");
+    }
+    const py::list maxs = amsgrad ? py::list(max_ptrs) : py::list();
+    AdamBatch batch(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const long kind = PyLong_AsLong(PyList_GET_ITEM(kinds.ptr(), static_cast<Py_ssize_t>(i)));
+        const long long step = PyLong_AsLongLong(PyList_GET_ITEM(steps.ptr(), static_cast<Py_ssize_t>(i)));
+        if ((kind == -1 || step == -1) && PyErr_Occurred()) {
+            throw py::error_already_set();
+        }
+        if (kind != 0 && kind != 1) {
+            throw py::value_error("adam_step_ptrs: dtype code must be 0 or 1");
+        }
+        if (step < 1) {
+            return false;
+        }
+        const std::size_t size = reinterpret_cast<std::uintptr_t>(address(sizes, i));
+        batch.add(kind == 0 ? Kind::f32 : Kind::f64, address(value_ptrs, i), address(grad_ptrs, i),
+                  address(exp_avg_ptrs, i), address(exp_avg_sq_ptrs, i), amsgrad ? address(maxs, i) : nullptr, size,
+                  static_cast<std::int64_t>(step), i);
     }
     if (batch.overlaps()) {
         return false;

@@ -2,7 +2,10 @@
 // kernels_target.hpp fills one table per target; module.cpp picks one at import.
 #pragma once
 
+#include <cmath>
+
 #include <minimalsgd/config.hpp>
+#include <minimalsgd/adam.hpp>
 #include <minimalsgd/options.hpp>
 #include <minimalsgd/sgd.hpp>
 
@@ -28,6 +31,14 @@ struct KernelTable {
     // ... and of the norm pass: a plain read-only loop summing squares.
     double (*read_f32)(const float*, std::size_t, int);
     double (*read_f64)(const double*, std::size_t, int);
+    // The fused Adam/AdamW step; each span refers to one of the options sets (its `group`).
+    void (*adam_f32)(const minimalsgd::AdamSpan<float>*, std::size_t, const minimalsgd::AdamOptions*, std::size_t,
+                     float, const minimalsgd::Parallel&);
+    void (*adam_f64)(const minimalsgd::AdamSpan<double>*, std::size_t, const minimalsgd::AdamOptions*, std::size_t,
+                     double, const minimalsgd::Parallel&);
+    // The bench's yardstick of the Adam step's shape (4 reads, 3 writes).
+    void (*adam_stream_f32)(float*, const float*, float*, float*, std::size_t, int);
+    void (*adam_stream_f64)(double*, const double*, double*, double*, std::size_t, int);
 };
 
 // The yardstick loop: v = 0.9 v + g; w = w - 0.01 v. One OpenMP "parallel for simd" with a
@@ -71,6 +82,27 @@ double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
     }
     (void)threads;
     return s;
+}
+
+// The Adam yardstick: the plain C loop of an Adam step as one writes it without bias correction,
+// m = 0.9 m + 0.1 g; v = 0.999 v + 0.001 g g; w = w - 0.001 m / (sqrt(v) + 1e-8): 4 reads, 3 writes,
+// one square root and one division per element, one "parallel for simd" with a static schedule.
+template <class T>
+void adam_stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MINIMALSGD_RESTRICT m,
+                      T* MINIMALSGD_RESTRICT v, std::size_t n, int threads) {
+    const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(n);
+#if defined(_OPENMP)
+#pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (std::ptrdiff_t i = 0; i < count; ++i) {
+        const T gi = g[i];
+        const T mi = T(0.9) * m[i] + T(0.1) * gi;
+        const T vi = T(0.999) * v[i] + T(0.001) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = w[i] - T(0.001) * mi / (std::sqrt(vi) + T(1e-8));
+    }
+    (void)threads;
 }
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 

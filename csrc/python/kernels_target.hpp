@@ -16,6 +16,12 @@ const KernelTable& MINIMALSGD_KERNEL_TABLE_NAME() {
         &stream_loop<double>,
         &read_loop<float>,
         &read_loop<double>,
+        static_cast<void (*)(const minimalsgd::AdamSpan<float>*, std::size_t, const minimalsgd::AdamOptions*,
+                             std::size_t, float, const minimalsgd::Parallel&)>(&minimalsgd::multi_tensor_adam_step<float>),
+        static_cast<void (*)(const minimalsgd::AdamSpan<double>*, std::size_t, const minimalsgd::AdamOptions*,
+                             std::size_t, double, const minimalsgd::Parallel&)>(&minimalsgd::multi_tensor_adam_step<double>),
+        &adam_stream_loop<float>,
+        &adam_stream_loop<double>,
     };
     return table;
 }

@@ -9,7 +9,8 @@
 // Where things are:
 //   runtime.hpp        instruction set, threads, grain
 //   buffers.hpp        array checks, overlap checks, the per-call batch of kernel spans
-//   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch)
+//   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch),
+//                      adam_step, adam_step_ptrs (torch)
 //   plan.hpp           the cached plan of Optimizer.step(), a template over the formula's traits
 //   bench_support.hpp  the bench's timing of the yardstick and the bare kernel
 //   kernels*.{hpp,cpp} one kernel table per instruction-set target
@@ -67,15 +68,29 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
     g_str_value = PyUnicode_InternFromString("value");
     g_str_grad = PyUnicode_InternFromString("grad");
-    m.def("try_sgd_step", &try_sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
-          py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
-          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"),
-          "The functional step when every input is valid and native; False (nothing written) otherwise.");
+    static PyMethodDef try_sgd_step_def = {
+        "try_sgd_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&try_sgd_step_fastcall)),
+        METH_FASTCALL,
+        "try_sgd_step(values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, "
+        "maximize, grad_scale)\n\nThe functional step when every input is valid and native; False (nothing written) "
+        "otherwise. Positional arguments only."};
+    m.attr("try_sgd_step") = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&try_sgd_step_def, nullptr, m.attr("__name__").ptr()));
     m.def("sgd_step_ptrs", &sgd_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
           py::arg("grad_scale"), "Private to minimalsgd.torch: the step over raw contiguous buffers.");
+    m.def("adam_step", &adam_step, py::arg("values"), py::arg("grads"), py::arg("exp_avgs"), py::arg("exp_avg_sqs"),
+          py::arg("max_exp_avg_sqs"), py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"),
+          py::arg("eps"), py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+          py::arg("grad_scale"), py::arg("check_overlap") = true,
+          "The fused Adam/AdamW step over lists of float32/float64 contiguous arrays, in place, in one call.");
+    m.def("adam_step_ptrs", &adam_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
+          py::arg("exp_avg_ptrs"), py::arg("exp_avg_sq_ptrs"), py::arg("max_exp_avg_sq_ptrs"), py::arg("sizes"),
+          py::arg("steps"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
+          py::arg("weight_decay"), py::arg("amsgrad"), py::arg("maximize"), py::arg("decoupled"),
+          py::arg("grad_scale"), "Private to minimalsgd.torch: the Adam step over raw contiguous buffers.");
     bind_plan<SgdFormula>(m, "SgdPlan");
+    bind_plan<AdamFormula>(m, "AdamPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
           py::arg("inner"), py::arg("threads") = 0,
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");

@@ -54,6 +54,12 @@ class SgdPlan:
     def reset_applied(self) -> None: ...
     @property
     def last_norm(self) -> float: ...
+    @property
+    def spans(self) -> int: ...
+class AdamPlan(SgdPlan):
+    """The cached plan of Adam/AdamW.step(); options are (lr, beta1, beta2, eps, weight_decay,
+    amsgrad, maximize, decoupled); states [exp_avg, exp_avg_sq, max_exp_avg_sq or None]."""
+
 def sgd_step_groups(
     values: Sequence[np.ndarray], grads: Sequence[np.ndarray], momentum_buffers: Sequence[np.ndarray | None],
     first_step: Sequence[bool], group_of: Sequence[int], options: Sequence[tuple[float, float, float, float, bool, bool]],
@@ -63,4 +69,27 @@ def sgd_step_ptrs(
     kinds: list[int], value_ptrs: list[int], grad_ptrs: list[int], buf_ptrs: list[int] | None, sizes: list[int],
     first_step: list[bool], lr: float, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
     maximize: bool, grad_scale: float,
+) -> bool: ...
+def adam_step(
+    values: Sequence[np.ndarray],
+    grads: Sequence[np.ndarray],
+    exp_avgs: Sequence[np.ndarray],
+    exp_avg_sqs: Sequence[np.ndarray],
+    max_exp_avg_sqs: Sequence[np.ndarray] | None,
+    step: int | Sequence[int],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+    grad_scale: float,
+    check_overlap: bool = True,
+) -> None: ...
+def adam_step_ptrs(
+    kinds: list[int], value_ptrs: list[int], grad_ptrs: list[int], exp_avg_ptrs: list[int], exp_avg_sq_ptrs: list[int],
+    max_exp_avg_sq_ptrs: list[int] | None, sizes: list[int], steps: list[int], lr: float, beta1: float, beta2: float,
+    eps: float, weight_decay: float, amsgrad: bool, maximize: bool, decoupled: bool, grad_scale: float,
 ) -> bool: ...

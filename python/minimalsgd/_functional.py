@@ -25,7 +25,7 @@ except ImportError as _err:  # pragma: no cover - exercised when the extension i
 else:
     _CORE_IMPORT_ERROR = None
 
-__all__ = ["sgd_step", "global_grad_norm"]
+__all__ = ["adam_step", "sgd_step", "global_grad_norm"]
 
 Backend = Literal["auto", "native", "numpy"]
 ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray]]
@@ -45,6 +45,7 @@ def _env_backend() -> str:
 
 #: The backend that "auto" means in this process (MINIMALSGD_BACKEND, read at import).
 DEFAULT_BACKEND: str = _env_backend()
+_AUTO_IS_NATIVE = _core is not None and DEFAULT_BACKEND != "numpy"
 
 
 def native_available() -> bool:
@@ -96,6 +97,47 @@ def check_hyperparameters(
     if nesterov and (momentum <= 0 or dampening != 0):
         raise ValueError("nesterov requires momentum > 0 and dampening == 0")
     return lr, momentum, dampening, weight_decay, nesterov, maximize
+
+
+def check_adam_hyperparameters(
+    lr: Any, betas: Any, eps: Any, weight_decay: Any, amsgrad: Any, maximize: Any, decoupled: Any
+) -> tuple[float, float, float, float, float, bool, bool, bool]:
+    """The rules of torch.optim.Adam, plus finiteness: lr, eps and weight_decay finite and >= 0,
+    betas a pair of numbers in [0, 1). Returns (lr, beta1, beta2, eps, weight_decay, amsgrad,
+    maximize, decoupled)."""
+    lr = check_real("lr", lr, minimum=0.0)
+    if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (beta1, beta2) of real numbers, got {betas!r}")
+    beta1, beta2 = (check_real(f"betas[{k}]", b, minimum=0.0) for k, b in enumerate(betas))
+    for k, b in enumerate((beta1, beta2)):
+        if not b < 1.0:
+            raise ValueError(f"betas[{k}] must be in [0, 1), got {b}")
+    eps = check_real("eps", eps, minimum=0.0)
+    weight_decay = check_real("weight_decay", weight_decay, minimum=0.0)
+    return (
+        lr, beta1, beta2, eps, weight_decay,
+        check_bool("amsgrad", amsgrad), check_bool("maximize", maximize), check_bool("decoupled", decoupled),
+    )
+
+
+def check_steps(step: Any, n: int) -> list[int]:
+    """The step count of each of ``n`` tensors (one int for all, or one per tensor), each >= 1."""
+
+    def one(name: str, t: Any) -> int:
+        if isinstance(t, (bool, np.bool_)) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(t).__name__}")
+        if t < 1:
+            raise ValueError(f"{name} must be >= 1 (the step this update makes, 1 on the first), got {t}")
+        return int(t)
+
+    if isinstance(step, np.ndarray) and step.ndim == 1:
+        step = step.tolist()
+    if isinstance(step, (numbers.Number, np.bool_)) or not isinstance(step, Sequence):
+        return [one("step", step)] * n
+    steps = [one(f"step[{i}]", t) for i, t in enumerate(step)]
+    if len(steps) != n:
+        raise ValueError(f"step has {len(steps)} counts for {n} values")
+    return steps
 
 
 def check_backend(backend: Any) -> str:
@@ -262,13 +304,14 @@ def _check_spans(
         active.append(span)
 
 
-def native_reason(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -> str | None:
-    """None when the native kernel can walk these arrays as flat buffers, else why not."""
+def native_reason(value: np.ndarray, *others: np.ndarray | None) -> str | None:
+    """None when the native kernel can walk ``value`` and its companions (grad, state buffers;
+    None entries are skipped) as flat buffers, else why not."""
     if _core is None:
         return f"the native extension could not be imported ({_CORE_IMPORT_ERROR})"
     if value.dtype not in _NATIVE_DTYPES:
         return f"dtype {value.dtype} is not float32/float64 in native byte order"
-    arrays = (value, grad) if buf is None else (value, grad, buf)
+    arrays = (value, *(a for a in others if a is not None))
     for a in arrays[1:]:
         if a.dtype != value.dtype:
             return f"dtype {a.dtype} is not float32/float64 in native byte order"
@@ -283,6 +326,25 @@ def native_reason(value: np.ndarray, grad: np.ndarray, buf: np.ndarray | None) -
 
 # ---------------------------------------------------------------------------------------------
 # Running a validated step
+
+
+def route(names: Sequence[str], tensors: Sequence[Sequence[np.ndarray | None]], backend: str) -> tuple[list[int], list[int]]:
+    """The indices of the tensors (value, grad, state buffers...) that go to the native kernel and
+    those that go to NumPy; ValueError naming the tensor when backend='native' cannot serve one."""
+    native: list[int] = []
+    other: list[int] = []
+    for i, arrays in enumerate(tensors):
+        if backend == "numpy":
+            other.append(i)
+            continue
+        reason = native_reason(*arrays)
+        if reason is None:
+            native.append(i)
+        elif backend == "native":
+            raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
+        else:
+            other.append(i)
+    return native, other
 
 
 def run_step(
@@ -303,18 +365,10 @@ def run_step(
         _run_numpy(values, grads, buffers if buffers is not None else [None] * len(values), firsts, group_of,
                    options, grad_scale)
         return
-    native: list[int] = []
-    other: list[int] = []
-    for i in range(len(values)):
-        with_buffer = options[group_of[i]][1] != 0
-        buf = buffers[i] if with_buffer and buffers is not None else None
-        reason = native_reason(values[i], grads[i], buf)
-        if reason is None:
-            native.append(i)
-        elif backend == "native":
-            raise ValueError(f"{names[i]}: backend='native' cannot serve it: {reason}")
-        else:
-            other.append(i)
+    bufs = [
+        buffers[i] if options[group_of[i]][1] != 0 and buffers is not None else None for i in range(len(values))
+    ]
+    native, other = route(names, list(zip(values, grads, bufs)), backend)
     for part, run in ((native, _run_native), (other, _run_numpy)):
         if part:
             run([values[i] for i in part], [grads[i] for i in part],
@@ -349,6 +403,10 @@ def _run_numpy(
     options: Sequence[tuple[float, float, float, float, bool, bool]],
     grad_scale: float,
 ) -> None:
+    if len(options) == 1:  # one group: no lists to split
+        opts = options[0]
+        _numpy.sgd_step(values, grads, buffers if opts[1] != 0 else None, firsts, *opts, grad_scale)
+        return
     for g, opts in enumerate(options):
         idx = [i for i in range(len(values)) if group_of[i] == g]
         if not idx:
@@ -430,7 +488,7 @@ def sgd_step(
     # The common case in one native call: every input valid and every tensor native. The native
     # side checks all of it and writes nothing unless all of it holds; anything else (another
     # backend, a dtype or layout NumPy must serve, or an error to report) takes the path below.
-    if _core is not None and (backend == "native" or (backend == "auto" and DEFAULT_BACKEND != "numpy")):
+    if _core is not None and ((backend == "auto" and _AUTO_IS_NATIVE) or backend == "native"):
         if _core.try_sgd_step(
             values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
         ):
@@ -507,6 +565,110 @@ def per_tensor_options(n: int, **hyper: Any) -> tuple[list[int], list[tuple[floa
             options.append(opts)
         group_of.append(j)
     return group_of, options
+
+
+_ADAM_LABELS = ("value", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def adam_step(
+    values: ArrayOrArrays,
+    grads: ArrayOrArrays,
+    exp_avgs: ArrayOrArrays,
+    exp_avg_sqs: ArrayOrArrays,
+    max_exp_avg_sqs: ArrayOrArrays | None = None,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    amsgrad: bool = False,
+    maximize: bool = False,
+    decoupled: bool = False,
+    step: int | Sequence[int],
+    grad_scale: float = 1.0,
+    backend: Backend = "auto",
+) -> None:
+    r"""One fused Adam (or, with ``decoupled=True``, AdamW) step over one or many tensors, in place,
+    in one pass per tensor: ``torch.optim.Adam`` / ``AdamW``'s update, in torch's order of operations.
+
+    For each tensor (``w`` = value, ``m`` = exp_avg, ``v`` = exp_avg_sq, ``t`` = its ``step``)::
+
+        g = grad * grad_scale
+        g = -g                                      if maximize
+        w = w * (1 - lr * weight_decay)             if decoupled (AdamW)
+        g = g + weight_decay * w                    if not decoupled (Adam)
+        m = beta1 * m + (1 - beta1) * g             (as torch's lerp: m + (1 - beta1) * (g - m))
+        v = beta2 * v + (1 - beta2) * g * g
+        v_max = maximum(v_max, v)                   if amsgrad; v_max replaces v below
+        w = w - (lr / (1 - beta1**t)) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    Args:
+        values: an array or a sequence of arrays, updated in place.
+        grads: the gradients, one per value, same shape and dtype; never written.
+        exp_avgs, exp_avg_sqs: the first and second moments, one per value, same shape and dtype,
+            updated in place; zeros before the first step (``numpy.zeros_like(value)``).
+        max_exp_avg_sqs: with ``amsgrad``, the running maximum of the second moment (zeros first).
+        step: the step this update makes, 1 on the first (torch's ``state["step"]`` after its
+            increment); one int or one per tensor. It sets the bias corrections.
+        grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
+        backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
+            elsewhere), ``"native"`` (raise where it cannot) or ``"numpy"``.
+
+    Raises:
+        TypeError, ValueError: naming the tensor (``values[i]``) or hyperparameter at fault;
+            nothing has been written then.
+    """
+    hyper = check_adam_hyperparameters(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled)
+    scale = check_real("grad_scale", grad_scale, minimum=0.0)
+    resolved = check_backend(backend)
+    vs = as_list(values, "values")
+    n = len(vs)
+    states: list[list[Any]] = []
+    for what, arrays in (("grads", grads), ("exp_avgs", exp_avgs), ("exp_avg_sqs", exp_avg_sqs)):
+        states.append(as_list(arrays, what))
+        if len(states[-1]) != n:
+            raise ValueError(f"{what} has {len(states[-1])} arrays for {n} values")
+    if hyper[5]:
+        if max_exp_avg_sqs is None:
+            raise ValueError("amsgrad needs max_exp_avg_sqs (one array per value)")
+        states.append(as_list(max_exp_avg_sqs, "max_exp_avg_sqs"))
+        if len(states[-1]) != n:
+            raise ValueError(f"max_exp_avg_sqs has {len(states[-1])} arrays for {n} values")
+    steps = check_steps(step, n)
+    names = [f"values[{i}]" for i in range(n)]
+    tensors = [(vs[i], *(s[i] for s in states)) for i in range(n)]
+    for name, arrays in zip(names, tensors):
+        check_tensor(name, arrays[0], arrays[1], None, False)
+        for label, a in zip(_ADAM_LABELS[2:], arrays[2:]):
+            _check_companion(name, label, a, arrays[0], written=True)
+    check_no_overlap(names, tensors, _ADAM_LABELS)
+    run_adam(names, tensors, steps, hyper, scale, resolved)
+
+
+def run_adam(
+    names: Sequence[str],
+    tensors: Sequence[Sequence[np.ndarray]],
+    steps: Sequence[int],
+    hyper: tuple[float, float, float, float, float, bool, bool, bool],
+    grad_scale: float,
+    backend: str,
+) -> None:
+    """Route each validated tensor (value, grad, exp_avg, exp_avg_sq[, max_exp_avg_sq]) to a
+    backend, then run: native ones in one call."""
+    native, other = route(names, tensors, backend)
+
+    def columns(indices: list[int]) -> list[Any]:
+        """values, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs (None without amsgrad), steps."""
+        cols: list[Any] = [[tensors[i][k] for i in indices] for k in range(4)]
+        cols.append([tensors[i][4] for i in indices] if hyper[5] else None)
+        cols.append([steps[i] for i in indices])
+        return cols
+
+    if native:
+        assert _core is not None
+        _core.adam_step(*columns(native), *hyper, grad_scale, check_overlap=False)
+    if other:
+        _numpy.adam_step(*columns(other), *hyper, grad_scale)
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:

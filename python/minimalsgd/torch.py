@@ -1,4 +1,6 @@
-"""``minimalsgd.torch.SGD``: a drop-in ``torch.optim.SGD`` whose step is minimalsgd's fused kernel.
+"""``minimalsgd.torch.SGD``, ``Adam`` and ``AdamW``: drop-in ``torch.optim`` optimizers whose step
+is minimalsgd's fused kernel (SGD is described here; Adam and AdamW follow the same rules, see
+:class:`Adam`).
 
 Change one import and keep everything else::
 
@@ -37,6 +39,8 @@ from typing import Any
 
 import torch
 from torch.autograd.graph import increment_version as _increment_version
+from torch.optim.adam import adam as _torch_adam
+from torch.optim.optimizer import _get_scalar_dtype
 from torch.optim.sgd import sgd as _torch_sgd
 
 from . import _functional as F
@@ -58,7 +62,7 @@ except ImportError:  # pragma: no cover - other torch versions; 2.13.0 has both
                 f"supported devices: {devices} but {p.dtype} and {p.device.type}"
             )
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "Adam", "AdamW"]
 
 # dtype -> the native kernel's code for it.
 _KIND = {torch.float32: 0, torch.float64: 1}
@@ -224,13 +228,81 @@ class _AmpInputs:
                 torch._foreach_mul_(grads, scale)
 
 
-def _torch_sgd_step(optimizer: torch.optim.SGD, closure: Callable[[], Any] | None) -> Any:
-    """torch.optim.SGD.step's own body, without the step-hook wrapper torch puts on the class once
-    a torch.optim.SGD exists (the drop-in's step is wrapped already: hooks must fire once)."""
-    fn = torch.optim.SGD.step
-    if getattr(fn, "hooked", False):
-        fn = fn.__wrapped__  # type: ignore[attr-defined]
+def _torch_step(optimizer: torch.optim.Optimizer, closure: Callable[[], Any] | None) -> Any:
+    """The torch twin's own ``step`` body (torch.optim.SGD/Adam), without the step-hook wrapper
+    torch puts on the class once an instance exists (the drop-in's step is wrapped already: hooks
+    must fire once)."""
+    fn = optimizer._torch_class.step  # type: ignore[attr-defined]
+    while getattr(fn, "hooked", False):  # AdamW's wrapper may wrap Adam's
+        fn = fn.__wrapped__
     return fn(optimizer, closure)
+
+
+class _NativeStep:
+    """The step of every drop-in, on its torch twin (``_torch_class``): per group, plan which
+    params the native kernel takes (checking only cheap tensor facts, writing nothing), then run
+    each plan's native call and hand the rest to torch's own functional code. A subclass supplies
+    the formula's pieces: ``_check_fused_params``, ``_plan_group`` (None: torch's step must run),
+    ``_run_native`` (False: refused, nothing written), ``_torch_group`` and ``_skip_group`` (a fused
+    group whose step ``found_inf`` skips)."""
+
+    _torch_class: type[torch.optim.Optimizer]
+    param_groups: list[dict[str, Any]]
+
+    def _skip_group(self, plan: Any) -> None:
+        """A skipped fused step writes nothing and starts no state."""
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform a single optimization step (``closure`` re-evaluates the model and returns the loss).
+
+        Every group is checked first, as torch checks it (the fused-path device/dtype check,
+        sparse grads, ``grad_scale``/``found_inf`` on a path that refuses them), and torch's error
+        is raised before any param, state or grad is written.
+        """
+        amp = _AmpInputs(self)
+        amp_set = amp.is_set
+        if any(g["differentiable"] for g in self.param_groups) or (amp_set and not amp.native_readable):
+            # Autograd through the step, or AMP inputs the native path does not read as torch's
+            # kernel does: torch's own step serves these (its decorator sets the grad mode the
+            # differentiable option needs).
+            return _torch_step(self, closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        skip = amp_set and amp.skips
+        fused_scale = None if skip else amp.kernel_scale()
+        plans: list[Any] = []
+        for group in self.param_groups:
+            fused = False
+            if group["fused"]:
+                self._check_fused_params(group)
+                fused = _takes_fused_path(group)
+            if amp_set:
+                amp.check_allowed(fused)
+            plan = self._plan_group(group, fused, fused_scale if fused else 1.0)
+            if plan is None:
+                # A fused group holding a param torch's fused kernel refuses (complex, say): torch's
+                # own step raises its own error at its own point.
+                _torch_step(self, None)
+                return loss
+            if fused and skip:
+                self._skip_group(plan)
+            else:
+                plans.append(plan)
+        for plan in plans:
+            rest = plan.rest
+            if plan.params and not self._run_native(plan, amp):
+                # Options the kernel refuses (a scheduler may set any lr), or params that share
+                # memory (views of one tensor, which torch steps one after another): torch's own
+                # code does the whole group. Nothing has been written.
+                rest = plan.everything_to_torch()
+            if rest:
+                # The native kernel writes raw memory that autograd never sees, so only torch's
+                # code needs no_grad (entering it costs more than a small native step).
+                with torch.no_grad():
+                    self._torch_group(plan.group, rest)
+        return loss
 
 
 class _GroupPlan:
@@ -263,7 +335,7 @@ class _GroupPlan:
         return [p for p in self.group["params"] if p.grad is not None]
 
 
-class SGD(torch.optim.SGD):
+class SGD(_NativeStep, torch.optim.SGD):
     """``torch.optim.SGD`` with minimalsgd's fused native step (see the module docstring).
 
     The arguments are torch's: ``params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
@@ -274,6 +346,8 @@ class SGD(torch.optim.SGD):
     native params always take the fused native kernel. ``differentiable=True`` (autograd through
     the step) hands the whole step to torch.
     """
+
+    _torch_class = torch.optim.SGD
 
     def _check_fused_params(self, group: dict[str, Any]) -> None:
         """torch.optim.SGD's fused-path check: the first param with a grad of the optimizer's first
@@ -400,52 +474,209 @@ class SGD(torch.optim.SGD):
             for p, buf in zip(params, bufs):
                 self.state[p]["momentum_buffer"] = buf
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Perform a single optimization step (``closure`` re-evaluates the model and returns the loss).
 
-        Every group is checked first, as torch checks it (the fused-path device/dtype check,
-        sparse grads on the fused path, ``grad_scale``/``found_inf`` on a path that refuses them),
-        and torch's error is raised before any param, buffer or grad is written.
-        """
-        amp = _AmpInputs(self)
-        amp_set = amp.is_set
-        if any(g["differentiable"] for g in self.param_groups) or (amp_set and not amp.native_readable):
-            # Autograd through the step, or AMP inputs the native path does not read as torch's
-            # kernel does: torch's own step serves these (its decorator sets the grad mode the
-            # differentiable option needs).
-            return _torch_sgd_step(self, closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        skip = amp_set and amp.skips
-        fused_scale = None if skip else amp.kernel_scale()
-        plans: list[_GroupPlan] = []
-        for group in self.param_groups:
-            fused = False
-            if group["fused"]:
-                self._check_fused_params(group)
-                fused = _takes_fused_path(group)
-            if amp_set:
-                amp.check_allowed(fused)
-            plan = self._plan_group(group, fused, fused_scale if fused else 1.0)
-            if plan is None:
-                # A fused group holding a param torch's fused kernel refuses (complex, say): torch's
-                # own step raises its own error at its own point.
-                _torch_sgd_step(self, None)
-                return loss
-            if not (fused and skip):  # a skipped fused step writes nothing and starts no buffer
-                plans.append(plan)
-        for plan in plans:
-            rest = plan.rest
-            if plan.params and not self._run_native(plan, amp):
-                # Options the kernel refuses (a scheduler may set any lr), or params that share
-                # memory (views of one tensor, which torch steps one after another): torch's own
-                # code does the whole group. Nothing has been written.
-                rest = plan.everything_to_torch()
-            if rest:
-                # The native kernel writes raw memory that autograd never sees, so only torch's
-                # code needs no_grad (entering it costs more than a small native step).
-                with torch.no_grad():
-                    self._torch_group(plan.group, rest)
-        return loss
+# --- Adam and AdamW ----------------------------------------------------------------------------------
+
+
+class _AdamPlan:
+    """One param group's Adam step, decided before anything is written: the native part (tensors,
+    their addresses and step counts) and the params left to torch."""
+
+    __slots__ = (
+        "group", "fused", "scale", "amsgrad", "params", "grads", "moments", "step_ts", "steps", "kinds", "ptrs",
+        "sizes", "new_states", "rest",
+    )
+
+    def __init__(self, group: dict[str, Any], fused: bool, scale: float | None) -> None:
+        self.group = group
+        self.fused = fused
+        self.scale = scale  # the kernel's grad_scale; None: torch's code runs the whole group
+        self.amsgrad = bool(group["amsgrad"])
+        self.params: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor] = []
+        self.moments: list[torch.Tensor] = []  # exp_avg, exp_avg_sq (, max_exp_avg_sq) of every param
+        self.step_ts: list[torch.Tensor] = []  # torch's state["step"] tensors
+        self.steps: list[int] = []  # the step each update makes (state["step"] + 1)
+        self.kinds: list[int] = []
+        self.ptrs: list[list[int]] = [[], [], [], [], []]  # value, grad, exp_avg, exp_avg_sq, max_exp_avg_sq
+        self.sizes: list[int] = []
+        self.new_states: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
+        self.rest: list[torch.Tensor] = []
+
+    def everything_to_torch(self) -> list[torch.Tensor]:
+        return [p for p in self.group["params"] if p.grad is not None]
+
+
+_ADAM_SPARSE = "Adam does not support sparse gradients, please consider SparseAdam instead"  # torch's
+
+
+class _AdamStep(_NativeStep):
+    """The formula's pieces of the Adam and AdamW drop-ins (torch's Adam with and without
+    ``decoupled_weight_decay``); state as torch keeps it: ``step`` (a 0-d float tensor),
+    ``exp_avg``, ``exp_avg_sq`` and, with ``amsgrad``, ``max_exp_avg_sq``."""
+
+    state: Any
+
+    def _check_fused_params(self, group: dict[str, Any]) -> None:
+        """torch checks fused params when it starts their state: see _plan_group and torch's
+        _init_group, which serves the rest."""
+
+    def _new_state(self, p: torch.Tensor, group: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """torch's lazy state of a param (step 0, zero moments), contiguous for the kernel."""
+        fmt = torch.contiguous_format
+        st = {
+            "step": torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=p.device)
+            if group["fused"]
+            else torch.tensor(0.0, dtype=_get_scalar_dtype()),
+            "exp_avg": torch.zeros_like(p, memory_format=fmt),
+            "exp_avg_sq": torch.zeros_like(p, memory_format=fmt),
+        }
+        if group["amsgrad"]:
+            st["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=fmt)
+        return st
+
+    def _plan_group(self, group: dict[str, Any], fused: bool, scale: float | None) -> _AdamPlan | None:
+        """Sort the group's params into native and torch's, checking only cheap tensor facts;
+        nothing is written. None: a fused group holds a param torch's fused kernel refuses, so
+        torch's own step must run (and raise)."""
+        plan = _AdamPlan(group, fused, scale)
+        native = scale is not None and F._core is not None and not group["capturable"]
+        names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") if plan.amsgrad else ("exp_avg", "exp_avg_sq")
+        state = self.state
+        unfit = False
+        candidates = []
+        for p in group["params"]:
+            g = p.grad
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(_ADAM_SPARSE)
+            dtype = p.dtype
+            kind = _KIND.get(dtype)
+            n = p.numel()
+            if not native or kind is None or not _dense_cpu(p, dtype, n) or not _dense_cpu(g, dtype, n):
+                plan.rest.append(p)
+                unfit = unfit or (fused and not _fused_kernel_takes(p))
+                continue
+            st = state.get(p)  # not state[p]: planning must not add entries to the defaultdict
+            if not st:
+                st = self._new_state(p, group)
+                plan.new_states.append((p, st))
+            elif not (
+                all(k in st and _dense_cpu(st[k], dtype, n) for k in names)
+                and isinstance(st.get("step"), torch.Tensor)
+                and st["step"].is_cpu
+                and st["step"].numel() == 1
+            ):
+                plan.rest.append(p)
+                continue
+            candidates.append((p, g, kind, n, st))
+        if not candidates:
+            return None if unfit else plan
+        # Every step count in one read (a .item() per tensor costs a microsecond each).
+        counts = torch.stack([c[4]["step"].reshape(()).to(torch.float64) for c in candidates]).tolist()
+        for (p, g, kind, n, st), count in zip(candidates, counts):
+            if not (count >= 0 and count == int(count) and count < 2**53):
+                plan.rest.append(p)  # a count torch's own code must interpret
+                continue
+            plan.params.append(p)
+            plan.grads.append(g)
+            plan.kinds.append(kind)
+            plan.sizes.append(n)
+            plan.step_ts.append(st["step"])
+            plan.steps.append(int(count) + 1)
+            bufs = [st[k] for k in names]
+            plan.moments.extend(bufs)
+            for slot, t in zip(plan.ptrs, [p, g, *bufs]):
+                slot.append(t.data_ptr())
+        return None if unfit else plan
+
+    def _run_native(self, plan: _AdamPlan, amp: _AmpInputs) -> bool:
+        """The plan's native call; False when the kernel refused its options or overlapping
+        tensors (nothing written)."""
+        group = plan.group
+        assert plan.scale is not None
+        beta1, beta2 = group["betas"]
+        vp, gp, mp, sp, xp = plan.ptrs
+        done = F._core.adam_step_ptrs(  # type: ignore[union-attr]
+            plan.kinds, vp, gp, mp, sp, xp if plan.amsgrad else None, plan.sizes, plan.steps,
+            _as_float(group["lr"]), _as_float(beta1), _as_float(beta2), float(group["eps"]),
+            float(group["weight_decay"]), plan.amsgrad, bool(group["maximize"]),
+            bool(group.get("decoupled_weight_decay", False)), plan.scale,
+        )
+        if not done:
+            return False
+        self._commit_states(plan)
+        torch._foreach_add_(plan.step_ts, 1)
+        # The kernel wrote through raw memory: tell autograd, as torch's in-place ops would.
+        _bump_versions(plan.params + plan.moments)
+        if plan.fused:
+            amp.unscale_grads_(plan.grads, plan.scale)
+        return True
+
+    def _commit_states(self, plan: _AdamPlan) -> None:
+        state = self.state
+        for p, st in plan.new_states:
+            state[p] = st
+
+    def _skip_group(self, plan: _AdamPlan) -> None:
+        """A fused step that ``found_inf`` skips: torch's fused Adam starts the state of every
+        param (zero moments, step 0 after its increment is undone) and writes nothing else."""
+        self._commit_states(plan)
+        if plan.rest:
+            with torch.no_grad():
+                self._torch_group(plan.group, plan.rest)
+
+    def _torch_group(self, group: dict[str, Any], params: list[torch.Tensor]) -> None:
+        """torch's own Adam math for these params of the group, as torch.optim.Adam.step does it
+        (its _init_group starts their state and makes its checks)."""
+        ps: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        exp_avgs: list[torch.Tensor] = []
+        exp_avg_sqs: list[torch.Tensor] = []
+        max_sqs: list[torch.Tensor] = []
+        steps: list[torch.Tensor] = []
+        has_complex = torch.optim.Adam._init_group(
+            self, {**group, "params": params}, ps, grads, exp_avgs, exp_avg_sqs, max_sqs, steps  # type: ignore[arg-type]
+        )
+        beta1, beta2 = group["betas"]
+        _torch_adam(
+            ps, grads, exp_avgs, exp_avg_sqs, max_sqs, steps,
+            amsgrad=group["amsgrad"], has_complex=has_complex, beta1=beta1, beta2=beta2, lr=group["lr"],
+            weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"],
+            foreach=group["foreach"], capturable=group["capturable"], differentiable=group["differentiable"],
+            fused=group["fused"], grad_scale=getattr(self, "grad_scale", None),
+            found_inf=getattr(self, "found_inf", None),
+            decoupled_weight_decay=group.get("decoupled_weight_decay", False),
+        )
+
+
+class Adam(_AdamStep, torch.optim.Adam):
+    """``torch.optim.Adam`` with minimalsgd's fused native step (a subclass: the constructor, its
+    checks and defaults, ``param_groups``, ``state_dict``/``load_state_dict`` in torch's format
+    (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and every LR scheduler work
+    unchanged; checkpoints move between the two both ways).
+
+    The arguments are torch's: ``params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+    amsgrad=False, *, foreach=None, maximize=False, capturable=False, differentiable=False,
+    fused=None, decoupled_weight_decay=False``. Per group, every CPU float32/float64 param whose
+    param, grad and state are dense and contiguous goes to the native kernel in one call; the
+    rest (other devices and dtypes, complex, sparse grads, non-contiguous layouts, views that share
+    memory, ``capturable``, ``differentiable``, hyperparameters the kernel refuses) goes to
+    torch's own Adam code. ``fused=True`` takes a ``GradScaler``'s ``grad_scale``/``found_inf`` as
+    torch's fused Adam does (see :class:`_AmpInputs`).
+
+    Numbers: the native step is torch's single-tensor (``foreach=False``) formula in its order of
+    operations; torch's vectorized CPU kernels fuse multiply-adds and its float32 square root is
+    not always correctly rounded, so the two agree to float rounding, not bit for bit.
+    """
+
+    _torch_class = torch.optim.Adam
+
+
+class AdamW(_AdamStep, torch.optim.AdamW):
+    """``torch.optim.AdamW`` with minimalsgd's fused native step: :class:`Adam` with decoupled
+    weight decay (``w *= 1 - lr * weight_decay`` before the update; default ``weight_decay=1e-2``).
+    The arguments are torch's AdamW's."""
+
+    _torch_class = torch.optim.AdamW
