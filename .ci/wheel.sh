@@ -53,7 +53,7 @@ t_build=$((SECONDS - t0))
 # --- 3. a fresh environment, the suite from outside the source tree ------------------------------
 python -m venv "$W/venv"
 "$W/venv/bin/python" -m pip install -q --upgrade pip
-"$W/venv/bin/python" -m pip install -q "$wheel[test,torch]"  # torch: the pinned CPU wheel
+"$W/venv/bin/python" -m pip install -q "$wheel[test,torch,bench]"  # torch: the pinned CPU wheel; MPI tests skip
 mkdir -p "$W/suite/csrc"
 cp -r tests examples pyproject.toml "$W/suite/"
 cp -r csrc/include "$W/suite/csrc/"  # test_cmake_package compares the wheel's headers with these

@@ -302,8 +302,9 @@ TEST_CASE(version_macros) {
     CHECK(v == MINIMALSGD_VERSION_STRING);
 }
 
-// --digest: a hash of the bits the kernels produce on fixed inputs (every option set and size,
-// float and double, one and two threads, three steps each, and the sums of squares). The inputs
+// --digest: a hash of the bits the kernels produce on fixed inputs (SGD: every option set and
+// size, float and double, one and two threads, three steps each, and the sums of squares; Adam
+// and AdamW with and without AMSGrad and weight decay). The inputs
 // are made from integers only, so they are the same bits on every processor; .ci/aarch64.sh
 // compares this digest from an x86-64 build with one from an aarch64 build run under qemu: the
 // kernels must agree bit for bit across processors (DESIGN.md: ISA-independent results).
@@ -349,6 +350,34 @@ void digest_of(Fnv1a& f) {
                 }
                 f.add(w.data(), n);
                 f.add(v.data(), n);
+            }
+        }
+    }
+    // Adam/AdamW (square root and division, both correctly rounded in IEEE arithmetic; the bias
+    // corrections go through std::pow, whose last bit could differ between C libraries).
+    for (bool amsgrad : {false, true}) {
+        for (bool decoupled : {false, true}) {
+            for (double wd : {0.0, 0.01}) {
+                for (std::size_t n : kSizes) {
+                    minimalsgd::AdamOptions o;
+                    o.lr = 0.01;
+                    o.amsgrad = amsgrad;
+                    o.decoupled = decoupled;
+                    o.weight_decay = wd;
+                    std::vector<T> w = exact_inputs<T>(n, rng), m(n, T(0)), v(n, T(0)), vmax(n, T(0));
+                    for (std::int64_t step = 1; step <= 3; ++step) {
+                        const std::vector<T> g = exact_inputs<T>(n, rng);
+                        const minimalsgd::AdamSpan<T> span{w.data(), g.data(), m.data(), v.data(),
+                                                           amsgrad ? vmax.data() : nullptr, n, step, 0};
+                        Parallel par;
+                        par.num_threads = 2;
+                        par.grain = 64;
+                        minimalsgd::multi_tensor_adam_step(&span, 1, o, T(0.75), par);
+                    }
+                    f.add(w.data(), n);
+                    f.add(m.data(), n);
+                    f.add(v.data(), n);
+                }
             }
         }
     }
