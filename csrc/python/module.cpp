@@ -42,7 +42,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #endif
     // A bad MINIMALSGD_ISA warns and keeps the best kernels: failing the import instead would
     // silently put the whole package on the NumPy backend.
-    g_isa = static_cast<int>(minimalsgd::best_isa());
+    g_isa = static_cast<int>(best_compiled_isa());
     if (const char* env = std::getenv("MINIMALSGD_ISA")) {
         if (*env != '\0') {
             try {
@@ -96,7 +96,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
-    m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");
+    m.def("supported_isas", &supported_isas, "The instruction sets compiled into this build that this CPU supports.");
     m.def("get_num_threads", &get_num_threads);
     m.def(
         "get_num_threads_setting", []() { return g_num_threads.load(); },
@@ -112,6 +112,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #else
     m.attr("openmp") = false;
 #endif
-    m.attr("compiled_isas") = py::make_tuple("baseline", "avx2", "avx512");
+    py::tuple compiled(std::size(kCompiledIsas));
+    for (std::size_t i = 0; i < std::size(kCompiledIsas); ++i) {
+        compiled[i] = minimalsgd::isa_name(kCompiledIsas[i]);
+    }
+    m.attr("compiled_isas") = compiled;
+    m.attr("processor") = minimalsgd::processor_name();
+    m.attr("baseline_simd") = minimalsgd::baseline_simd();
     m.attr("__version__") = MINIMALSGD_VERSION_STRING;
 }

@@ -4,6 +4,8 @@ import numpy as np
 
 openmp: bool
 compiled_isas: tuple[str, ...]
+processor: str
+baseline_simd: str
 __version__: str
 
 def sgd_step(
