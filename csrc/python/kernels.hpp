@@ -9,6 +9,12 @@
 #include <minimalsgd/options.hpp>
 #include <minimalsgd/sgd.hpp>
 
+#if MINIMALSGD_X86_64 && defined(MINIMALSGD_X86_KERNELS_LINKED)
+#define MINIMALSGD_HAVE_X86_KERNELS 1
+#else
+#define MINIMALSGD_HAVE_X86_KERNELS 0
+#endif
+
 namespace minimalsgd_python {
 
 struct KernelTable {
@@ -100,9 +106,13 @@ void adam_stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, 
 }
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 
-// One per translation unit, each compiled with its own -m flags and target namespace.
+// One per translation unit, each compiled with its own -m flags and target namespace. The x86-64
+// ones exist only when the compiler targets x86-64 and CMake built them (it defines
+// MINIMALSGD_X86_KERNELS_LINKED for an x86-64 target with GCC-style flags; both are checked).
 const KernelTable& kernels_baseline();
+#if MINIMALSGD_HAVE_X86_KERNELS
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
+#endif
 
 }  // namespace minimalsgd_python

@@ -42,7 +42,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #endif
     // A bad MINIMALSGD_ISA warns and keeps the best kernels: failing the import instead would
     // silently put the whole package on the NumPy backend.
-    g_isa = static_cast<int>(minimalsgd::best_isa());
+    g_isa = static_cast<int>(best_compiled_isa());
     if (const char* env = std::getenv("MINIMALSGD_ISA")) {
         if (*env != '\0') {
             try {
@@ -68,10 +68,13 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
     g_str_value = PyUnicode_InternFromString("value");
     g_str_grad = PyUnicode_InternFromString("grad");
-    m.def("try_sgd_step", &try_sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
-          py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
-          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"),
-          "The functional step when every input is valid and native; False (nothing written) otherwise.");
+    static PyMethodDef try_sgd_step_def = {
+        "try_sgd_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&try_sgd_step_fastcall)),
+        METH_FASTCALL,
+        "try_sgd_step(values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, "
+        "maximize, grad_scale)\n\nThe functional step when every input is valid and native; False (nothing written) "
+        "otherwise. Positional arguments only."};
+    m.attr("try_sgd_step") = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&try_sgd_step_def, nullptr, m.attr("__name__").ptr()));
     m.def("sgd_step_ptrs", &sgd_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),
@@ -93,7 +96,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
-    m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");
+    m.def("supported_isas", &supported_isas, "The instruction sets compiled into this build that this CPU supports.");
     m.def("get_num_threads", &get_num_threads);
     m.def(
         "get_num_threads_setting", []() { return g_num_threads.load(); },
@@ -109,6 +112,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #else
     m.attr("openmp") = false;
 #endif
-    m.attr("compiled_isas") = py::make_tuple("baseline", "avx2", "avx512");
+    py::tuple compiled(std::size(kCompiledIsas));
+    for (std::size_t i = 0; i < std::size(kCompiledIsas); ++i) {
+        compiled[i] = minimalsgd::isa_name(kCompiledIsas[i]);
+    }
+    m.attr("compiled_isas") = compiled;
+    m.attr("processor") = minimalsgd::processor_name();
+    m.attr("baseline_simd") = minimalsgd::baseline_simd();
     m.attr("__version__") = MINIMALSGD_VERSION_STRING;
 }

@@ -10,6 +10,7 @@ Data parallel over MPI: ``minimalsgd.distributed`` (imports mpi4py when used; th
 from __future__ import annotations
 
 from . import schedules
+from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
 from ._functional import adam_step, global_grad_norm, sgd_step
 from ._paths import get_cmake_dir, get_include
@@ -30,6 +31,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "Adam",
     "AdamW",
+    "Arena",
     "SGD",
     "__version__",
     "adam_step",
@@ -38,6 +40,7 @@ __all__ = [
     "get_include",
     "get_num_threads",
     "global_grad_norm",
+    "pack_params",
     "set_num_threads",
     "schedules",
     "sgd_step",
