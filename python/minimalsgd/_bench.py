@@ -123,6 +123,15 @@ class Row:
 # The classic NumPy param-dict SGD: the pure-Python baseline
 
 
+def _classic_clip_scale(params: dict, clip: float | None) -> float:
+    """The classic clip: max_norm / (total + 1e-12) when the global norm exceeds max_norm."""
+    if clip is not None:
+        total = np.sqrt(sum(np.sum(p["grad"] ** 2) for p in params.values()))
+        if total > clip:
+            return clip / (total + 1e-12)
+    return 1.0
+
+
 class ClassicNumpyAdamW:
     """The textbook param-dict AdamW: w *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
     w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps); global-norm clip first."""
@@ -135,11 +144,7 @@ class ClassicNumpyAdamW:
         self.t = 0
 
     def step(self) -> None:
-        scale = 1.0
-        if self.clip is not None:
-            total = np.sqrt(sum(np.sum(p["grad"] ** 2) for p in self.params.values()))
-            if total > self.clip:
-                scale = self.clip / (total + 1e-12)
+        scale = _classic_clip_scale(self.params, self.clip)
         self.t += 1
         b1, b2 = self.betas
         for k, p in self.params.items():
@@ -160,11 +165,7 @@ class ClassicNumpySGD:
         self.v = {k: np.zeros_like(p["value"]) for k, p in params.items()}
 
     def step(self) -> None:
-        scale = 1.0
-        if self.clip is not None:
-            total = np.sqrt(sum(np.sum(p["grad"] ** 2) for p in self.params.values()))
-            if total > self.clip:
-                scale = self.clip / (total + 1e-12)
+        scale = _classic_clip_scale(self.params, self.clip)
         for k, p in self.params.items():
             g = p["grad"] * scale if scale != 1.0 else p["grad"]
             g = g + self.wd * p["value"]
