@@ -3,7 +3,6 @@ same groups and torch's own schedulers, against the float64 oracle, checkpoints,
 
 from __future__ import annotations
 
-import copy
 import io
 import math
 import pickle

@@ -184,6 +184,12 @@ struct Batch : Ranges {
 
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
+    void clear() {
+        f32.clear();
+        f64.clear();
+        ranges.clear();
+    }
+
     // Tensor `i`: `size` elements of `kind` at w, g and b (b null without momentum).
     void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
              std::uint32_t group = 0) {

@@ -264,7 +264,9 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
     if (!minimalsgd::validate(opts).empty() || !std::isfinite(scale) || scale < 0) {
         return false;
     }
-    std::vector<PyObject*> vs, gs, bs;
+    // Reused per thread: a call on a small tensor allocates nothing.
+    thread_local std::vector<PyObject*> vs, gs, bs;
+    thread_local Batch batch(0);
     if (!arrays_of(values.ptr(), vs) || !arrays_of(grads.ptr(), gs) || gs.size() != vs.size()) {
         return false;
     }
@@ -279,7 +281,7 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
                            static_cast<std::size_t>(PySequence_Fast_GET_SIZE(fs)) != n)) {
         return false;
     }
-    Batch batch(n);
+    batch.clear();
     for (std::size_t i = 0; i < n; ++i) {
         View w{}, g{}, b{};
         if (inspect(vs[i], true, w) != Bad::none || inspect(gs[i], false, g) != Bad::none || !same_layout(w, g)) {
@@ -301,6 +303,28 @@ inline bool try_sgd_step(py::handle values, py::handle grads, py::handle buffers
     py::gil_scoped_release release;
     run_kernels(batch.f32, batch.f64, opts, scale);
     return true;
+}
+
+// try_sgd_step as a plain CPython function (METH_FASTCALL, positional arguments only): the
+// functional step on a small tensor costs about as much as the kernel, and a general-purpose
+// dispatcher would be a sizeable part of it.
+inline PyObject* try_sgd_step_fastcall(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+    if (nargs != 11) {
+        PyErr_Format(PyExc_TypeError, "try_sgd_step() takes 11 positional arguments (%zd given)", nargs);
+        return nullptr;
+    }
+    try {
+        const bool done = try_sgd_step(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], args[8],
+                                       args[9], args[10]);
+        PyObject* result = done ? Py_True : Py_False;
+        Py_INCREF(result);
+        return result;
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    return nullptr;
 }
 
 // Item i of a list of addresses (or sizes) from minimalsgd.torch. Plain C API on the list items:

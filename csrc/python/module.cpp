@@ -68,10 +68,13 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "Sum of x*x over a list of float32/float64 contiguous arrays, accumulated in double.");
     g_str_value = PyUnicode_InternFromString("value");
     g_str_grad = PyUnicode_InternFromString("grad");
-    m.def("try_sgd_step", &try_sgd_step, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
-          py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
-          py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"),
-          "The functional step when every input is valid and native; False (nothing written) otherwise.");
+    static PyMethodDef try_sgd_step_def = {
+        "try_sgd_step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&try_sgd_step_fastcall)),
+        METH_FASTCALL,
+        "try_sgd_step(values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, "
+        "maximize, grad_scale)\n\nThe functional step when every input is valid and native; False (nothing written) "
+        "otherwise. Positional arguments only."};
+    m.attr("try_sgd_step") = py::reinterpret_steal<py::object>(PyCFunction_NewEx(&try_sgd_step_def, nullptr, m.attr("__name__").ptr()));
     m.def("sgd_step_ptrs", &sgd_step_ptrs, py::arg("kinds"), py::arg("value_ptrs"), py::arg("grad_ptrs"),
           py::arg("buf_ptrs"), py::arg("sizes"), py::arg("first_step"), py::arg("lr"), py::arg("momentum"),
           py::arg("dampening"), py::arg("weight_decay"), py::arg("nesterov"), py::arg("maximize"),

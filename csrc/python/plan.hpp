@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <type_traits>
 #include <vector>
 
 #include "buffers.hpp"
@@ -313,7 +314,17 @@ class BasicPlan {
                 }
             }
             if (status == 1) {
-                Formula::run(k, f32_, f64_, opts_.data(), opts_.size(), scale, par);
+                if constexpr (std::is_same_v<Formula, SgdFormula>) {
+                    // Tensors adjacent in memory (packed params, minimalsgd.pack_params) in one span.
+                    if (runs_stale_) {
+                        join_adjacent(f32_, run32_);
+                        join_adjacent(f64_, run64_);
+                        runs_stale_ = false;
+                    }
+                    Formula::run(k, run32_, run64_, opts_.data(), opts_.size(), scale, par);
+                } else {
+                    Formula::run(k, f32_, f64_, opts_.data(), opts_.size(), scale, par);
+                }
             }
         }
         if (status == 1) {
@@ -340,6 +351,13 @@ class BasicPlan {
     long applied() const { return applied_; }
     void reset_applied() { applied_ = 0; }
     double last_norm() const { return last_norm_; }
+    // The spans the kernel ran in the latest step (SGD: adjacent tensors joined; else one each).
+    std::size_t spans() const {
+        if constexpr (std::is_same_v<Formula, SgdFormula>) {
+            return run32_.size() + run64_.size();
+        }
+        return f32_.size() + f64_.size();
+    }
 
   private:
     // What unchanged() compares: the data pointer, the layout flags and the shape (inline up to
@@ -466,6 +484,7 @@ class BasicPlan {
         }
         t.grad = py::reinterpret_borrow<py::object>(grad);
         t.grad_state = state_of(g);
+        runs_stale_ = true;
         if (t.kind == Kind::f32) {
             f32_[t.slot].grad = reinterpret_cast<const float*>(g.data);
             g32_[t.slot].data = reinterpret_cast<const float*>(g.data);
@@ -474,6 +493,32 @@ class BasicPlan {
             g64_[t.slot].data = reinterpret_cast<const double*>(g.data);
         }
         return true;
+    }
+
+    // Joins SGD spans whose value, grad and momentum buffer each continue where the previous
+    // span's end, with the same first-step flag and options set: the elementwise step over the
+    // joined span is the same operations on the same elements. (The norm keeps per-tensor spans,
+    // so that its blocks, and so its bits, are those of unpacked params.)
+    template <class T>
+    static void join_adjacent(const std::vector<minimalsgd::TensorSpan<T>>& in, std::vector<minimalsgd::TensorSpan<T>>& out) {
+        out.clear();
+        for (const auto& s : in) {
+            if (s.size == 0) {
+                continue;
+            }
+            if (!out.empty()) {
+                auto& b = out.back();
+                const bool buffers = b.momentum_buffer == nullptr
+                                         ? s.momentum_buffer == nullptr
+                                         : s.momentum_buffer != nullptr && b.momentum_buffer + b.size == s.momentum_buffer;
+                if (buffers && b.value + b.size == s.value && b.grad + b.size == s.grad && b.first_step == s.first_step &&
+                    b.group == s.group) {
+                    b.size += s.size;
+                    continue;
+                }
+            }
+            out.push_back(s);
+        }
     }
 
     bool all_grads_finite() const {
@@ -498,6 +543,10 @@ class BasicPlan {
     std::vector<Tensor> tensors_;
     std::vector<typename Formula::template Span<float>> f32_;
     std::vector<typename Formula::template Span<double>> f64_;
+    // SGD: what the kernel runs, f32_/f64_ with adjacent tensors joined (rebuilt when a grad changes).
+    std::vector<typename Formula::template Span<float>> run32_;
+    std::vector<typename Formula::template Span<double>> run64_;
+    bool runs_stale_ = true;
     std::vector<minimalsgd::ConstSpan<float>> g32_;
     std::vector<minimalsgd::ConstSpan<double>> g64_;
     std::vector<std::pair<std::uintptr_t, std::uintptr_t>> written_;
@@ -522,7 +571,8 @@ void bind_plan(py::module_& m, const char* name) {
         .def_property_readonly("last_lrs", &P::last_lrs)
         .def_property_readonly("applied", &P::applied)
         .def("reset_applied", &P::reset_applied)
-        .def_property_readonly("last_norm", &P::last_norm);
+        .def_property_readonly("last_norm", &P::last_norm)
+        .def_property_readonly("spans", &P::spans, "Spans the kernel ran in the latest step (adjacent tensors joined).");
 }
 
 }  // namespace minimalsgd_python

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _functional as F
 from ._config import backend_info
+from ._arena import pack_params
 from .adam import AdamW
 from .optim import SGD
 from .schedules import warmup_cosine
@@ -216,7 +217,45 @@ ONE_GROUP_ROW = "minimalsgd SGD.step, one group"
 GROUPS_ROW = "minimalsgd SGD.step, 2 groups + schedule"
 
 
-def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+class Progress:
+    """One progress bar (tqdm) redrawn in place on stderr while the rounds run: the case, what is
+    being timed, and the round. Off when tqdm is missing, when stdout or stderr is not a terminal
+    (tqdm's ``disable=None``: a log or a pipe gets no bar), or with ``--json``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._tqdm: Any = None
+        if enabled and sys.stdout.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            self._tqdm = tqdm
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self._tqdm is None:
+            return
+        if self._bar is None:
+            self._bar = self._tqdm(total=total, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True,
+                                   unit="round", bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
+        if self._bar.total != total:
+            self._bar.reset(total=total)
+        self._bar.set_description_str(what, refresh=False)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def clear(self) -> None:
+        """Take the bar off the screen (before printing a table; the next call redraws it)."""
+        if self._bar is not None:
+            self._bar.clear()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str, int, int], None]) -> list[Row]:
     """Every row of one case. The yardstick and minimalsgd's rows are timed side by side: each
     round takes one sample of each in turn, and a row's time is its median over the rounds, so
     that they see the same drift of a shared machine's memory speed. Peers follow, each alone."""
@@ -305,6 +344,12 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
         python_row(f"minimalsgd SGD.step ({core.get_num_threads()} threads)", opt.step, threads=0, interleave=True)
         opt1 = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
         python_row("minimalsgd SGD.step (1 thread)", opt1.step, threads=1, interleave=True)
+        if len(case.shapes) > 1:
+            packed = _param_dict([v.copy() for v in values], [g.copy() for g in grads])
+            pack_params(packed)
+            opt_pk = SGD(packed, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
+            python_row(f"minimalsgd SGD.step, pack_params ({core.get_num_threads()} thr)", opt_pk.step, threads=0,
+                       interleave=True)
         if not case.clip and len(case.shapes) == 1:
             bufs = [np.zeros_like(values[0])]
             python_row(
@@ -344,7 +389,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
     def run_rounds(group: list[tuple[str, Callable[[], float], bool]], what: str) -> None:
         start = time.perf_counter()
         for r in range(rounds + 2):
-            progress(f"{case.name} ({dname}): {what}, round {r + 1}/{rounds + 2}")
+            progress(f"{case.name} ({dname}): {what}", r, rounds + 2)
             for label, sample, _ in group:
                 value = sample()
                 if r >= 2:
@@ -425,7 +470,7 @@ def _torch_rows(torch, values, grads, clip, name: str = "SGD") -> list[tuple[str
 # Sweep for the plot
 
 
-def sweep(dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+def sweep(dtype: np.dtype, quick: bool, progress: Callable[[str, int, int], None]) -> list[Row]:
     sizes = [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24] + ([] if quick else [1 << 26])
     rows: list[Row] = []
     for s in sizes:
@@ -524,8 +569,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.modules["torch"] = None  # type: ignore[assignment]
     dtypes = [np.dtype(np.float32), np.dtype(np.float64)] if args.dtype == "both" else [np.dtype(args.dtype)]
 
-    def progress(msg: str) -> None:
-        print(f"  ... {msg}", file=sys.stderr, flush=True)
+    progress = Progress(enabled=not args.json)
 
     if F._core is None:
         print("warning: the native extension is not available; only NumPy rows", file=sys.stderr)
@@ -545,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             case_rows = run_case(case, dtype, args.quick, progress)
             rows += case_rows
+            progress.clear()
             print(format_table(case_rows), flush=True)
             if case.groups:
                 by = {r.backend: r.seconds for r in case_rows}
@@ -554,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep_rows: list[Row] = []
     if args.plot:
         sweep_rows = sweep(dtypes[0], args.quick, progress)
+    progress.close()
+    if args.plot:
         if plot(sweep_rows, args.plot):
             print(f"\nplot written to {args.plot}")
     if args.json:

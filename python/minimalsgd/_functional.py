@@ -45,6 +45,7 @@ def _env_backend() -> str:
 
 #: The backend that "auto" means in this process (MINIMALSGD_BACKEND, read at import).
 DEFAULT_BACKEND: str = _env_backend()
+_AUTO_IS_NATIVE = _core is not None and DEFAULT_BACKEND != "numpy"
 
 
 def native_available() -> bool:
@@ -375,7 +376,15 @@ def run_step(
                 [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale)
 
 
-def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+def _run_native(
+    values: list[np.ndarray],
+    grads: list[np.ndarray],
+    buffers: list[np.ndarray | None],
+    firsts: list[bool],
+    group_of: list[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float,
+) -> None:
     assert _core is not None
     if len(options) == 1:
         with_buffer = options[0][1] != 0
@@ -385,7 +394,19 @@ def _run_native(values, grads, buffers, firsts, group_of, options, grad_scale) -
         _core.sgd_step_groups(values, grads, buffers, firsts, group_of, list(options), grad_scale, check_overlap=False)
 
 
-def _run_numpy(values, grads, buffers, firsts, group_of, options, grad_scale) -> None:  # type: ignore[no-untyped-def]
+def _run_numpy(
+    values: list[np.ndarray],
+    grads: list[np.ndarray],
+    buffers: list[np.ndarray | None],
+    firsts: list[bool],
+    group_of: list[int],
+    options: Sequence[tuple[float, float, float, float, bool, bool]],
+    grad_scale: float,
+) -> None:
+    if len(options) == 1:  # one group: no lists to split
+        opts = options[0]
+        _numpy.sgd_step(values, grads, buffers if opts[1] != 0 else None, firsts, *opts, grad_scale)
+        return
     for g, opts in enumerate(options):
         idx = [i for i in range(len(values)) if group_of[i] == g]
         if not idx:
@@ -467,7 +488,7 @@ def sgd_step(
     # The common case in one native call: every input valid and every tensor native. The native
     # side checks all of it and writes nothing unless all of it holds; anything else (another
     # backend, a dtype or layout NumPy must serve, or an error to report) takes the path below.
-    if _core is not None and (backend == "native" or (backend == "auto" and DEFAULT_BACKEND != "numpy")):
+    if _core is not None and ((backend == "auto" and _AUTO_IS_NATIVE) or backend == "native"):
         if _core.try_sgd_step(
             values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize, grad_scale
         ):

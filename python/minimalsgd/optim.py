@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
+
+import numpy as np
 
 
 from . import _functional as F
@@ -76,6 +79,47 @@ class SGD(Optimizer):
     def _fields_needed(self, options: tuple[Any, ...]) -> tuple[str, ...]:
         return self.state_fields if options[1] != 0 else ()
 
-    def _run(self, labels, values, grads, states, born, steps, group_of, options, grad_scale, backend) -> None:  # type: ignore[no-untyped-def]
+    def _run(
+        self,
+        labels: list[str],
+        values: list[np.ndarray],
+        grads: list[np.ndarray],
+        states: list[list[np.ndarray | None]],
+        born: list[bool],
+        steps: list[int],
+        group_of: list[int],
+        options: list[tuple[Any, ...]],
+        grad_scale: float,
+        backend: str,
+    ) -> None:
+        # SGD's one state field is the momentum buffer; a buffer born this step is a first step.
         buffers = [s[0] for s in states]
         F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend)
+
+    def _plan_runner(self, labels, values, grads, states, options, backend):  # type: ignore[no-untyped-def]
+        # The routing of a cached Python plan, fixed with the layouts: one call per backend.
+        with_buffer = options[1] != 0
+        buffers = [s[0] for s in states]
+        native: list[int] = []
+        other: list[int] = []
+        for i in range(len(values)):
+            buf = buffers[i] if with_buffer else None
+            (native if backend != "numpy" and F.native_reason(values[i], grads[i], buf) is None else other).append(i)
+        calls = []
+        if native:
+            assert F._core is not None
+            bufs = [buffers[i] for i in native] if with_buffer else None
+            calls.append(partial(F._core.sgd_step, [values[i] for i in native], [grads[i] for i in native], bufs, False,
+                                 *options, check_overlap=False))
+        if other:
+            bufs = [buffers[i] for i in other] if with_buffer else None
+            calls.append(F._numpy.prepare_sgd_step([values[i] for i in other], [grads[i] for i in other], bufs, *options))
+        if len(calls) == 1:
+            call = calls[0]
+            return lambda grad_scale, applied: call(grad_scale)
+
+        def run(grad_scale: float, applied: int) -> None:
+            for call in calls:
+                call(grad_scale)
+
+        return run
