@@ -88,21 +88,33 @@ double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
 // m = 0.9 m + 0.1 g; v = 0.999 v + 0.001 g g; w = w - 0.001 m / (sqrt(v) + 1e-8): 4 reads, 3 writes,
 // one square root and one division per element, one "parallel for simd" with a static schedule.
 template <class T>
+inline void adam_stream_element(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MINIMALSGD_RESTRICT m,
+                                T* MINIMALSGD_RESTRICT v, std::ptrdiff_t i) {
+    const T gi = g[i];
+    const T mi = T(0.9) * m[i] + T(0.1) * gi;
+    const T vi = T(0.999) * v[i] + T(0.001) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = w[i] - T(0.001) * mi / (std::sqrt(vi) + T(1e-8));
+}
+
+template <class T>
 void adam_stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MINIMALSGD_RESTRICT m,
                       T* MINIMALSGD_RESTRICT v, std::size_t n, int threads) {
     const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(n);
-#if defined(_OPENMP)
-#pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
-#endif
-    for (std::ptrdiff_t i = 0; i < count; ++i) {
-        const T gi = g[i];
-        const T mi = T(0.9) * m[i] + T(0.1) * gi;
-        const T vi = T(0.999) * v[i] + T(0.001) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = w[i] - T(0.001) * mi / (std::sqrt(vi) + T(1e-8));
+    if (threads <= 1) {
+        MINIMALSGD_SIMD
+        for (std::ptrdiff_t i = 0; i < count; ++i) {
+            adam_stream_element(w, g, m, v, i);
+        }
+        return;
     }
-    (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for simd schedule(static) num_threads(threads)
+    for (std::ptrdiff_t i = 0; i < count; ++i) {
+        adam_stream_element(w, g, m, v, i);
+    }
+#endif
 }
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 

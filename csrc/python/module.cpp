@@ -92,8 +92,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     bind_plan<SgdFormula>(m, "SgdPlan");
     bind_plan<AdamFormula>(m, "AdamPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
-          py::arg("inner"), py::arg("threads") = 0,
-          "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
+          py::arg("inner"), py::arg("threads") = 0, py::arg("m") = py::none(),
+          "Bench support: seconds per call of the yardstick loop ('stream', 'read', 'adam_stream' with m) or the "
+          "bare fused step ('step').");
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2' or 'avx512'.");
     m.def("supported_isas", &supported_isas, "The instruction sets compiled into this build that this CPU supports.");

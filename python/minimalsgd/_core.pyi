@@ -35,7 +35,10 @@ def try_sgd_step(
     values: object, grads: object, momentum_buffers: object, first_step: object, lr: object, momentum: object,
     dampening: object, weight_decay: object, nesterov: object, maximize: object, grad_scale: object, /,
 ) -> bool: ...
-def _time_calls(kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0) -> list[float]: ...
+def _time_calls(
+    kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0,
+    m: np.ndarray | None = None,
+) -> list[float]: ...
 
 class SgdPlan:
     def __init__(

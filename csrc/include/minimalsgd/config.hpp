@@ -122,4 +122,32 @@ inline int threads_for(std::size_t n, const Parallel& par) {
 #endif
 }
 
+inline namespace MINIMALSGD_TARGET_NAMESPACE {
+/// Runs `fn(begin, end)` over the elements [0, total) of a multi-tensor call: on the calling
+/// thread below the grain, otherwise on threads_for() threads, one chunk each, chunk borders at
+/// multiples of `line` elements (a cache line of the kernel's type).
+template <class Fn>
+void for_chunks(std::size_t total, std::size_t line, const Parallel& par, Fn&& fn) {
+    const int nt = threads_for(total, par);
+    if (nt <= 1) {
+        fn(std::size_t{0}, total);
+        return;
+    }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+    {
+        const std::size_t nth = static_cast<std::size_t>(omp_get_num_threads());
+        const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
+        std::size_t chunk = (total + nth - 1) / nth;
+        chunk = (chunk + line - 1) / line * line;
+        const std::size_t begin = tid * chunk < total ? tid * chunk : total;
+        const std::size_t end = begin + chunk < total ? begin + chunk : total;
+        fn(begin, end);
+    }
+#else
+    (void)line;
+#endif
+}
+}  // namespace MINIMALSGD_TARGET_NAMESPACE
+
 }  // namespace minimalsgd
