@@ -31,8 +31,6 @@ __all__ = ["adam_step", "prepare_sgd_step", "sgd_step", "sum_of_squares"]
 
 _mul, _add, _sub, _copyto = np.multiply, np.add, np.subtract, np.copyto
 
-# Blocks of this many elements are converted to float64 at a time for the sum of squares.
-_SUM_BLOCK = 1 << 15
 # Elements per block of the step (per scratch array: 256 KiB of float32): large tensors are cut
 # into blocks of this size and small tensors batched up to it.
 _BLOCK = 1 << 16
@@ -353,28 +351,106 @@ def _step_tensor(w: np.ndarray, grad: np.ndarray, buf: np.ndarray | None, first:
 
 
 def sum_of_squares(arrays: Sequence[np.ndarray]) -> float:
-    """Sum of |x|^2 over all arrays, accumulated in float64 (complex: re^2 + im^2).
+    """Sum of |x|^2 over all arrays, accumulated in float64 (complex: re^2 + im^2), bit for bit
+    the native ``_core.sum_of_squares`` for float32 and float64 arrays.
 
-    Each block of ``_SUM_BLOCK`` elements is converted to float64 in a per-thread scratch (exact
-    for every floating dtype), squared and summed (NumPy's pairwise sum; not ``numpy.dot``, whose
-    BLAS threads cost milliseconds per call on a busy machine); blocks are added in order."""
-    total = 0.0
-    scratch = _sum_scratch()
+    The order of the additions is sgd.hpp's ``multi_tensor_sum_of_squares``: the float32 arrays'
+    total, then the float64 arrays' total, then (NumPy only) every other dtype's (complex: the real
+    parts' blocks, then the imaginary parts'); each total adds, tensor by tensor, the sums of
+    blocks of ``_SUM_BLOCK`` elements in order, starting from 0. A block's sum is 32 lanes,
+    ``acc[j] += x[32 r + j]^2`` row by row, then its tail ``acc[j] += x[body + j]^2``, then the
+    fold ``acc[j] += acc[j + w]`` for w = 16, 8, 4, 2, 1 (see ``_block_sums``). No BLAS
+    (``numpy.dot`` threads cost milliseconds per call on a busy machine)."""
+    f32: list[np.ndarray] = []
+    f64: list[np.ndarray] = []
+    other: list[np.ndarray] = []
     for a in arrays:
         a = np.asarray(a)
-        for part in (a.real, a.imag) if a.dtype.kind == "c" else (a,):
-            flat = part.reshape(-1)
-            n = flat.shape[0]
-            for start in range(0, n, _SUM_BLOCK):
-                stop = min(start + _SUM_BLOCK, n)
-                block = scratch[: stop - start]
-                np.copyto(block, flat[start:stop], casting="unsafe")
-                np.multiply(block, block, out=block)
-                total += float(np.add.reduce(block))
+        if a.dtype.kind == "c":
+            other.extend((a.real, a.imag))
+        elif a.dtype == np.float32:
+            f32.append(a)
+        elif a.dtype == np.float64:
+            f64.append(a)
+        else:
+            other.append(a)
+    total = 0.0
+    for parts in (f32, f64, other):
+        if parts:
+            total += _sum_of_squares_in_order(parts)
     return total
 
 
+# Elements per block of the sum of squares (sgd.hpp's kSumBlock), and its lanes (its L).
+_SUM_BLOCK = 1 << 16
+_SUM_LANES = 32
+_SUM_ROWS = _SUM_BLOCK // _SUM_LANES
+# Full blocks summed side by side (their lanes make one long row for NumPy's element loops), and
+# the squares held per pass (scratch rows of all these lanes at once).
+_SUM_GROUP = 16
+_SUM_CHUNK = 1 << 15
+
+
+def _sum_of_squares_in_order(parts: Sequence[np.ndarray]) -> float:
+    """0 + the block sums of every part, in order (sgd.hpp: one dtype's total)."""
+    total = 0.0
+    scratch = _sum_scratch()
+    for part in parts:
+        flat = part.reshape(-1)
+        n = flat.shape[0]
+        full = n - n % _SUM_BLOCK
+        step = _SUM_GROUP * _SUM_BLOCK
+        for start in range(0, full, step):
+            for s in _block_sums(flat[start : min(start + step, full)], scratch).tolist():
+                total += s
+        m = n - full
+        if m:
+            # The last, partial block: its body rows, then its tail on lanes 0..m%32.
+            body = m - m % _SUM_LANES
+            sq = scratch[:m]
+            _copyto(sq, flat[full:], casting="unsafe")
+            _mul(sq, sq, out=sq)
+            acc = np.zeros((1, _SUM_LANES))
+            if body:
+                np.add.reduce(sq[:body].reshape(-1, _SUM_LANES), axis=0, out=acc[0])
+            _add(acc[0, : m - body], sq[body:], out=acc[0, : m - body])
+            total += float(_fold_lanes(acc)[0])
+    return total
+
+
+def _block_sums(flat: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """The sums of squares of the full blocks of ``flat`` (a whole number of blocks), in float64,
+    each in sgd.hpp's order. The blocks' lanes side by side make one row of nb*32 accumulators; a
+    pass converts a few rows of every block into the scratch, squares them, and reduces them along
+    axis 0 after the accumulators (row 0): NumPy adds the rows of such a reduction one after
+    another, each lane ``((acc + sq_r) + sq_r+1) + ...`` as the C++ loop does."""
+    nb = flat.shape[0] // _SUM_BLOCK
+    lanes = nb * _SUM_LANES
+    src = flat.reshape(nb, _SUM_ROWS, _SUM_LANES)
+    per_pass = max(1, min(_SUM_ROWS, _SUM_CHUNK // lanes))
+    acc = np.zeros((nb, _SUM_LANES))
+    for r0 in range(0, _SUM_ROWS, per_pass):
+        k = min(per_pass, _SUM_ROWS - r0)
+        rows = scratch[: (k + 1) * lanes].reshape(k + 1, nb, _SUM_LANES)
+        _copyto(rows[0], acc)
+        body = rows[1:]
+        _copyto(body, src[:, r0 : r0 + k, :].transpose(1, 0, 2), casting="unsafe")
+        _mul(body, body, out=body)
+        np.add.reduce(rows, axis=0, out=acc)
+    return _fold_lanes(acc)
+
+
+def _fold_lanes(acc: np.ndarray) -> np.ndarray:
+    """Each row's 32 lanes folded pairwise in sgd.hpp's order: acc[j] += acc[j + w], w = 16..1."""
+    w = _SUM_LANES // 2
+    while w:
+        _add(acc[:, :w], acc[:, w : 2 * w], out=acc[:, :w])
+        w //= 2
+    return acc[:, 0]
+
+
 def _sum_scratch() -> np.ndarray:
+    """Per thread: _SUM_BLOCK float64 (enough for a partial block and for a pass of _block_sums)."""
     scratch = getattr(_LOCAL, "sum_scratch", None)
     if scratch is None:
         scratch = _LOCAL.sum_scratch = np.empty(_SUM_BLOCK, np.float64)
