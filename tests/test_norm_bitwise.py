@@ -101,7 +101,8 @@ def settings():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, "mixed"])
 @pytest.mark.parametrize("sizes", [[0], [1], [31], [32], [33], [65535], [65536], [65537],
-                                   [5, 65537, 0, 40, 32], [17 * 65536 + 45]], ids=str)
+                                   [5, 65537, 0, 40, 32], [17 * 65536 + 45],
+                                   list(range(70)) + [1000, 1025, 16385, 16417, 40000, 3]], ids=lambda s: str(s)[:40])
 def test_numpy_sum_of_squares_is_the_native_order(sizes, dtype):
     if dtype == "mixed":
         grads = [g.astype(np.float32) if i % 2 else g for i, g in enumerate(_grads(sizes, np.float64))]

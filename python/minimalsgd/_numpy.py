@@ -393,29 +393,54 @@ _SUM_CHUNK = 1 << 15
 
 def _sum_of_squares_in_order(parts: Sequence[np.ndarray]) -> float:
     """0 + the block sums of every part, in order (sgd.hpp: one dtype's total)."""
-    total = 0.0
+    sums: list[float] = []
+    # The partial (last) blocks, by padded row count: (index in sums, elements).
+    partial: dict[int, list[tuple[int, np.ndarray]]] = {}
     scratch = _sum_scratch()
+    step = _SUM_GROUP * _SUM_BLOCK
     for part in parts:
         flat = part.reshape(-1)
         n = flat.shape[0]
         full = n - n % _SUM_BLOCK
-        step = _SUM_GROUP * _SUM_BLOCK
         for start in range(0, full, step):
-            for s in _block_sums(flat[start : min(start + step, full)], scratch).tolist():
-                total += s
-        m = n - full
-        if m:
-            # The last, partial block: its body rows, then its tail on lanes 0..m%32.
-            body = m - m % _SUM_LANES
-            sq = scratch[:m]
-            _copyto(sq, flat[full:], casting="unsafe")
-            _mul(sq, sq, out=sq)
-            acc = np.zeros((1, _SUM_LANES))
-            if body:
-                np.add.reduce(sq[:body].reshape(-1, _SUM_LANES), axis=0, out=acc[0])
-            _add(acc[0, : m - body], sq[body:], out=acc[0, : m - body])
-            total += float(_fold_lanes(acc)[0])
+            sums.extend(_block_sums(flat[start : min(start + step, full)], scratch).tolist())
+        if n > full:
+            rows = -(-(n - full) // _SUM_LANES)
+            key = rows if rows > _SUM_PAD_ROWS else 1 << (rows - 1).bit_length()
+            partial.setdefault(key, []).append((len(sums), flat[full:]))
+            sums.append(0.0)
+    for rows, items in partial.items():
+        per_pass = max(1, _SUM_BLOCK // (rows * _SUM_LANES))
+        for first in range(0, len(items), per_pass):
+            batch = items[first : first + per_pass]
+            for (slot, _), s in zip(batch, _partial_sums(batch, rows, scratch).tolist()):
+                sums[slot] = s
+    total = 0.0
+    for s in sums:
+        total += s
     return total
+
+
+# Partial blocks of up to this many rows are padded to a power of two rows and summed side by side.
+_SUM_PAD_ROWS = 512
+
+
+def _partial_sums(batch: Sequence[tuple[int, np.ndarray]], rows: int, scratch: np.ndarray) -> np.ndarray:
+    """The sums of squares of partial blocks (each at most ``rows`` rows of 32 lanes), each in
+    sgd.hpp's order: block i's body rows go to column i of a zeroed (rows, len(batch), 32) scratch,
+    its tail to lanes 0..m%32 of the next row; the squares are reduced along axis 0 (each lane in
+    row order) and folded. The padding adds +0 to a sum of squares, which changes no bit."""
+    grid = scratch[: rows * len(batch) * _SUM_LANES].reshape(rows, len(batch), _SUM_LANES)
+    grid.fill(0.0)
+    for i, (_, seg) in enumerate(batch):
+        m = seg.shape[0]
+        body = m - m % _SUM_LANES
+        if body:
+            _copyto(grid[: body // _SUM_LANES, i, :], seg[:body].reshape(-1, _SUM_LANES), casting="unsafe")
+        if m > body:
+            _copyto(grid[body // _SUM_LANES, i, : m - body], seg[body:], casting="unsafe")
+    _mul(grid, grid, out=grid)
+    return _fold_lanes(np.add.reduce(grid, axis=0))
 
 
 def _block_sums(flat: np.ndarray, scratch: np.ndarray) -> np.ndarray:
