@@ -216,7 +216,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="a short run (CI): 2 epochs, a smaller net")
     ap.add_argument("--out", default="notebook_comparison.png", help="where to write the loss curves")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="threads for NumPy's BLAS and minimalsgd (default 1: a network this small only pays "
+                         "for waking threads, the matmuls and the optimizer alike)")
     args = ap.parse_args(argv)
+    try:  # limits OpenBLAS/MKL and OpenMP (minimalsgd's kernels) alike
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.threads)
+    except ImportError:
+        minimalsgd.set_num_threads(args.threads)
     epochs = args.epochs or (2 if args.quick else 30)
     sizes = [64, 64, 32, 10] if args.quick else [64, 256, 128, 10]
 
@@ -227,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = load_data()
     init = he_init(sizes, np.random.default_rng(42))
     n_params = sum(p["value"].size for p in init.values())
-    print(f"\nMLP {sizes} ({n_params} params), {len(data[0])} training digits, batch 64, {epochs} epochs")
+    print(f"\nMLP {sizes} ({n_params} params), {len(data[0])} training digits, batch 64, {epochs} epochs, "
+          f"{args.threads} thread(s)")
     results = {name: train(name, init, data, epochs, batch=64) for name in OPTIMIZERS}
 
     print(f"\n{'optimizer':10s} {'final loss':>10s} {'test acc':>9s} {'fwd+bwd':>9s} "

@@ -582,14 +582,10 @@ def test_random_groups_plan_numpy_and_oracle(assign, hypers, scheduled, clip, dt
         runs.append((p, opt))
     (pa, oa), (pb, ob) = runs
     for k in pa:
-        if clip is not None and dtype == np.float64:
-            # The backends' float64 norms may differ in the last bit (their sums of squares add in
-            # different orders; known, outside groups): the clipped steps then differ by an ulp.
-            np.testing.assert_allclose(pa[k]["value"], pb[k]["value"], rtol=1e-14, atol=1e-15, err_msg=k)
-        else:
-            np.testing.assert_array_equal(pa[k]["value"], pb[k]["value"], err_msg=k)
+        assert pa[k]["value"].tobytes() == pb[k]["value"].tobytes(), k
     assert oa.last_lrs == ob.last_lrs
-    assert oa.last_grad_norm == pytest.approx(ob.last_grad_norm, rel=1e-14, abs=0) if clip else True
+    if clip:
+        assert oa.last_grad_norm == ob.last_grad_norm  # the backends' norms are bit for bit equal
     # The float64 oracle, tensor by tensor with its group's settings.
     ref = {k: v["value"].astype(np.float64) for k, v in make_params(30, dtype).items()}
     bufs: dict = {k: None for k in names}

@@ -167,3 +167,146 @@ def test_zero_d_and_empty_tensors():
     assert ws[0] is w and w.shape == () and float(w) == np.float32(1.5) - np.float32(0.5) * np.float32(0.25)
     assert float(v) == 0.25
     np.testing.assert_array_equal(ws[2], np.float32(1) - np.float32(0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# SGD.step()'s cached plan for steps with NumPy tensors (minimalsgd._pyplan.PythonPlan)
+
+
+def _params(seed=0, n=3, half=False):
+    rng = np.random.default_rng(seed)
+    p = {f"p{i}": {"value": rng.standard_normal(5 + i).astype(np.float32), "grad": rng.standard_normal(5 + i).astype(np.float32)}
+         for i in range(n)}
+    if half:  # served by NumPy under backend="auto": the plan mixes both backends (float16 is native
+        # SGD storage, whose params take the full path at every step: byte-swapped float32 here)
+        p["h"] = {"value": rng.standard_normal(4).astype(">f4"), "grad": rng.standard_normal(4).astype(">f4")}
+    return p
+
+
+PLAN_MUTATIONS = {
+    "replace grad": lambda p, rng: p["p1"].__setitem__("grad", rng.standard_normal(6).astype(np.float32)),
+    "grad in place": lambda p, rng: p["p0"]["grad"].__setitem__(slice(None), rng.standard_normal(5)),
+    "replace value": lambda p, rng: p["p2"].__setitem__("value", rng.standard_normal(7).astype(np.float32)),
+    "grad to None": lambda p, rng: p["p1"].__setitem__("grad", None),
+    "delete grad": lambda p, rng: p["p1"].pop("grad", None),
+    "add param": lambda p, rng: p.__setitem__("new", {"value": np.ones(4, np.float32), "grad": np.ones(4, np.float32)}),
+    "remove param": lambda p, rng: p.pop("p0"),
+    "swapped grad": lambda p, rng: p["p0"].__setitem__("grad", np.ones(5, ">f4")),
+    "strided grad": lambda p, rng: p["p0"].__setitem__("grad", np.ones(10, np.float32)[::2]),
+    "nothing": lambda p, rng: None,
+}
+
+
+@pytest.mark.parametrize("mutation", list(PLAN_MUTATIONS))
+@pytest.mark.parametrize("backend,half", [("numpy", False), ("auto", True)])
+@pytest.mark.parametrize("kw", [dict(lr=0.1), dict(lr=0.1, momentum=0.9, nesterov=True, clip_grad_norm=1.0)])
+def test_python_plan_notices_changes(mutation, backend, half, kw):
+    from minimalsgd._pyplan import PythonPlan
+
+    pa, pb = _params(half=half), _params(half=half)
+    oa = minimalsgd.SGD(pa, backend=backend, **kw)
+    ob = minimalsgd.SGD(pb, backend=backend, **kw)  # the reference: its plan is dropped before every step
+    for step in range(6):
+        if step == 3:
+            for p in (pa, pb):
+                PLAN_MUTATIONS[mutation](p, np.random.default_rng(step))
+        ob._drop_plan()
+        oa.step()
+        ob.step()
+        if step >= 1 and step != 3:
+            assert isinstance(oa._plan, PythonPlan)
+        for k in pa:
+            assert pa[k]["value"].tobytes() == pb[k]["value"].tobytes(), (step, k)
+    for k in oa.state:
+        assert oa.state[k]["step"] == ob.state[k]["step"]
+        if "momentum_buffer" in ob.state[k]:
+            assert oa.state[k]["momentum_buffer"].tobytes() == ob.state[k]["momentum_buffer"].tobytes()
+    assert oa.last_grad_norm == ob.last_grad_norm
+
+
+@pytest.mark.parametrize("bad", ["grad overlaps value", "read-only value", "wrong grad shape", "value reshaped in place",
+                                 "value dtype changed in place"])
+def test_python_plan_bad_changes_raise_and_write_nothing(bad):
+    p = _params()
+    opt = minimalsgd.SGD(p, lr=0.1, momentum=0.9, backend="numpy")
+    opt.step()
+    opt.step()
+    if bad == "grad overlaps value":
+        p["p1"]["grad"] = p["p2"]["value"][:6]
+        exc = ValueError
+    elif bad == "read-only value":
+        p["p1"]["value"].flags.writeable = False
+        exc = ValueError
+    elif bad == "wrong grad shape":
+        p["p1"]["grad"] = np.ones(3, np.float32)
+        exc = ValueError
+    elif bad == "value reshaped in place":
+        p["p2"]["value"].shape = (7, 1)
+        exc = ValueError
+    else:
+        p["p1"]["value"].dtype = np.int32
+        exc = TypeError
+    before = {k: v["value"].copy() for k, v in p.items()}
+    with pytest.raises(exc, match=r"params\['p[12]'\]"):
+        opt.step()
+    for k in p:
+        assert p[k]["value"].tobytes() == before[k].tobytes()
+    assert all(opt.state[k]["step"] == 2 for k in p)
+
+
+def test_python_plan_skip_nonfinite_and_counts():
+    p = _params()
+    opt = minimalsgd.SGD(p, lr=0.1, momentum=0.9, skip_nonfinite=True, backend="numpy")
+    assert opt.step() and opt.step()
+    before = {k: v["value"].copy() for k, v in p.items()}
+    p["p1"]["grad"][2] = np.inf  # in place: the plan's own arrays
+    assert opt.step() is False
+    assert opt.skipped_steps == 1
+    for k in p:
+        np.testing.assert_array_equal(p[k]["value"], before[k])
+    p["p1"]["grad"][2] = 0.5
+    assert opt.step() is True
+    assert opt.state["p1"]["step"] == 3
+    assert opt.state_dict()["state/p0/step"] == 3
+
+
+@pytest.mark.parametrize("kw", [dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                dict(lr=0.1, momentum=0.9, clip_grad_norm=0.3), dict(lr=0.1, clip_grad_norm=0.3, maximize=True)])
+@pytest.mark.parametrize("n", [1, 2 * _numpy._BLOCK + 5])
+def test_python_plan_single_tensor_prepared_step(kw, n):
+    # One tensor: the plan binds its coefficients and scratch once (prepare_sgd_step).
+    rng = np.random.default_rng(5)
+    pa = {"w": {"value": rng.standard_normal(n).astype(np.float32), "grad": rng.standard_normal(n).astype(np.float32)}}
+    pb = {"w": {"value": pa["w"]["value"].copy(), "grad": pa["w"]["grad"].copy()}}
+    oa, ob = minimalsgd.SGD(pa, backend="numpy", **kw), minimalsgd.SGD(pb, backend="numpy", **kw)
+    for step in range(4):
+        oa.step()
+        ob._drop_plan()  # the reference takes the full path every step
+        ob.step()
+        assert pa["w"]["value"].tobytes() == pb["w"]["value"].tobytes(), step
+        new = rng.standard_normal(n).astype(np.float32)
+        pa["w"]["grad"][...] = new
+        pb["w"]["grad"][...] = new
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_python_plan_adam_step_counts(cls):
+    # The Python plan is generic over the formula: Adam's bias correction needs the step counts.
+    Opt = getattr(minimalsgd, cls)
+    pa, pb = _params(7), _params(7)
+    oa = Opt(pa, lr=0.01, weight_decay=0.01, backend="numpy")
+    ob = Opt(pb, lr=0.01, weight_decay=0.01, backend="numpy")
+    rng = np.random.default_rng(8)
+    for step in range(6):
+        oa.step()
+        ob._drop_plan()
+        ob.step()
+        if step >= 1:
+            from minimalsgd._pyplan import PythonPlan
+            assert isinstance(oa._plan, PythonPlan)
+        for k in pa:
+            assert pa[k]["value"].tobytes() == pb[k]["value"].tobytes(), (step, k)
+            new = rng.standard_normal(pa[k]["grad"].shape).astype(np.float32)
+            pa[k]["grad"][...] = new
+            pb[k]["grad"][...] = new
+    assert oa.state["p0"]["step"] == ob.state["p0"]["step"] == 6

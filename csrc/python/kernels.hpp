@@ -9,6 +9,12 @@
 #include <minimalsgd/options.hpp>
 #include <minimalsgd/sgd.hpp>
 
+#if MINIMALSGD_X86_64 && defined(MINIMALSGD_X86_KERNELS_LINKED)
+#define MINIMALSGD_HAVE_X86_KERNELS 1
+#else
+#define MINIMALSGD_HAVE_X86_KERNELS 0
+#endif
+
 namespace minimalsgd_python {
 
 struct KernelTable {
@@ -126,28 +132,44 @@ double read_loop(const T* MINIMALSGD_RESTRICT x, std::size_t n, int threads) {
 // m = 0.9 m + 0.1 g; v = 0.999 v + 0.001 g g; w = w - 0.001 m / (sqrt(v) + 1e-8): 4 reads, 3 writes,
 // one square root and one division per element, one "parallel for simd" with a static schedule.
 template <class T>
+inline void adam_stream_element(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MINIMALSGD_RESTRICT m,
+                                T* MINIMALSGD_RESTRICT v, std::ptrdiff_t i) {
+    const T gi = g[i];
+    const T mi = T(0.9) * m[i] + T(0.1) * gi;
+    const T vi = T(0.999) * v[i] + T(0.001) * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = w[i] - T(0.001) * mi / (std::sqrt(vi) + T(1e-8));
+}
+
+template <class T>
 void adam_stream_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT g, T* MINIMALSGD_RESTRICT m,
                       T* MINIMALSGD_RESTRICT v, std::size_t n, int threads) {
     const std::ptrdiff_t count = static_cast<std::ptrdiff_t>(n);
-#if defined(_OPENMP)
-#pragma omp parallel for simd schedule(static) num_threads(threads) if (threads > 1)
-#endif
-    for (std::ptrdiff_t i = 0; i < count; ++i) {
-        const T gi = g[i];
-        const T mi = T(0.9) * m[i] + T(0.1) * gi;
-        const T vi = T(0.999) * v[i] + T(0.001) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = w[i] - T(0.001) * mi / (std::sqrt(vi) + T(1e-8));
+    if (threads <= 1) {
+        MINIMALSGD_SIMD
+        for (std::ptrdiff_t i = 0; i < count; ++i) {
+            adam_stream_element(w, g, m, v, i);
+        }
+        return;
     }
-    (void)threads;
+#if defined(_OPENMP)
+#pragma omp parallel for simd schedule(static) num_threads(threads)
+    for (std::ptrdiff_t i = 0; i < count; ++i) {
+        adam_stream_element(w, g, m, v, i);
+    }
+#endif
 }
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 
-// One per translation unit, each compiled with its own -m flags and target namespace.
+// One per translation unit, each compiled with its own -m flags and target namespace. The x86-64
+// ones exist only when the compiler targets x86-64 and CMake built them (it defines
+// MINIMALSGD_X86_KERNELS_LINKED for an x86-64 target with GCC-style flags; both are checked).
 const KernelTable& kernels_baseline();
+#if MINIMALSGD_HAVE_X86_KERNELS
 const KernelTable& kernels_avx2();
 const KernelTable& kernels_avx512();
 const KernelTable& kernels_avx512_bf16();
+#endif
 
 }  // namespace minimalsgd_python

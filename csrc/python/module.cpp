@@ -42,7 +42,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #endif
     // A bad MINIMALSGD_ISA warns and keeps the best kernels: failing the import instead would
     // silently put the whole package on the NumPy backend.
-    g_isa = static_cast<int>(minimalsgd::best_isa());
+    g_isa = static_cast<int>(best_compiled_isa());
     if (const char* env = std::getenv("MINIMALSGD_ISA")) {
         if (*env != '\0') {
             try {
@@ -106,11 +106,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     bind_plan<SgdFormula>(m, "SgdPlan");
     bind_plan<AdamFormula>(m, "AdamPlan");
     m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
-          py::arg("inner"), py::arg("threads") = 0,
-          "Bench support: seconds per call of the yardstick loop ('stream') or the bare fused step ('step').");
+          py::arg("inner"), py::arg("threads") = 0, py::arg("m") = py::none(),
+          "Bench support: seconds per call of the yardstick loop ('stream', 'read', 'adam_stream' with m) or the "
+          "bare fused step ('step').");
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2', 'avx512' or 'avx512_bf16'.");
-    m.def("supported_isas", &supported_isas, "The instruction sets this CPU supports.");
+    m.def("supported_isas", &supported_isas, "The instruction sets compiled into this build that this CPU supports.");
     m.def("get_num_threads", &get_num_threads);
     m.def(
         "get_num_threads_setting", []() { return g_num_threads.load(); },
@@ -126,6 +127,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
 #else
     m.attr("openmp") = false;
 #endif
-    m.attr("compiled_isas") = py::make_tuple("baseline", "avx2", "avx512", "avx512_bf16");
+    py::tuple compiled(std::size(kCompiledIsas));
+    for (std::size_t i = 0; i < std::size(kCompiledIsas); ++i) {
+        compiled[i] = minimalsgd::isa_name(kCompiledIsas[i]);
+    }
+    m.attr("compiled_isas") = compiled;
+    m.attr("processor") = minimalsgd::processor_name();
+    m.attr("baseline_simd") = minimalsgd::baseline_simd();
     m.attr("__version__") = MINIMALSGD_VERSION_STRING;
 }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -20,17 +21,45 @@ namespace minimalsgd_python {
 
 using minimalsgd::Isa;
 
+// The kernel sets linked into this build, best last. The x86-64 ones exist only where CMake built
+// them (MINIMALSGD_HAVE_X86_KERNELS, kernels.hpp); a new kernel set goes here and in table_for.
+inline constexpr Isa kCompiledIsas[] = {
+    Isa::baseline,
+#if MINIMALSGD_HAVE_X86_KERNELS
+    Isa::avx2,
+    Isa::avx512,
+    Isa::avx512_bf16,
+#endif
+};
+
+inline bool is_compiled(Isa isa) {
+    return std::find(std::begin(kCompiledIsas), std::end(kCompiledIsas), isa) != std::end(kCompiledIsas);
+}
+
 inline const KernelTable& table_for(Isa isa) {
     switch (isa) {
+#if MINIMALSGD_HAVE_X86_KERNELS
         case Isa::avx512_bf16:
             return minimalsgd_python::kernels_avx512_bf16();
         case Isa::avx512:
             return minimalsgd_python::kernels_avx512();
         case Isa::avx2:
             return minimalsgd_python::kernels_avx2();
+#endif
         default:
             return minimalsgd_python::kernels_baseline();
     }
+}
+
+// The best kernel set that is compiled in and that this CPU supports.
+inline Isa best_compiled_isa() {
+    Isa best = Isa::baseline;
+    for (Isa isa : kCompiledIsas) {
+        if (minimalsgd::cpu_supports(isa)) {
+            best = isa;
+        }
+    }
+    return best;
 }
 
 inline std::atomic<int> g_isa{static_cast<int>(Isa::baseline)};
@@ -42,6 +71,10 @@ inline void set_isa(std::string name) {
     Isa isa;
     if (!minimalsgd::parse_isa(name.c_str(), &isa)) {
         throw py::value_error("isa must be one of 'baseline', 'avx2', 'avx512', 'avx512_bf16', got '" + name + "'");
+    }
+    if (!is_compiled(isa)) {
+        throw py::value_error("isa '" + name + "' is not compiled into this build (processor " +
+                              minimalsgd::processor_name() + ")");
     }
     if (!minimalsgd::cpu_supports(isa)) {
         throw py::value_error("isa '" + name + "' is not supported by this CPU");
@@ -87,7 +120,7 @@ inline minimalsgd::Parallel parallel() {
 
 inline std::vector<std::string> supported_isas() {
     std::vector<std::string> out;
-    for (Isa isa : {Isa::baseline, Isa::avx2, Isa::avx512, Isa::avx512_bf16}) {
+    for (Isa isa : kCompiledIsas) {
         if (minimalsgd::cpu_supports(isa)) {
             out.emplace_back(minimalsgd::isa_name(isa));
         }

@@ -274,12 +274,125 @@ TEST_CASE(isa_detection) {
     CHECK(!minimalsgd::parse_isa(nullptr, &parsed));
 }
 
+// The processor CMake built for (MINIMALSGD_TEST_PROCESSOR, from cmake/minimalsgdProcessor.cmake)
+// and the one the compiler's predefined macros name (config.hpp) must agree, and only x86-64 has
+// instruction sets beyond the baseline.
+TEST_CASE(processor_macros_match_the_build) {
+    const std::string cmake_says = MINIMALSGD_TEST_PROCESSOR;
+    const std::string processor = minimalsgd::processor_name();
+    const std::string simd = minimalsgd::baseline_simd();
+    CHECK_MSG(processor == cmake_says, processor + " vs CMake's " + cmake_says);
+    CHECK((MINIMALSGD_X86_64 == 1) == (processor == "x86_64"));
+    CHECK((MINIMALSGD_AARCH64 == 1) == (processor == "aarch64"));
+    if (processor == "x86_64") {
+        CHECK(simd == "SSE2");
+    } else {
+        CHECK(!minimalsgd::cpu_supports(minimalsgd::Isa::avx2));
+        CHECK(!minimalsgd::cpu_supports(minimalsgd::Isa::avx512));
+        CHECK(!minimalsgd::cpu_supports(minimalsgd::Isa::avx512_bf16));
+        CHECK(minimalsgd::best_isa() == minimalsgd::Isa::baseline);
+    }
+    if (processor == "aarch64") {
+        CHECK(simd == "NEON");
+    }
+}
+
 TEST_CASE(version_macros) {
     const std::string v = std::to_string(MINIMALSGD_VERSION_MAJOR) + "." + std::to_string(MINIMALSGD_VERSION_MINOR) + "." +
                           std::to_string(MINIMALSGD_VERSION_PATCH);
     CHECK(v == MINIMALSGD_VERSION_STRING);
 }
 
+// --digest: a hash of the bits the kernels produce on fixed inputs (SGD: every option set and
+// size, float and double, one and two threads, three steps each, and the sums of squares; Adam
+// and AdamW with and without AMSGrad and weight decay). The inputs
+// are made from integers only, so they are the same bits on every processor; .ci/aarch64.sh
+// compares this digest from an x86-64 build with one from an aarch64 build run under qemu: the
+// kernels must agree bit for bit across processors (DESIGN.md: ISA-independent results).
+struct Fnv1a {
+    std::uint64_t h = 0xcbf29ce484222325ULL;
+    template <class T>
+    void add(const T* p, std::size_t n) {
+        const auto* b = reinterpret_cast<const unsigned char*>(p);
+        for (std::size_t i = 0; i < n * sizeof(T); ++i) {
+            h = (h ^ b[i]) * 0x100000001b3ULL;
+        }
+    }
+};
+
+template <class T>
+std::vector<T> exact_inputs(std::size_t n, std::mt19937_64& rng) {
+    std::vector<T> out(n);
+    for (auto& x : out) {
+        // A multiple of 2^-52 in [-1, 1): exact in double, rounded once (IEEE, to nearest) to T.
+        const auto k = static_cast<std::int64_t>(rng() >> 11) - (std::int64_t(1) << 52);
+        x = static_cast<T>(std::ldexp(static_cast<double>(k), -52));
+    }
+    return out;
+}
+
+template <class T>
+void digest_of(Fnv1a& f) {
+    std::mt19937_64 rng(2024);
+    for (const SgdOptions& o : all_options()) {
+        for (std::size_t n : kSizes) {
+            for (int threads : {1, 2}) {
+                Parallel par;
+                par.num_threads = threads;
+                par.grain = 64;
+                std::vector<T> w = exact_inputs<T>(n, rng), v(n, T(0));
+                for (int step = 0; step < 3; ++step) {
+                    const std::vector<T> g = exact_inputs<T>(n, rng);
+                    const minimalsgd::TensorSpan<T> span{w.data(), g.data(), v.data(), n, step == 0};
+                    minimalsgd::multi_tensor_sgd_step(&span, 1, o, T(0.75), par);
+                    const minimalsgd::ConstSpan<T> gs{g.data(), n};
+                    const double ss = minimalsgd::multi_tensor_sum_of_squares(&gs, 1, par);
+                    f.add(&ss, 1);
+                }
+                f.add(w.data(), n);
+                f.add(v.data(), n);
+            }
+        }
+    }
+    // Adam/AdamW (square root and division, both correctly rounded in IEEE arithmetic; the bias
+    // corrections go through std::pow, whose last bit could differ between C libraries).
+    for (bool amsgrad : {false, true}) {
+        for (bool decoupled : {false, true}) {
+            for (double wd : {0.0, 0.01}) {
+                for (std::size_t n : kSizes) {
+                    minimalsgd::AdamOptions o;
+                    o.lr = 0.01;
+                    o.amsgrad = amsgrad;
+                    o.decoupled = decoupled;
+                    o.weight_decay = wd;
+                    std::vector<T> w = exact_inputs<T>(n, rng), m(n, T(0)), v(n, T(0)), vmax(n, T(0));
+                    for (std::int64_t step = 1; step <= 3; ++step) {
+                        const std::vector<T> g = exact_inputs<T>(n, rng);
+                        const minimalsgd::AdamSpan<T> span{w.data(), g.data(), m.data(), v.data(),
+                                                           amsgrad ? vmax.data() : nullptr, n, step, 0};
+                        Parallel par;
+                        par.num_threads = 2;
+                        par.grain = 64;
+                        minimalsgd::multi_tensor_adam_step(&span, 1, o, T(0.75), par);
+                    }
+                    f.add(w.data(), n);
+                    f.add(m.data(), n);
+                    f.add(v.data(), n);
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
-int main() { return check::run_all(); }
+int main(int argc, char** argv) {
+    if (argc == 2 && std::string(argv[1]) == "--digest") {
+        Fnv1a f;
+        digest_of<float>(f);
+        digest_of<double>(f);
+        std::printf("%016llx\n", static_cast<unsigned long long>(f.h));
+        return 0;
+    }
+    return check::run_all();
+}

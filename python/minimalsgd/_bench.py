@@ -4,6 +4,7 @@ Every case runs side by side in one process: the yardstick (a plain C streaming 
 shape, compiled into the extension, clearly labelled), minimalsgd native (all threads and one),
 minimalsgd's NumPy backend, the classic NumPy param-dict SGD (the pure-Python baseline), and when
 installed torch.optim.SGD (default, foreach, fused), the minimalsgd.torch drop-in, and a numba loop.
+The AdamW cases do the same with AdamW (the yardstick: a plain C Adam loop, 4 reads and 3 writes).
 Each timing is the median of many repetitions after a warm-up; ratios are within one run.
 """
 
@@ -25,10 +26,13 @@ import numpy as np
 from . import _functional as F
 from . import _half
 from ._config import backend_info
+from ._arena import pack_params
+from .adam import AdamW
 from .optim import SGD
 from .schedules import warmup_cosine
 
 LR, MOMENTUM, WD, CLIP = 0.01, 0.9, 1e-4, 1.0  # Nesterov on: the issue's configuration
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2)  # torch's AdamW defaults
 LIMIT = "limit: plain C stream loop (yardstick)"
 LIMIT_HALF = "limit: plain C stream loop, 16-bit (yardstick)"
 BASELINE = "classic NumPy param-dict (baseline)"
@@ -62,6 +66,7 @@ class Case:
     clip: bool = False
     per_call: bool = False  # report microseconds per call (tiny tensors)
     groups: bool = False  # SGD.step with two param groups and an lr schedule (minimalsgd rows only)
+    optimizer: str = "sgd"  # "sgd" (momentum + Nesterov + weight decay) or "adamw"
 
     @property
     def numel(self) -> int:
@@ -84,9 +89,13 @@ def cases(quick: bool, dtype: np.dtype | None = None) -> list[Case]:
         Case("ResNet-50 set (161 tensors)", resnet50_shapes()),
         Case("ResNet-50 set, clip + step", resnet50_shapes(), clip=True),
         Case("ResNet-50 set, 2 groups + schedule", resnet50_shapes(), groups=True),
+        Case("AdamW: one 16M tensor", [(1 << 24,)], optimizer="adamw"),
+        Case("AdamW: ResNet-50 set", resnet50_shapes(), optimizer="adamw"),
+        Case("AdamW: ResNet-50 set, clip + step", resnet50_shapes(), clip=True, optimizer="adamw"),
     ]
     if not quick:
         out.insert(4, Case("one 64M tensor", [(1 << 26,)]))
+        out.insert(-2, Case("AdamW: one 64M tensor", [(1 << 26,)], optimizer="adamw"))
     return out
 
 
@@ -124,6 +133,40 @@ class Row:
 # The classic NumPy param-dict SGD: the pure-Python baseline
 
 
+def _classic_clip_scale(params: dict, clip: float | None) -> float:
+    """The classic clip: max_norm / (total + 1e-12) when the global norm exceeds max_norm."""
+    if clip is not None:
+        total = np.sqrt(sum(np.sum(p["grad"] ** 2) for p in params.values()))
+        if total > clip:
+            return clip / (total + 1e-12)
+    return 1.0
+
+
+class ClassicNumpyAdamW:
+    """The textbook param-dict AdamW: w *= 1 - lr*wd; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+    w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps); global-norm clip first."""
+
+    def __init__(self, params: dict, clip: float | None, lr: float, betas: tuple[float, float], eps: float,
+                 weight_decay: float):
+        self.params, self.clip, self.lr, self.betas, self.eps, self.wd = params, clip, lr, betas, eps, weight_decay
+        self.m = {k: np.zeros_like(p["value"]) for k, p in params.items()}
+        self.v = {k: np.zeros_like(p["value"]) for k, p in params.items()}
+        self.t = 0
+
+    def step(self) -> None:
+        scale = _classic_clip_scale(self.params, self.clip)
+        self.t += 1
+        b1, b2 = self.betas
+        for k, p in self.params.items():
+            g = p["grad"] * scale if scale != 1.0 else p["grad"]
+            p["value"] *= 1 - self.lr * self.wd
+            self.m[k] = b1 * self.m[k] + (1 - b1) * g
+            self.v[k] = b2 * self.v[k] + (1 - b2) * g * g
+            m_hat = self.m[k] / (1 - b1**self.t)
+            v_hat = self.v[k] / (1 - b2**self.t)
+            p["value"] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
 class ClassicNumpySGD:
     """The textbook param-dict SGD: g += wd*w; v = mu*v + g; update = g + mu*v; w -= lr*update."""
 
@@ -132,11 +175,7 @@ class ClassicNumpySGD:
         self.v = {k: np.zeros_like(p["value"]) for k, p in params.items()}
 
     def step(self) -> None:
-        scale = 1.0
-        if self.clip is not None:
-            total = np.sqrt(sum(np.sum(p["grad"] ** 2) for p in self.params.values()))
-            if total > self.clip:
-                scale = self.clip / (total + 1e-12)
+        scale = _classic_clip_scale(self.params, self.clip)
         for k, p in self.params.items():
             g = p["grad"] * scale if scale != 1.0 else p["grad"]
             g = g + self.wd * p["value"]
@@ -187,14 +226,55 @@ ONE_GROUP_ROW = "minimalsgd SGD.step, one group"
 GROUPS_ROW = "minimalsgd SGD.step, 2 groups + schedule"
 
 
-def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+class Progress:
+    """One progress bar (tqdm) redrawn in place on stderr while the rounds run: the case, what is
+    being timed, and the round. Off when tqdm is missing, when stdout or stderr is not a terminal
+    (tqdm's ``disable=None``: a log or a pipe gets no bar), or with ``--json``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._bar: Any = None
+        self._tqdm: Any = None
+        if enabled and sys.stdout.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            self._tqdm = tqdm
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self._tqdm is None:
+            return
+        if self._bar is None:
+            self._bar = self._tqdm(total=total, file=sys.stderr, disable=None, leave=False, dynamic_ncols=True,
+                                   unit="round", bar_format="{desc} {bar} {n_fmt}/{total_fmt} [{elapsed}]")
+        if self._bar.total != total:
+            self._bar.reset(total=total)
+        self._bar.set_description_str(what, refresh=False)
+        self._bar.n = done
+        self._bar.refresh()
+
+    def clear(self) -> None:
+        """Take the bar off the screen (before printing a table; the next call redraws it)."""
+        if self._bar is not None:
+            self._bar.clear()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str, int, int], None]) -> list[Row]:
     """Every row of one case. The yardstick and minimalsgd's rows are timed side by side: each
     round takes one sample of each in turn, and a row's time is its median over the rounds, so
     that they see the same drift of a shared machine's memory speed. Peers follow, each alone."""
     core = F._core
     n = case.numel
     itemsize = np.dtype(dtype).itemsize
-    bytes_moved = (24 if case.clip else 20) * n * itemsize // 4
+    adamw = case.optimizer == "adamw"
+    # Per float32 element: SGD reads w, g, v and writes w, v (20 B); AdamW reads w, g, m, v and
+    # writes w, m, v (28 B); the clip's norm pass reads g once more (4 B).
+    bytes_moved = ((28 if adamw else 20) + (4 if case.clip else 0)) * n * itemsize // 4
     big = n >= (1 << 22)
     rounds = (7 if big else 25) if quick else (15 if big else 60)
     budget = 3.0 if quick else 20.0
@@ -231,14 +311,15 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
         # Real data in every buffer: an untouched np.zeros array maps the shared zero page,
         # whose reads hit the cache and would flatter the limit.
         yw, yg, yv = (np.full(n, 0.5, dtype) for _ in range(3))
+        ym = np.full(n, 0.5, dtype) if adamw else None
         c_inner = max(1, (1 << 22) // n)
         threads = (1, core.get_num_threads())
 
         def c_sample(kind: str, t: int) -> float:
-            return core._time_calls(kind, yw, yg, yv, 2, c_inner, threads=t)[1]  # the first batch warms
+            return core._time_calls(kind, yw, yg, yv, 2, c_inner, threads=t, m=ym)[1]  # the first batch warms
 
         def yardstick() -> float:
-            best = min(c_sample("stream", t) for t in threads)
+            best = min(c_sample("adam_stream" if adamw else "stream", t) for t in threads)
             if case.clip:
                 best += min(c_sample("read", t) for t in threads)
             return best
@@ -248,7 +329,9 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
             samplers.append(("minimalsgd bare C++ call (no Python)", lambda: c_sample("step", 1), True))
 
     values, grads = _make_arrays(case, dtype)
-    if case.groups:
+    if adamw:
+        _adamw_rows(values, grads, clip, python_row)
+    elif case.groups:
         # Two groups (weights with weight decay; biases and norms, the 1-D tensors, without) and a
         # warmup-then-cosine schedule, against the same tensors as one group with a constant lr,
         # side by side: the ratio is the cost of groups and a schedule.
@@ -276,6 +359,12 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
                          clip_grad_norm=clip, stochastic_rounding=True, seed=0)
             python_row(f"minimalsgd SGD.step stochastic rounding ({core.get_num_threads()} threads)", opt_sr.step,
                        threads=0, interleave=True)
+        if len(case.shapes) > 1:
+            packed = _param_dict([v.copy() for v in values], [g.copy() for g in grads])
+            pack_params(packed)
+            opt_pk = SGD(packed, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, clip_grad_norm=clip)
+            python_row(f"minimalsgd SGD.step, pack_params ({core.get_num_threads()} thr)", opt_pk.step, threads=0,
+                       interleave=True)
         if not case.clip and len(case.shapes) == 1:
             bufs = [np.zeros_like(values[0])]
             python_row(
@@ -283,7 +372,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
                 lambda: F.sgd_step(values, grads, bufs, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD),
                 interleave=True,
             )
-    if not case.groups:  # the peers: as in the one-group case above it
+    if not case.groups and not adamw:  # the peers: as in the one-group case above it
         if not half or n <= (1 << 20):  # 16-bit: NumPy's float32 temporaries are slow at DRAM sizes
             opt_np = SGD(_param_dict(values, grads), lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD,
                          clip_grad_norm=clip, backend="numpy")
@@ -318,7 +407,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
     def run_rounds(group: list[tuple[str, Callable[[], float], bool]], what: str) -> None:
         start = time.perf_counter()
         for r in range(rounds + 2):
-            progress(f"{case.name} ({dname}): {what}, round {r + 1}/{rounds + 2}")
+            progress(f"{case.name} ({dname}): {what}", r, rounds + 2)
             for label, sample, _ in group:
                 value = sample()
                 if r >= 2:
@@ -341,18 +430,39 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str],
     return rows
 
 
-def _torch_rows(torch, values, grads, clip) -> list[tuple[str, Callable[[], Any]]]:
+def _adamw_rows(values: list[np.ndarray], grads: list[np.ndarray], clip: float | None,
+                python_row: Callable[..., None]) -> None:
+    """The AdamW cases' rows: minimalsgd (all threads and one; side by side with the yardstick),
+    its NumPy backend, the classic NumPy AdamW, and torch's AdamW and the drop-in when installed."""
+    core = F._core
+    if core is not None:
+        opt = AdamW(_param_dict(values, grads), clip_grad_norm=clip, **ADAMW)
+        python_row(f"minimalsgd AdamW.step ({core.get_num_threads()} threads)", opt.step, threads=0, interleave=True)
+        opt1 = AdamW(_param_dict(values, grads), clip_grad_norm=clip, **ADAMW)
+        python_row("minimalsgd AdamW.step (1 thread)", opt1.step, threads=1, interleave=True)
+    opt_np = AdamW(_param_dict(values, grads), clip_grad_norm=clip, backend="numpy", **ADAMW)
+    python_row("minimalsgd NumPy backend", opt_np.step)
+    python_row(BASELINE, ClassicNumpyAdamW(_param_dict(values, grads), clip, **ADAMW).step)  # type: ignore[arg-type]
+    torch = _optional("torch")
+    if torch is not None:
+        for label, fn in _torch_rows(torch, values, grads, clip, "AdamW"):
+            python_row(label, fn)
+
+
+def _torch_rows(torch, values, grads, clip, name: str = "SGD") -> list[tuple[str, Callable[[], Any]]]:
+    """torch.optim.<name> (default, foreach, fused) and minimalsgd.torch.<name> (the drop-in)."""
     torch.set_num_threads(max(1, F._core.get_num_threads() if F._core is not None else os.cpu_count() or 1))
     out: list[tuple[str, Callable[[], Any]]] = []
+    ref = getattr(torch.optim, name)
     classes: list[tuple[str, Any, dict]] = [
-        ("torch.optim.SGD default", torch.optim.SGD, {}),
-        ("torch.optim.SGD foreach", torch.optim.SGD, {"foreach": True}),
-        ("torch.optim.SGD fused", torch.optim.SGD, {"fused": True}),
+        (f"torch.optim.{name} default", ref, {}),
+        (f"torch.optim.{name} foreach", ref, {"foreach": True}),
+        (f"torch.optim.{name} fused", ref, {"fused": True}),
     ]
     try:
         from . import torch as msgd_torch  # the drop-in
 
-        classes.append(("minimalsgd.torch.SGD (drop-in)", msgd_torch.SGD, {}))
+        classes.append((f"minimalsgd.torch.{name} (drop-in)", getattr(msgd_torch, name), {}))
     except Exception:
         pass
     def tensor(a: np.ndarray) -> Any:
@@ -360,12 +470,13 @@ def _torch_rows(torch, values, grads, clip) -> list[tuple[str, Callable[[], Any]
             return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
         return torch.from_numpy(a.copy())
 
+    hyper = ADAMW if name == "AdamW" else dict(lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD)
     for label, cls, kwargs in classes:
         params = [torch.nn.Parameter(tensor(v)) for v in values]
         for p, g in zip(params, grads):
             p.grad = tensor(g)
         try:
-            opt = cls(params, lr=LR, momentum=MOMENTUM, nesterov=True, weight_decay=WD, **kwargs)
+            opt = cls(params, **hyper, **kwargs)
         except Exception:
             continue
 
@@ -383,7 +494,7 @@ def _torch_rows(torch, values, grads, clip) -> list[tuple[str, Callable[[], Any]
 # Sweep for the plot
 
 
-def sweep(dtype: np.dtype, quick: bool, progress: Callable[[str], None]) -> list[Row]:
+def sweep(dtype: np.dtype, quick: bool, progress: Callable[[str, int, int], None]) -> list[Row]:
     sizes = [1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 << 24] + ([] if quick else [1 << 26])
     rows: list[Row] = []
     for s in sizes:
@@ -487,8 +598,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(d is None for d in dtypes):
         parser.error("bfloat16 needs ml_dtypes (pip install ml_dtypes)")
 
-    def progress(msg: str) -> None:
-        print(f"  ... {msg}", file=sys.stderr, flush=True)
+    progress = Progress(enabled=not args.json)
 
     if F._core is None:
         print("warning: the native extension is not available; only NumPy rows", file=sys.stderr)
@@ -496,9 +606,12 @@ def main(argv: list[str] | None = None) -> int:
     m = machine()
     print("minimalsgd bench — " + ", ".join(f"{k}: {v}" for k, v in m.items() if v is not None))
     print(f"step: lr={LR}, momentum={MOMENTUM}, nesterov, weight_decay={WD}; clip cases: max_norm={CLIP}")
+    print(f"AdamW cases: {ADAMW}")
     print("limit = a plain C streaming loop of the same 3-read/2-write shape over the same number of elements,")
+    print("        (AdamW: the plain C Adam loop, 4 reads/3 writes, one sqrt and one division per element),")
     print("        timed in C++ in this run (clip + step: plus a plain C read-only loop, sum of g*g, for the norm pass).")
-    print("GB/s = bytes the step must move (20 B/elem float32, 40 float64, 10 bfloat16/float16; +20% with clip) / median time.")
+    print("GB/s = bytes the step must move (20 B/elem float32, 40 float64, 10 bfloat16/float16, AdamW 28/56;")
+    print("        clip: +4/8, 16-bit +2) / median time.")
     print("16-bit cases: their own yardstick, the same loop over 16-bit storage (10 B/elem), converted in registers.")
     rows: list[Row] = []
     for dtype in dtypes:
@@ -507,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             case_rows = run_case(case, dtype, args.quick, progress)
             rows += case_rows
+            progress.clear()
             print(format_table(case_rows), flush=True)
             if case.groups:
                 by = {r.backend: r.seconds for r in case_rows}
@@ -516,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     sweep_rows: list[Row] = []
     if args.plot:
         sweep_rows = sweep(dtypes[0], args.quick, progress)
+    progress.close()
+    if args.plot:
         if plot(sweep_rows, args.plot):
             print(f"\nplot written to {args.plot}")
     if args.json:

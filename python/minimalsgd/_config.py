@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from typing import Any
 
 from . import _functional as F
@@ -11,8 +12,18 @@ from ._version import __version__
 __all__ = ["backend_info", "show_config", "get_num_threads", "set_num_threads"]
 
 
+# The vector instructions each x86-64 kernel set is compiled for; the baseline's depend on the
+# processor and come from the extension (SSE2 on x86-64, NEON on aarch64).
+_ISA_SIMD = {"avx2": "AVX2", "avx512": "AVX-512", "avx512_bf16": "AVX-512 BF16"}
+
+
 def backend_info() -> dict[str, Any]:
-    """The backend that ``backend="auto"`` picks and what the native one runs, as a dict."""
+    """The backend that ``backend="auto"`` picks and what the native one runs, as a dict.
+
+    ``processor`` is the processor the extension was compiled for (``x86_64``, ``aarch64``, ...;
+    the machine's own without the extension), ``isa`` the kernel set in use and ``simd`` its
+    vector instructions (``SSE2``/``AVX2``/``AVX-512`` on x86-64, ``NEON`` on aarch64).
+    """
     core = F._core
     info: dict[str, Any] = {
         "version": __version__,
@@ -22,10 +33,14 @@ def backend_info() -> dict[str, Any]:
     }
     if core is None:
         info["native_import_error"] = F._CORE_IMPORT_ERROR
-        info.update(isa=None, supported_isas=[], openmp=False, num_threads=1)
+        info.update(processor=platform.machine().lower(), isa=None, simd=None, supported_isas=[], openmp=False,
+                    num_threads=1)
         return info
+    isa = core.get_isa()
     info.update(
-        isa=core.get_isa(),
+        processor=core.processor,
+        isa=isa,
+        simd=_ISA_SIMD.get(isa, core.baseline_simd),
         supported_isas=list(core.supported_isas()),
         compiled_isas=list(core.compiled_isas),
         MINIMALSGD_ISA=os.environ.get("MINIMALSGD_ISA"),

@@ -4,6 +4,8 @@ import numpy as np
 
 openmp: bool
 compiled_isas: tuple[str, ...]
+processor: str
+baseline_simd: str
 __version__: str
 #: Whether ml_dtypes could be imported: bfloat16 arrays reach the kernels only then.
 bfloat16_available: bool
@@ -38,9 +40,12 @@ def set_grain(grain: int) -> None: ...
 def try_sgd_step(
     values: object, grads: object, momentum_buffers: object, first_step: object, lr: object, momentum: object,
     dampening: object, weight_decay: object, nesterov: object, maximize: object, grad_scale: object,
-    stochastic_rounding: object = False, seed: object = 0, rounding_step: object = 0, rounding_keys: object = None,
+    stochastic_rounding: object = False, seed: object = 0, rounding_step: object = 0, rounding_keys: object = None, /,
 ) -> bool: ...
-def _time_calls(kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0) -> list[float]: ...
+def _time_calls(
+    kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0,
+    m: np.ndarray | None = None,
+) -> list[float]: ...
 
 class SgdPlan:
     def __init__(
@@ -59,6 +64,8 @@ class SgdPlan:
     def reset_applied(self) -> None: ...
     @property
     def last_norm(self) -> float: ...
+    @property
+    def spans(self) -> int: ...
 class AdamPlan(SgdPlan):
     """The cached plan of Adam/AdamW.step(); options are (lr, beta1, beta2, eps, weight_decay,
     amsgrad, maximize, decoupled); states [exp_avg, exp_avg_sq, max_exp_avg_sq or None]."""

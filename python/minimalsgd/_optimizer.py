@@ -35,6 +35,8 @@ import numpy as np
 
 from . import _functional as F
 from . import _half
+from ._arena import new_buffers
+from ._pyplan import Offset, PythonPlan
 
 __all__ = ["Optimizer", "ParamGroup", "Schedule", "STATE_DICT_FORMAT"]
 
@@ -297,6 +299,15 @@ class Optimizer:
         that a param keeps its random stream whatever the other params or groups are."""
         return [_half.name_key(n) for n in names]
 
+    def _new_state_arrays(self, field: str, values: list[np.ndarray]) -> list[np.ndarray]:
+        """New state arrays for ``values``, one each (see :meth:`_new_state_array`). With the
+        default uninitialized arrays, packed params (``pack_params``) get slices of one flat array
+        laid out like their arena, so the cached plan steps them in one span."""
+        f32_half = _state_dtype(self.state_dtype) is not None and any(_half.is_half(v.dtype) for v in values)
+        if type(self)._new_state_array is Optimizer._new_state_array and not f32_half:
+            return new_buffers(values)
+        return [self._new_state_array(field, v) for v in values]
+
     def _run(
         self,
         labels: list[str],
@@ -501,7 +512,9 @@ class Optimizer:
                     states: list[list[np.ndarray | None]], group_of: list[int], options: list[tuple[Any, ...]],
                     clip: float | None, skip: bool, backend: str) -> None:
         core = F._core
-        if core is None or backend == "numpy" or self._plan_class is None:
+        # float16/bfloat16 tensors take the full path at every step: their rounding step
+        # (applied_steps) and keys are passed there, and the plans do not carry them.
+        if any(_half.is_half(v.dtype) for v in values):
             return
         # Only groups that report their changes (a plain dict or list put in by hand does not).
         if type(self.param_groups) is not ParamGroups or self.param_groups._owner() is not self:
@@ -524,10 +537,17 @@ class Optimizer:
             all_keys.append(list(params.keys()))
             all_inners.append(inners)
             all_index.append(index)
-        for i in range(len(keys)):
-            for s in states[i] or [None]:
-                if F.native_reason(values[i], grads[i], s) is not None:
-                    return
+        if core is None or backend == "numpy" or self._plan_class is None or any(
+            F.native_reason(values[i], grads[i], s) is not None for i in range(len(keys)) for s in states[i] or [None]
+        ):
+            # Some tensor is NumPy's (or no native plan): the same cached plan in Python, for one
+            # group with a fixed lr (minimalsgd._pyplan); otherwise every step takes the full path.
+            if len(outers) == 1 and not callable(self.param_groups[0]["lr"]):
+                plan = self._make_python_plan(outers[0], keys, values, grads, states, options, clip, skip, backend)
+                object.__setattr__(self, "_plan", plan)
+                object.__setattr__(self, "_plan_keys", keys)
+                object.__setattr__(self, "_plan_schedules", [])
+            return
         state = self._state
         steps = [int(state[k]["step"]) for k in keys]
         plan = getattr(core, self._plan_class)(outers, all_keys, all_inners, all_index, values, grads, states, steps,
@@ -536,6 +556,32 @@ class Optimizer:
         object.__setattr__(self, "_plan_keys", keys)
         object.__setattr__(self, "_plan_schedules",
                            [(i, g["lr"]) for i, g in enumerate(self.param_groups) if callable(g["lr"])])
+
+    def _make_python_plan(self, params: dict[str, Any], keys: list[str], values: list[np.ndarray],
+                          grads: list[np.ndarray], states: list[list[np.ndarray | None]],
+                          options: list[tuple[Any, ...]], clip: float | None, skip: bool, backend: str) -> PythonPlan:
+        labels = [f"params[{k!r}]" for k in keys]
+        n = len(keys)
+        born = [False] * n
+        group_of = [0] * n
+        run = self._plan_runner(labels, values, grads, states, options[0], backend)
+        if run is None:
+            state = self._state
+            after = [int(state[k]["step"]) for k in keys]  # steps applied before the plan's first step
+            run_formula = self._run
+
+            def run(grad_scale: float, applied: int) -> None:
+                run_formula(labels, values, grads, states, born, Offset(after, applied), group_of, options, grad_scale,
+                            backend)
+
+        return PythonPlan(params, keys, labels, values, grads, states, run, float(options[0][0]), clip, skip, backend)
+
+    def _plan_runner(self, labels: list[str], values: list[np.ndarray], grads: list[np.ndarray],
+                     states: list[list[np.ndarray | None]], options: tuple[Any, ...],
+                     backend: str) -> Callable[[float, int], None] | None:
+        """Optionally, the formula of a cached Python plan prepared once (the validated tensors of
+        one group, none born): ``run(grad_scale, applied)``. None: :meth:`_run` at every step."""
+        return None
 
     # -----------------------------------------------------------------------------------------
     # Validation (nothing here writes or creates anything)
@@ -659,15 +705,22 @@ class Optimizer:
         born = [False] * len(keys)
         steps = [0] * len(keys)
         state = self.state
+        missing: dict[int, list[int]] = {}  # field -> tensors that need it created
         for i, key in enumerate(keys):
             needed = self._fields_needed(options[group_of[i]])
             for j, field in enumerate(fields_all):
                 if field in needed and states[i][j] is None:
-                    states[i][j] = self._new_state_array(field, values[i])
+                    missing.setdefault(j, []).append(i)
                     born[i] = True
             steps[i] = int(state.get(key, {}).get("step", 0))
-        object.__setattr__(self, "_step_keys", keys)  # for _run and _make_plan (rounding keys)
-        self._run(labels, values, grads, states, born, steps, group_of, options, scale, backend)
+        for j, idx in missing.items():
+            for i, arr in zip(idx, self._new_state_arrays(fields_all[j], [values[i] for i in idx])):
+                states[i][j] = arr
+        object.__setattr__(self, "_step_keys", keys)  # for _run (rounding keys)
+        try:
+            self._run(labels, values, grads, states, born, steps, group_of, options, scale, backend)
+        finally:
+            object.__setattr__(self, "_step_keys", None)
         for i, key in enumerate(keys):
             st = state.setdefault(key, {"step": 0})
             st["step"] = st.get("step", 0) + 1

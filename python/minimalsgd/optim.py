@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -106,5 +107,38 @@ class SGD(Optimizer):
     ) -> None:
         # SGD's one state field is the momentum buffer; a buffer born this step is a first step.
         buffers = [s[0] for s in states]
+        # Rounding keys: the params' names in a full step; otherwise (a caller such as
+        # distributed.ShardedOptimizer running the formula on its own views) the labels.
+        names = self.__dict__.get("_step_keys")
+        if names is None or len(names) != len(values):
+            names = labels
         F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend, self._rounding(),
-                   self._rounding_keys(self._step_keys))
+                   self._rounding_keys(names))
+
+    def _plan_runner(self, labels, values, grads, states, options, backend):  # type: ignore[no-untyped-def]
+        # The routing of a cached Python plan, fixed with the layouts: one call per backend.
+        with_buffer = options[1] != 0
+        buffers = [s[0] for s in states]
+        native: list[int] = []
+        other: list[int] = []
+        for i in range(len(values)):
+            buf = buffers[i] if with_buffer else None
+            (native if backend != "numpy" and F.native_reason(values[i], grads[i], buf) is None else other).append(i)
+        calls = []
+        if native:
+            assert F._core is not None
+            bufs = [buffers[i] for i in native] if with_buffer else None
+            calls.append(partial(F._core.sgd_step, [values[i] for i in native], [grads[i] for i in native], bufs, False,
+                                 *options, check_overlap=False))
+        if other:
+            bufs = [buffers[i] for i in other] if with_buffer else None
+            calls.append(F._numpy.prepare_sgd_step([values[i] for i in other], [grads[i] for i in other], bufs, *options))
+        if len(calls) == 1:
+            call = calls[0]
+            return lambda grad_scale, applied: call(grad_scale)
+
+        def run(grad_scale: float, applied: int) -> None:
+            for call in calls:
+                call(grad_scale)
+
+        return run

@@ -287,24 +287,9 @@ void multi_tensor_adam_step(const AdamSpan<T>* spans, std::size_t count, const A
         loops[j] = adam_detail::select_loop<T>(groups[j]);
     }
     const double scale = static_cast<double>(grad_scale);
-    const int nt = threads_for(total, par);
-    if (nt <= 1) {
-        adam_detail::step_range(spans, count, 0, total, groups, loops, scale);
-        return;
-    }
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt)
-    {
-        const std::size_t nth = static_cast<std::size_t>(omp_get_num_threads());
-        const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
-        constexpr std::size_t line = 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1;
-        std::size_t chunk = (total + nth - 1) / nth;
-        chunk = (chunk + line - 1) / line * line;
-        const std::size_t begin = tid * chunk < total ? tid * chunk : total;
-        const std::size_t end = begin + chunk < total ? begin + chunk : total;
+    for_chunks(total, 64 / sizeof(T) > 0 ? 64 / sizeof(T) : 1, par, [&](std::size_t begin, std::size_t end) {
         adam_detail::step_range(spans, count, begin, end, groups, loops, scale);
-    }
-#endif
+    });
 }
 
 /// The fused step over many tensors with one set of hyperparameters (every span's group is 0).

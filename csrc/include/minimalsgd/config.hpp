@@ -16,6 +16,59 @@
 #define MINIMALSGD_TARGET_NAMESPACE generic
 #endif
 
+// The processor the compiler targets, from its own predefined macros (one source tree serves
+// every target). MINIMALSGD_X86_64 guards everything x86-only: intrinsics, CPU feature checks and
+// the kernels compiled with -mavx2/-mavx512*, which exist only for x86-64 (ARM64EC, which also
+// defines _M_X64, is ARM code). Elsewhere only the baseline kernel exists: plain loops that the
+// compiler vectorizes for the target's baseline vector unit (NEON is part of every ARMv8 CPU).
+#if (defined(__x86_64__) || defined(_M_X64) || defined(_M_AMD64)) && !defined(_M_ARM64EC)
+#define MINIMALSGD_X86_64 1
+#else
+#define MINIMALSGD_X86_64 0
+#endif
+#if defined(__aarch64__) || defined(_M_ARM64) || defined(_M_ARM64EC)
+#define MINIMALSGD_AARCH64 1
+#else
+#define MINIMALSGD_AARCH64 0
+#endif
+
+// Its name, as minimalsgd.backend_info() reports it ("processor").
+#if MINIMALSGD_X86_64
+#define MINIMALSGD_PROCESSOR_NAME "x86_64"
+#elif MINIMALSGD_AARCH64
+#define MINIMALSGD_PROCESSOR_NAME "aarch64"
+#elif defined(__i386__) || defined(_M_IX86)
+#define MINIMALSGD_PROCESSOR_NAME "x86"
+#elif defined(__arm__) || defined(_M_ARM)
+#define MINIMALSGD_PROCESSOR_NAME "arm"
+#elif defined(__powerpc64__) && defined(__LITTLE_ENDIAN__)
+#define MINIMALSGD_PROCESSOR_NAME "ppc64le"
+#elif defined(__powerpc64__)
+#define MINIMALSGD_PROCESSOR_NAME "ppc64"
+#elif defined(__s390x__)
+#define MINIMALSGD_PROCESSOR_NAME "s390x"
+#elif defined(__riscv) && __riscv_xlen == 64
+#define MINIMALSGD_PROCESSOR_NAME "riscv64"
+#else
+#define MINIMALSGD_PROCESSOR_NAME "unknown"
+#endif
+
+// The vector instructions a translation unit compiled without extra -m flags may use: what the
+// baseline kernel runs on ("none": the compiler's scalar code).
+#if MINIMALSGD_X86_64 || defined(__SSE2__)
+#define MINIMALSGD_BASELINE_SIMD "SSE2"
+#elif defined(__ARM_NEON) || defined(_M_ARM64)
+#define MINIMALSGD_BASELINE_SIMD "NEON"
+#elif defined(__VSX__)
+#define MINIMALSGD_BASELINE_SIMD "VSX"
+#elif defined(__VEC__)
+#define MINIMALSGD_BASELINE_SIMD "VMX"
+#elif defined(__riscv_vector)
+#define MINIMALSGD_BASELINE_SIMD "RVV"
+#else
+#define MINIMALSGD_BASELINE_SIMD "none"
+#endif
+
 #define MINIMALSGD_STRINGIFY_(x) #x
 #define MINIMALSGD_STRINGIFY(x) MINIMALSGD_STRINGIFY_(x)
 
@@ -68,5 +121,33 @@ inline int threads_for(std::size_t n, const Parallel& par) {
     return 1;
 #endif
 }
+
+inline namespace MINIMALSGD_TARGET_NAMESPACE {
+/// Runs `fn(begin, end)` over the elements [0, total) of a multi-tensor call: on the calling
+/// thread below the grain, otherwise on threads_for() threads, one chunk each, chunk borders at
+/// multiples of `line` elements (a cache line of the kernel's type).
+template <class Fn>
+void for_chunks(std::size_t total, std::size_t line, const Parallel& par, Fn&& fn) {
+    const int nt = threads_for(total, par);
+    if (nt <= 1) {
+        fn(std::size_t{0}, total);
+        return;
+    }
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(nt)
+    {
+        const std::size_t nth = static_cast<std::size_t>(omp_get_num_threads());
+        const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
+        std::size_t chunk = (total + nth - 1) / nth;
+        chunk = (chunk + line - 1) / line * line;
+        const std::size_t begin = tid * chunk < total ? tid * chunk : total;
+        const std::size_t end = begin + chunk < total ? begin + chunk : total;
+        fn(begin, end);
+    }
+#else
+    (void)line;
+#endif
+}
+}  // namespace MINIMALSGD_TARGET_NAMESPACE
 
 }  // namespace minimalsgd

@@ -1,13 +1,29 @@
-// minimalsgd: which x86-64 instruction sets this CPU and operating system support.
+// minimalsgd: which instruction sets this CPU and operating system support.
+//
+// The x86-64 levels (avx2, avx512, avx512_bf16) exist only where the compiler targets x86-64
+// (MINIMALSGD_X86_64, config.hpp); on every other processor, and with compilers that have no
+// __builtin_cpu_supports (MSVC), only `baseline` is ever supported: the kernel compiled for the
+// target's own baseline (MINIMALSGD_BASELINE_SIMD: SSE2 on x86-64, NEON on aarch64).
 #pragma once
 
 #include <cstdlib>
 #include <cstring>
 
+#include "config.hpp"
+
 namespace minimalsgd {
 
-/// Instruction-set levels the Python module compiles its kernels for.
+/// Instruction-set levels the Python module compiles its kernels for. Levels other than
+/// `baseline` are x86-64 only: add a new one here, in isa_name/parse_isa/cpu_supports, and in
+/// the build's x86 kernel list (CMakeLists.txt MINIMALSGD_X86_KERNELS).
 enum class Isa { baseline = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
+
+/// The processor this code was compiled for: "x86_64", "aarch64", ... (MINIMALSGD_PROCESSOR_NAME).
+inline const char* processor_name() { return MINIMALSGD_PROCESSOR_NAME; }
+
+/// The vector instructions of the baseline kernel on this processor: "SSE2" on x86-64, "NEON" on
+/// aarch64, "none" where the compiler targets no vector unit by default.
+inline const char* baseline_simd() { return MINIMALSGD_BASELINE_SIMD; }
 
 inline const char* isa_name(Isa isa) {
     switch (isa) {
@@ -27,7 +43,7 @@ inline const char* isa_name(Isa isa) {
 /// avx512_bf16 means avx512 plus AVX512_BF16 (not implied by AVX-512 F: Cooper Lake, Sapphire
 /// Rapids and Zen 4 have it, Skylake-X and Ice Lake do not).
 inline bool cpu_supports(Isa isa) {
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#if MINIMALSGD_X86_64 && defined(__GNUC__)  // GCC, Clang, Apple clang (not MSVC, not clang-cl)
     __builtin_cpu_init();
     switch (isa) {
         case Isa::baseline:

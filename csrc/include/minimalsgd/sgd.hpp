@@ -376,24 +376,9 @@ void multi_tensor_sgd_step(const TensorSpan<T, B>* spans, std::size_t count, con
     for (std::size_t j = 0; j < n_groups; ++j) {
         prepared[j] = detail::prepare<T, B>(groups[j], static_cast<double>(grad_scale));
     }
-    const int nt = threads_for(total, par);
-    if (nt <= 1) {
-        detail::step_range(spans, count, 0, total, prepared);
-        return;
-    }
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(nt)
-    {
-        const std::size_t nth = static_cast<std::size_t>(omp_get_num_threads());
-        const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
-        constexpr std::size_t line = detail::line_elems<T>();
-        std::size_t chunk = (total + nth - 1) / nth;
-        chunk = (chunk + line - 1) / line * line;
-        const std::size_t begin = tid * chunk < total ? tid * chunk : total;
-        const std::size_t end = begin + chunk < total ? begin + chunk : total;
+    for_chunks(total, detail::line_elems<T>(), par, [&](std::size_t begin, std::size_t end) {
         detail::step_range(spans, count, begin, end, prepared);
-    }
-#endif
+    });
 }
 
 /// The fused step over many tensors with one set of hyperparameters (every span's group is 0).
