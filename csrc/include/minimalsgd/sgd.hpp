@@ -264,10 +264,12 @@ void step_range(const TensorSpan<T, B>* spans, std::size_t count, std::size_t be
 // Sum of squares of x[0..n) in double, in 32 interleaved partial sums combined in a fixed order:
 // the same bits whatever the vector width the compiler picks (2, 4 or 8 doubles), and enough
 // independent chains of additions (4 to 16 vectors) to stream at memory speed, not add latency.
+constexpr std::size_t kSumLanes = 32;
+
+// Adds x[i]^2 into acc[i % 32] for i in [0, n), n a multiple of 32 or the last, short row.
 template <class T>
-double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
-    constexpr std::size_t L = 32;
-    double acc[L] = {};
+void add_squares(const T* MINIMALSGD_RESTRICT x, std::size_t n, double* MINIMALSGD_RESTRICT acc) {
+    constexpr std::size_t L = kSumLanes;
     const std::size_t body = n - n % L;
     for (std::size_t i = 0; i < body; i += L) {
         MINIMALSGD_SIMD
@@ -280,8 +282,11 @@ double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
         const double v = static_cast<double>(x[i]);
         acc[i - body] += v * v;
     }
-    // Pairwise, in a fixed order.
-    for (std::size_t width = L / 2; width > 0; width /= 2) {
+}
+
+// The 32 partial sums added pairwise, in a fixed order.
+inline double fold_lanes(double* acc) {
+    for (std::size_t width = kSumLanes / 2; width > 0; width /= 2) {
         for (std::size_t j = 0; j < width; ++j) {
             acc[j] += acc[j + width];
         }
@@ -289,36 +294,26 @@ double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
     return acc[0];
 }
 
+template <class T>
+double sum_of_squares_serial(const T* MINIMALSGD_RESTRICT x, std::size_t n) {
+    double acc[kSumLanes] = {};
+    add_squares(x, n, acc);
+    return fold_lanes(acc);
+}
+
 // The same sum for 16-bit storage: converted to float block by block, the same 32 partial sums
 // by element index, so the result is that of sum_of_squares_serial on the converted floats.
 template <class S>
 double sum_of_squares_half(const S* MINIMALSGD_RESTRICT x, std::size_t n) {
-    constexpr std::size_t L = 32;
-    static_assert(kHalfBlock % L == 0, "blocks must hold whole rows of partial sums");
-    double acc[L] = {};
+    static_assert(kHalfBlock % kSumLanes == 0, "blocks must hold whole rows of partial sums");
+    double acc[kSumLanes] = {};
     alignas(64) float xf[kHalfBlock];
     for (std::size_t base = 0; base < n; base += kHalfBlock) {
         const std::size_t m = n - base < kHalfBlock ? n - base : kHalfBlock;
         load_block(x + base, xf, m);
-        const std::size_t body = m - m % L;
-        for (std::size_t i = 0; i < body; i += L) {
-            MINIMALSGD_SIMD
-            for (std::size_t j = 0; j < L; ++j) {
-                const double v = static_cast<double>(xf[i + j]);
-                acc[j] += v * v;
-            }
-        }
-        for (std::size_t i = body; i < m; ++i) {
-            const double v = static_cast<double>(xf[i]);
-            acc[i - body] += v * v;
-        }
+        add_squares(xf, m, acc);  // whole rows until the last block: lanes by element index
     }
-    for (std::size_t width = L / 2; width > 0; width /= 2) {
-        for (std::size_t j = 0; j < width; ++j) {
-            acc[j] += acc[j + width];
-        }
-    }
-    return acc[0];
+    return fold_lanes(acc);
 }
 
 template <class T>
