@@ -217,3 +217,30 @@ def test_arrays_held_before_packing_are_not_updated():
 
 def test_exported():
     assert "pack_params" in minimalsgd.__all__ and "Arena" in minimalsgd.__all__
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "bfloat16"])
+def test_16bit_params_pack_and_step_like_unpacked(dtype_name):
+    # 16-bit storage packs like any float dtype, and steps bit for bit as the unpacked params do.
+    if dtype_name == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes")
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(np.float16)
+
+    def make():
+        rng = np.random.default_rng(5)
+        return {f"p{i}": {"value": rng.standard_normal(n).astype(dtype), "grad": rng.standard_normal(n).astype(dtype)}
+                for i, n in enumerate([5, 33, 1000])}
+
+    plain, packed = make(), make()
+    arena = minimalsgd.pack_params(packed)
+    assert list(arena.values) == [dtype]
+    kw = dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)
+    a = minimalsgd.SGD(plain, **kw)
+    b = minimalsgd.SGD(packed, **kw)
+    for _ in range(3):
+        a.step()
+        b.step()
+    for name in plain:
+        assert plain[name]["value"].tobytes() == packed[name]["value"].tobytes(), name

@@ -16,6 +16,8 @@ from typing import Any, Union
 
 import numpy as np
 
+from . import _half
+
 __all__ = ["Arena", "Slot", "arena_of", "new_buffers", "pack_params"]
 
 Params = MutableMapping[str, MutableMapping[str, Any]]
@@ -160,7 +162,7 @@ def _entries(params: ParamsOrGroups) -> list[tuple[str, MutableMapping[str, Any]
             value = p["value"]
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"{label}: value must be a numpy.ndarray, got {type(value).__name__}")
-            if value.dtype.kind not in "fc":
+            if value.dtype.kind not in "fc" and not _half.is_half(value.dtype):
                 raise TypeError(f"{label}: value must have a floating-point or complex dtype, got {value.dtype}")
             if not value.flags.writeable:
                 raise ValueError(f"{label}: value is read-only; packing would replace it with a writeable copy")
