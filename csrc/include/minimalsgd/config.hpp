@@ -96,6 +96,15 @@
 #define MINIMALSGD_RESTRICT
 #endif
 
+// For small functions called inside vectorized loops: inlined, so the loop stays one plain loop.
+#if defined(__GNUC__) || defined(__clang__)
+#define MINIMALSGD_ALWAYS_INLINE inline __attribute__((always_inline))
+#elif defined(_MSC_VER)
+#define MINIMALSGD_ALWAYS_INLINE __forceinline
+#else
+#define MINIMALSGD_ALWAYS_INLINE inline
+#endif
+
 namespace minimalsgd {
 
 /// Threads and grain of one call. Work below `grain` elements runs on the calling thread (an

@@ -85,35 +85,46 @@ Coefficients<T> coefficients(const SgdOptions& o, double grad_scale) {
             o.maximize ? T(-grad_scale) : T(grad_scale)};
 }
 
+// The update of one element (the formula at the top of this file) in T, with the coefficients
+// rounded to T: returns the new value; `v` is the buffer element (read unless First, written when
+// Momentum). The one definition behind the float/double loop and the 16-bit loop.
+template <class T, bool Momentum, bool Nesterov, bool WeightDecay, bool First>
+MINIMALSGD_ALWAYS_INLINE T update_element(T wi, T gi, T& v, const Coefficients<T>& c) {
+    T g = gi * c.scale;  // maximize is folded into the sign of scale: exact
+    if constexpr (WeightDecay) {
+        g = g + c.wd * wi;
+    }
+    if constexpr (Momentum) {
+        if constexpr (First) {
+            v = g;
+        } else {
+            v = c.mu * v + c.damp1 * g;
+        }
+        if constexpr (Nesterov) {
+            g = g + c.mu * v;
+        } else {
+            g = v;
+        }
+    }
+    return wi - c.lr * g;
+}
+
 // The fused loop. Options are template parameters, so each variant is a plain loop with no
 // branches inside, which the compiler vectorizes. (`key` and `index0` serve the 16-bit loop's
 // stochastic rounding; float and double ignore them.)
 template <class T, bool Momentum, bool Nesterov, bool WeightDecay, bool First>
 void fused_loop(T* MINIMALSGD_RESTRICT w, const T* MINIMALSGD_RESTRICT grad, T* MINIMALSGD_RESTRICT buf,
                 std::size_t n, Coefficients<T> c, std::uint64_t /*key*/, std::uint64_t /*index0*/) {
-    const T lr = c.lr, mu = c.mu, damp1 = c.damp1, wd = c.wd, scale = c.scale;
     MINIMALSGD_SIMD
     for (std::size_t i = 0; i < n; ++i) {
-        T g = grad[i] * scale;  // maximize is folded into the sign of scale: exact
-        const T wi = w[i];
-        if constexpr (WeightDecay) {
-            g = g + wd * wi;
+        T v{};
+        if constexpr (Momentum && !First) {
+            v = buf[i];
         }
+        w[i] = update_element<T, Momentum, Nesterov, WeightDecay, First>(w[i], grad[i], v, c);
         if constexpr (Momentum) {
-            T v;
-            if constexpr (First) {
-                v = g;
-            } else {
-                v = mu * buf[i] + damp1 * g;
-            }
             buf[i] = v;
-            if constexpr (Nesterov) {
-                g = g + mu * v;
-            } else {
-                g = v;
-            }
         }
-        w[i] = wi - lr * g;
     }
 }
 
@@ -128,7 +139,6 @@ template <class S, class B, bool Momentum, bool Nesterov, bool WeightDecay, bool
 void half_loop(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT grad, B* MINIMALSGD_RESTRICT buf,
                std::size_t n, Coefficients<float> c, std::uint64_t key, std::uint64_t index0) {
     constexpr bool kFloatBuffer = std::is_same<B, float>::value;
-    const float lr = c.lr, mu = c.mu, damp1 = c.damp1, wd = c.wd, scale = c.scale;
     alignas(64) float wf[kHalfBlock];
     alignas(64) float gf[kHalfBlock];
     alignas(64) float vf[kHalfBlock];
@@ -147,26 +157,14 @@ void half_loop(S* MINIMALSGD_RESTRICT w, const S* MINIMALSGD_RESTRICT grad, B* M
         }
         MINIMALSGD_SIMD
         for (std::size_t i = 0; i < m; ++i) {
-            float g = gf[i] * scale;
-            const float wi = wf[i];
-            if constexpr (WeightDecay) {
-                g = g + wd * wi;
+            float vi = 0.0f;
+            if constexpr (Momentum && !First) {
+                vi = v[i];
             }
+            wf[i] = update_element<float, Momentum, Nesterov, WeightDecay, First>(wf[i], gf[i], vi, c);
             if constexpr (Momentum) {
-                float vi;
-                if constexpr (First) {
-                    vi = g;
-                } else {
-                    vi = mu * v[i] + damp1 * g;
-                }
                 v[i] = vi;
-                if constexpr (Nesterov) {
-                    g = g + mu * vi;
-                } else {
-                    g = vi;
-                }
             }
-            wf[i] = wi - lr * g;
         }
         if constexpr (Stochastic) {
             if constexpr (Momentum && !kFloatBuffer) {
