@@ -187,7 +187,7 @@ def _child(isa_env):
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
 
-def test_env_var_forces_each_target_with_the_same_bits():
+def test_env_var_forces_each_target_with_the_same_bits(record_isa):
     default, _ = _child(None)
     assert default["isa"] == ISAS[-1]  # the best the CPU supports
     hashes = {}
@@ -195,6 +195,7 @@ def test_env_var_forces_each_target_with_the_same_bits():
         out, err = _child(isa.upper() if isa == "avx2" else isa)  # case does not matter
         assert out["isa"] == out["info"] == isa and out["backend"] == "native", (isa, out)
         assert "Warning" not in err
+        record_isa(out["isa"])
         hashes[isa] = out["hash"]
     assert set(hashes.values()) == {default["hash"]}
 
