@@ -267,7 +267,7 @@ def test_core_binding_checks_on_its_own():
         core.adam_step([w], [g], [m], [m], None, 1, **base)
     with pytest.raises(ValueError, match=r"exp_avgs\[0\] must have the dtype"):
         core.adam_step([w], [g], [np.zeros(4)], [v], None, 1, **base)
-    assert not (w.any() or m.any() or v.any())
+    assert not (w.any() or g.any() or m.any() or v.any())
     # The raw-address entry writes nothing and says so on invalid options or overlapping buffers.
     ptr = lambda a: a.__array_interface__["data"][0]  # noqa: E731
     args = ([0], [ptr(w)], [ptr(g)], [ptr(m)], [ptr(m)], None, [4], [1])

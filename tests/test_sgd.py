@@ -171,10 +171,11 @@ def test_set_num_threads():
         assert minimalsgd.get_num_threads() == 3
         minimalsgd.set_num_threads(0)
         assert minimalsgd.get_num_threads() == default
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"n must be >= 0, got -1"):
             minimalsgd.set_num_threads(-1)
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"n must be an int, got float"):
             minimalsgd.set_num_threads(1.5)
+        assert minimalsgd.get_num_threads() == default  # refused: the setting is as it was
     finally:
         minimalsgd.set_num_threads(before)
 
