@@ -105,7 +105,7 @@ def test_hyperparameter_changes_drop_the_plan():
         oa.step()
         ob.step()
         _same(pa, pb)
-    assert oa.last_grad_norm == pytest.approx(ob.last_grad_norm, rel=1e-12)
+    assert oa.last_grad_norm == ob.last_grad_norm  # the same order of additions in both backends
 
 
 def test_step_counts_and_state_dict_through_the_plan():
