@@ -35,6 +35,7 @@ extensions = [
     "numpydoc",
     "myst_parser",
     "sphinx_gallery.gen_gallery",
+    "sphinx_design",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -54,7 +55,7 @@ nitpick_ignore_regex = [
 # --- autodoc and numpydoc: the public names, documented from their docstrings -------------------
 autodoc_typehints = "none"  # the types are in the numpydoc "Parameters" sections
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": False}
+autodoc_default_options: dict[str, object] = {}
 autosummary_generate = False
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
@@ -67,6 +68,8 @@ myst_heading_anchors = 3
 
 # --- doctest: the guides' code (testcode blocks) and the docstrings' examples -------------------
 doctest_global_setup = """
+import importlib.util
+
 import numpy as np
 import minimalsgd
 """
@@ -101,3 +104,30 @@ html_theme_options = {
 }
 html_context = {"default_mode": "light"}
 html_show_sourcelink = False
+
+
+# --- the installed package must be this checkout's -------------------------------------------------
+def _check_installed_package(app) -> None:
+    """autodoc documents the installed minimalsgd; warn (an error under -W) when its Python files
+    differ from the checkout's, so that stale docstrings never reach the pages."""
+    from sphinx.util import logging
+
+    source = ROOT / "python" / "minimalsgd"
+    installed = Path(minimalsgd.__file__).resolve().parent
+    if not source.is_dir() or installed == source.resolve():
+        return
+    differ = sorted(
+        str(f.relative_to(source))
+        for f in source.rglob("*.py")
+        if not (installed / f.relative_to(source)).is_file()
+        or (installed / f.relative_to(source)).read_bytes() != f.read_bytes()
+    )
+    if differ:
+        logging.getLogger(__name__).warning(
+            "the installed minimalsgd (%s) is not this checkout's: %s differ; run `pip install .` "
+            "(or `pip install \".[docs]\"`) before building the docs", installed, ", ".join(differ[:5])
+        )
+
+
+def setup(app):
+    app.connect("builder-inited", _check_installed_package)

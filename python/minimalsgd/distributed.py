@@ -97,7 +97,26 @@ def partition(total: int, size: int) -> tuple[list[int], list[int]]:
     """The slice of ``total`` elements that each of ``size`` ranks owns: ``(counts, displs)``.
 
     Rank ``r`` owns elements ``displs[r] : displs[r] + counts[r]``; counts differ by at most one
-    (the first ``total % size`` ranks hold one more).
+    (the first ``total % size`` ranks hold one more). This is how :class:`ShardedOptimizer` cuts
+    the elements of each dtype, and where :func:`allreduce_grads` reduce-scatters.
+
+    Parameters
+    ----------
+    total : int
+        The element count.
+    size : int
+        The number of ranks, ``>= 1``.
+
+    Returns
+    -------
+    counts, displs : list of int
+        Each rank's element count and first element.
+
+    Examples
+    --------
+    >>> from minimalsgd.distributed import partition
+    >>> partition(10, 3)
+    ([4, 3, 3], [0, 4, 7])
     """
     base, extra = divmod(int(total), int(size))
     counts = [base + (1 if r < extra else 0) for r in range(size)]
@@ -393,14 +412,41 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None
     The grads of each dtype are reduced as one bucket: one ``Reduce_scatter`` (with the slice
     boundaries of :class:`ShardedSGD`, which makes the two bit-identical) and one ``Allgatherv``.
     When the grads of a dtype are already consecutive views of one buffer (see
-    ``minimalsgd.pack_params``), that buffer is reduced in place; otherwise the grads are packed
-    into a buffer of their size and copied back.
+    :func:`minimalsgd.pack_params`), that buffer is reduced in place; otherwise the grads are packed
+    into a buffer of their size and copied back. float16 and bfloat16 grads are summed in
+    float32 and rounded once to their dtype (MPI has no portable 16-bit sum).
 
-    Raises:
-        TypeError: ``comm`` is not an MPI communicator; a grad is not an array of a supported dtype
-            (float32, float64, complex64, complex128, float16, bfloat16).
-        ValueError: a grad is read-only, or the ranks disagree on the names, shapes, dtypes or the
-            presence of grads. The same error is raised on every rank, before anything is written.
+    A collective call: every rank calls it, with the same params.
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        A param dict or a list of param groups, as :class:`minimalsgd.SGD` takes.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    average : bool, default True
+        Divide the sum by the number of ranks.
+
+    Raises
+    ------
+    TypeError
+        ``comm`` is not an MPI intra-communicator; a grad is not an array of a supported dtype
+        (float32, float64, complex64, complex128, float16, bfloat16).
+    ValueError
+        A grad is read-only, or the ranks disagree on the names, shapes, dtypes or the presence
+        of grads.
+
+    The same error is raised on every rank, before anything is written.
+
+    Examples
+    --------
+    Run under ``mpiexec -n 2 python script.py``; on one process it leaves the grads as they are:
+
+    >>> from minimalsgd.distributed import allreduce_grads
+    >>> params = {"w": {"value": np.zeros(3), "grad": np.ones(3)}}
+    >>> allreduce_grads(params)                           # doctest: +SKIP
+    >>> minimalsgd.SGD(params, lr=0.1).step()             # the same step on every rank
+    True
     """
     comm = _check_comm(comm)
     size, rank = comm.Get_size(), comm.Get_rank()
@@ -457,7 +503,24 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
     """Copy every value of ``root``'s params to the other ranks, in place (one ``Bcast`` per value).
 
     Call it once after building the model so that every rank starts from the same values, as
-    :class:`ShardedSGD` requires (its first step checks it).
+    :class:`ShardedSGD` requires (its first step checks it). A collective call.
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        A param dict or a list of param groups; only the values are sent.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    root : int, default 0
+        The rank whose values every rank gets.
+
+    Raises
+    ------
+    TypeError
+        ``comm`` is not an MPI intra-communicator, or a value is not an ndarray.
+    ValueError
+        ``root`` is not a rank of ``comm``; a value is read-only; the ranks disagree on names,
+        shapes or dtypes (the same error on every rank, nothing written).
     """
     comm = _check_comm(comm)
     size = comm.Get_size()
@@ -495,9 +558,8 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
 class ShardedOptimizer:
     r"""Any minimalsgd optimizer with its state sharded across the ranks of ``comm`` (ZeRO stage 1).
 
-    ``ShardedOptimizer(optimizer_class, params, comm=None, pack=False, **arguments)``: ``params`` and
-    the arguments are ``optimizer_class``'s (:class:`minimalsgd.SGD` for :class:`ShardedSGD`) and mean
-    the same; the params must have the same names, shapes and dtypes on every rank and the same
+    ``params`` and the arguments are ``optimizer_class``'s (:class:`minimalsgd.SGD` for
+    :class:`ShardedSGD`) and mean the same; the params must have the same names, shapes and dtypes on every rank and the same
     values at the start (see :func:`broadcast_params`). The elements of each dtype, params end to
     end in order (C order within a param), are cut into ``N`` contiguous slices (:func:`partition`);
     rank ``r`` keeps every state array (``optimizer_class.state_fields``) only for slice ``r``.
@@ -510,7 +572,7 @@ class ShardedOptimizer:
     3. with ``clip_grad_norm`` or ``skip_nonfinite``: each rank's sum of squares of its slice (float64)
        and one ``Allgather`` of those ``N`` numbers, summed in rank order by every rank, so the norm,
        the clip coefficient and the skip decision are identical everywhere;
-    4. the optimizer's own fused formula (its ``_run``, one call per dtype) on 1-D views of this
+    4. the optimizer's own fused formula (one call per dtype) on 1-D views of this
        rank's slice: stretches of consecutive params that share group, step count and first step;
     5. ``Allgatherv`` of the values, so every rank ends with the same full values.
 
@@ -526,6 +588,43 @@ class ShardedOptimizer:
     ... are its); only the state arrays are sharded. The result equals :func:`allreduce_grads`
     followed by the plain optimizer bit for bit, except that with an engaged clip the norm is
     summed in another order (a difference of float64 rounding in the clip coefficient).
+
+    Parameters
+    ----------
+    optimizer_class : type
+        A minimalsgd optimizer class: :class:`minimalsgd.SGD`, :class:`minimalsgd.Adam` or
+        :class:`minimalsgd.AdamW`.
+    params : dict or list of dict
+        As ``optimizer_class`` takes them; the same names, shapes and dtypes on every rank.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    pack : bool, default False
+        Call :func:`minimalsgd.pack_params` on ``params`` first (the arena is ``opt.arena``).
+    **kwargs
+        ``optimizer_class``'s arguments (``lr``, ``momentum``, ``clip_grad_norm``, ...).
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The communicator.
+    arena : Arena or None
+        The arena that ``pack=True`` made.
+
+    Raises
+    ------
+    TypeError, ValueError
+        What ``optimizer_class`` raises for its arguments; ``optimizer_class`` is not a
+        minimalsgd optimizer class; ``comm`` is not an MPI intra-communicator.
+
+    Examples
+    --------
+    Under ``mpiexec -n N``; every rank runs the same code on its share of the data:
+
+    >>> from minimalsgd.distributed import ShardedOptimizer, broadcast_params
+    >>> broadcast_params(params)                                          # doctest: +SKIP
+    >>> opt = ShardedOptimizer(minimalsgd.AdamW, params, lr=1e-3, weight_decay=0.01)  # doctest: +SKIP
+    >>> opt.step()                                                        # doctest: +SKIP
+    True
     """
 
     def __init__(self, optimizer_class: type, params: Any, comm: Any = None, *, pack: bool = False, **kwargs: Any) -> None:
@@ -575,6 +674,7 @@ class ShardedOptimizer:
 
     @property
     def params(self) -> Any:
+        """The params dict of the only param group (as the plain optimizer's ``params``)."""
         return self._opt.params
 
     def add_param_group(self, param_group: Any) -> None:
@@ -587,10 +687,12 @@ class ShardedOptimizer:
 
     @property
     def rank(self) -> int:
+        """This process's rank in ``comm``."""
         return int(self.comm.Get_rank())
 
     @property
     def world_size(self) -> int:
+        """The number of ranks in ``comm``."""
         return int(self.comm.Get_size())
 
     @property
@@ -737,11 +839,19 @@ class ShardedOptimizer:
     def step(self) -> bool:
         """One step of every param that has a grad, on every rank (a collective call).
 
-        Returns True when applied, False when ``skip_nonfinite`` found a NaN or infinity in the
-        mean gradient (then nothing was written, on any rank).
+        Returns
+        -------
+        bool
+            True when applied, False when ``skip_nonfinite`` found a NaN or infinity in the mean
+            gradient (then nothing was written, on any rank).
 
-        Raises TypeError/ValueError, the same on every rank and before anything is written,
-        when a rank's params or settings are invalid or differ between ranks.
+        Raises
+        ------
+        TypeError, ValueError
+            A rank's params or settings are invalid, or differ between ranks (names, shapes,
+            dtypes, grads present, hyperparameters), or the ranks started from different values
+            (first step; see :func:`broadcast_params`). The same error on every rank, before
+            anything is written.
         """
         comm = self.comm
         d = self.__dict__
@@ -895,10 +1005,23 @@ class ShardedOptimizer:
     def state_dict(self, root: int | None = None) -> dict[str, Any] | None:
         """The full optimizer state, exactly the plain optimizer's ``state_dict()`` format (a collective call).
 
-        With ``root=None`` (default) every rank gets it (one ``Allgatherv`` per state field and
-        dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None, which
-        saves memory on the others. Save it from one rank, e.g.
-        ``if sd is not None: np.savez(path, **sd)``. Every rank must call it, with the same ``root``.
+        Parameters
+        ----------
+        root : int, optional
+            With None (default) every rank gets it (one ``Allgatherv`` per state field and
+            dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None,
+            which saves memory on the others. Every rank must call it, with the same ``root``.
+
+        Returns
+        -------
+        dict or None
+            The plain optimizer's state dict (see :meth:`minimalsgd.SGD.state_dict`). Save it
+            from one rank: ``if sd is not None: np.savez(path, **sd)``.
+
+        Raises
+        ------
+        ValueError
+            ``root`` is not None or a rank of ``comm``.
         """
         comm = self.comm
         size = self.world_size
@@ -951,8 +1074,18 @@ class ShardedOptimizer:
         """Take a full state dict (from :meth:`state_dict` or the plain optimizer's, saved on any
         number of ranks) and keep this rank's slice of it (a collective call).
 
-        A plain optimizer over the same params validates and loads it; if that fails on any rank,
-        every rank raises the same error and nothing changes.
+        A plain optimizer over the same params validates and loads it.
+
+        Parameters
+        ----------
+        state_dict : mapping
+            A full state dict, from any number of ranks, or from the plain optimizer.
+
+        Raises
+        ------
+        TypeError, ValueError
+            The state dict does not fit on some rank: every rank raises the same error and
+            nothing changes.
         """
         error: BaseException | None = None
         trial = None
@@ -1001,7 +1134,41 @@ class ShardedOptimizer:
 
 class ShardedSGD(ShardedOptimizer):
     """:class:`minimalsgd.SGD` with its momentum buffers sharded across the ranks of ``comm``
-    (ZeRO stage 1): see :class:`ShardedOptimizer`. The arguments are SGD's, plus ``comm`` and ``pack``."""
+    (ZeRO stage 1): ``ShardedOptimizer(minimalsgd.SGD, ...)``.
+
+    The methods and attributes are :class:`ShardedOptimizer`'s; settings and counters (``lr``,
+    ``param_groups``, ``applied_steps``, ``get_lr()``, ``skipped_steps``, ``last_grad_norm``)
+    are those of a plain :class:`minimalsgd.SGD` kept without state.
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        As for :class:`minimalsgd.SGD` (param groups, schedules); the same names, shapes and
+        dtypes on every rank.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    lr, momentum, nesterov, weight_decay, clip_grad_norm, dampening, maximize, skip_nonfinite, backend
+        As for :class:`minimalsgd.SGD`.
+    pack : bool, default False
+        Call :func:`minimalsgd.pack_params` on ``params`` first: the collectives then run in
+        place on the arena (``opt.arena``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`minimalsgd.SGD`'s constructor; ``comm`` is not an MPI intra-communicator.
+
+    Examples
+    --------
+    Under ``mpiexec -n 2 python train.py``:
+
+    >>> from minimalsgd.distributed import ShardedSGD, broadcast_params
+    >>> broadcast_params(params)                             # doctest: +SKIP
+    >>> opt = ShardedSGD(params, lr=0.1, momentum=0.9, nesterov=True, clip_grad_norm=1.0)  # doctest: +SKIP
+    >>> opt.step()                                           # doctest: +SKIP
+    True
+    >>> opt.state_bytes                                      # about half of SGD's  # doctest: +SKIP
+    """
 
     def __init__(
         self,
