@@ -61,6 +61,7 @@ numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
 numpydoc_attributes_as_param_list = True
+numpydoc_validation_checks = {"PR01", "PR02", "RT01"}
 
 # --- MyST (Markdown pages) ----------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]

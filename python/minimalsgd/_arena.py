@@ -51,6 +51,11 @@ class Arena:
 
     Its attributes are stable: :mod:`minimalsgd.distributed` slices them.
 
+    Parameters
+    ----------
+    values, grads, slots : dict
+        The attributes of the same names (below), as :func:`pack_params` builds them.
+
     Attributes
     ----------
     values : dict
@@ -76,14 +81,36 @@ class Arena:
             _register(flat, [s for s in slots.values() if s.dtype == dt])
 
     def value(self, name: str) -> np.ndarray:
-        """The param ``name``'s value: a view of its slice of ``values[dtype]``, of its shape."""
+        """The param ``name``'s value: a view of its slice of ``values[dtype]``, of its shape.
+
+        Parameters
+        ----------
+        name : str
+            A packed param's name.
+
+        Returns
+        -------
+        ndarray
+            The view (writing it writes the arena).
+        """
         s = self.slots[name]
         return self.values[s.dtype][s.start : s.stop].reshape(s.shape)
 
     def grad(self, name: str) -> np.ndarray:
         """The param ``name``'s grad slot: a view of its slice of ``grads[dtype]``, of its shape (also
         for a param whose dict grad is None: assign it to ``params[name]["grad"]`` to give that
-        param a grad inside the arena)."""
+        param a grad inside the arena).
+
+        Parameters
+        ----------
+        name : str
+            A packed param's name.
+
+        Returns
+        -------
+        ndarray
+            The view (writing it writes the arena).
+        """
         s = self.slots[name]
         return self.grads[s.dtype][s.start : s.stop].reshape(s.shape)
 

@@ -525,7 +525,9 @@ def sgd_step(
 
     Every operation runs in the array's dtype, each hyperparameter rounded to it once, in this
     order; the native kernels (every instruction set, any thread count) and the NumPy backend give
-    the same bits. All tensors go to the kernel in one call.
+    the same bits. All tensors go to the kernel in one call. Every hyperparameter but
+    ``grad_scale`` may be one value for all tensors or a sequence with one entry per tensor
+    (per-group hyperparameters, say).
 
     Parameters
     ----------
@@ -573,9 +575,6 @@ def sgd_step(
     rounding_keys : sequence of int, optional
         One int in ``[0, 2**64)`` per tensor (default: its position in ``values``); tensors with
         different keys get independent bits.
-
-    Every hyperparameter but ``grad_scale`` may be one value for all tensors or a sequence with
-    one entry per tensor (per-group hyperparameters, say): all tensors still go in one call.
 
     Raises
     ------

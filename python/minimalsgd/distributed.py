@@ -679,7 +679,19 @@ class ShardedOptimizer:
 
     def add_param_group(self, param_group: Any) -> None:
         """As the plain optimizer's ``add_param_group``, before the first step only (the slices are
-        fixed then); afterwards build a new sharded optimizer (``state_dict``/``load_state_dict``)."""
+        fixed then); afterwards build a new sharded optimizer (``state_dict``/``load_state_dict``).
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": {name: {...}}, <hyperparameter>: ...}``, as
+            :meth:`minimalsgd.SGD.add_param_group` takes it.
+
+        Raises
+        ------
+        ValueError
+            After the first step; or what the plain optimizer's ``add_param_group`` raises.
+        """
         if self._layouts is not None:
             raise ValueError(f"{type(self).__name__}'s slices are fixed after the first step; build a new one "
                              "with the new group (state_dict/load_state_dict carry the state over)")
@@ -701,7 +713,14 @@ class ShardedOptimizer:
         return sum(a.nbytes for lay in self._layouts or () for a in lay.state.values() if a is not None)
 
     def shards(self) -> dict[str, tuple[int, int, int]]:
-        """``{dtype: (lo, hi, total)}``: the elements of each dtype that this rank owns."""
+        """The elements of each dtype that this rank owns.
+
+        Returns
+        -------
+        dict
+            ``{dtype name: (lo, hi, total)}``: this rank owns elements ``lo:hi`` of the ``total``
+            elements of that dtype (params end to end in order, C order within each).
+        """
         self._ensure_layout()
         assert self._layouts is not None
         return {str(lay.dtype): (lay.lo, lay.hi, lay.total) for lay in self._layouts}
@@ -996,7 +1015,13 @@ class ShardedOptimizer:
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero every grad in place (or set it to None), as the plain optimizer's ``zero_grad``."""
+        """Zero every grad in place (or set it to None), as the plain optimizer's ``zero_grad``.
+
+        Parameters
+        ----------
+        set_to_none : bool, default False
+            Set each ``"grad"`` entry to None instead of zeroing the array.
+        """
         self._opt.zero_grad(set_to_none)
 
     # -----------------------------------------------------------------------------------------
