@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -10,6 +10,7 @@ import numpy as np
 
 
 from . import _functional as F
+from . import _half
 from ._optimizer import STATE_DICT_FORMAT, Optimizer, ParamsOrGroups, Schedule
 
 __all__ = ["SGD", "STATE_DICT_FORMAT"]
@@ -42,8 +43,11 @@ class SGD(Optimizer):
 
     float16 and bfloat16 (``ml_dtypes.bfloat16``) params compute in float32 and round each stored
     result once: to nearest even, or with ``stochastic_rounding=True`` stochastically, with random
-    bits keyed by (``seed``, ``applied_steps``, a 64-bit key of the param's name, element index).
-    ``seed`` (an int in [0, 2**64)) defaults to one drawn from the OS; both are in
+    bits keyed by (``seed``, ``applied_steps``, a 64-bit key of the param's name, element index
+    within the param). ``seed`` (an int in [0, 2**64)) defaults to :data:`minimalsgd.DEFAULT_SEED`,
+    a fixed number: runs round reproducibly, and every rank of a data-parallel run
+    (``allreduce_grads`` + ``SGD``) rounds alike without passing one; pass ``seed=`` for another
+    stream (``minimalsgd.distributed.shared_seed()`` draws one, the same on every rank). Both are in
     :meth:`state_dict`, so a resumed run rounds bit for bit as the uninterrupted one. Stochastic
     rounding is ignored for float32/float64 params (nothing to round). ``state_dtype="float32"``
     keeps the momentum buffers of 16-bit params in float32 (unrounded); by default a buffer has
@@ -104,16 +108,16 @@ class SGD(Optimizer):
         options: list[tuple[Any, ...]],
         grad_scale: float,
         backend: str,
+        rounding_keys: Sequence[int] | None = None,
+        rounding_offsets: Sequence[int] | None = None,
     ) -> None:
         # SGD's one state field is the momentum buffer; a buffer born this step is a first step.
         buffers = [s[0] for s in states]
-        # Rounding keys: the params' names in a full step; otherwise (a caller such as
-        # distributed.ShardedOptimizer running the formula on its own views) the labels.
-        names = self.__dict__.get("_step_keys")
-        if names is None or len(names) != len(values):
-            names = labels
+        keys = rounding_keys
+        if keys is None and any(_half.is_half(v.dtype) for v in values):
+            keys = self._rounding_keys(labels)
         F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend, self._rounding(),
-                   self._rounding_keys(names))
+                   keys, rounding_offsets)
 
     def _plan_runner(self, labels, values, grads, states, options, backend):  # type: ignore[no-untyped-def]
         # The routing of a cached Python plan, fixed with the layouts: one call per backend.
