@@ -152,6 +152,7 @@ def _describe_mismatch(infos: list[tuple[Any, int]]) -> str:
         if sig == ref and extra == ref_extra:
             continue
         head = f"the params differ between ranks: rank {r} and rank 0 "
+        settings_head = f"the settings differ between ranks: rank {r} and rank 0 "
         if sig == ref:
             return head + "hold different values; start every rank from the same values (broadcast_params(params))"
         ref_items, items = dict(ref.get("params", ())), dict(sig.get("params", ()))
@@ -159,14 +160,15 @@ def _describe_mismatch(infos: list[tuple[Any, int]]) -> str:
             if key in ("params", "groups") or ref.get(key) == sig.get(key):
                 continue
             hint = _SEED_HINT if key == "seed" else ""
-            return head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0{hint}"
+            return settings_head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0{hint}"
         groups0, groups_r = ref.get("groups") or [], sig.get("groups") or []
         if len(groups0) != len(groups_r):
             return head + f"have {len(groups_r)} and {len(groups0)} param groups"
         for gi, (g0, gr) in enumerate(zip(groups0, groups_r)):
             for key in g0:
                 if g0[key] != gr.get(key):
-                    return head + f"have different {key} in param group {gi}: {gr.get(key)!r} on rank {r}, {g0[key]!r} on rank 0"
+                    return (settings_head + f"have different {key} in param group {gi}: {gr.get(key)!r} on rank {r}, "
+                            f"{g0[key]!r} on rank 0")
         only0 = [k for k in ref_items if k not in items]
         only_r = [k for k in items if k not in ref_items]
         if only0 or only_r:
