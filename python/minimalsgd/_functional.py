@@ -393,16 +393,18 @@ def run_step(
     backend: str,
     rounding: tuple[bool, int, int] = (False, 0, 0),
     keys: Sequence[int] | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> None:
     """Route each validated tensor to a backend, then run: tensor i with ``options[group_of[i]]``
     (lr, momentum, dampening, weight_decay, nesterov, maximize); its buffer may be None when its
-    momentum is 0. ``rounding`` = (stochastic_rounding, seed, rounding_step) and ``keys`` (default:
-    positions) are for float16/bfloat16 tensors."""
+    momentum is 0. ``rounding`` = (stochastic_rounding, seed, rounding_step), ``keys`` (default:
+    positions) and ``offsets`` (the rounding index of each tensor's first element within the
+    tensor it is a piece of; default: 0) are for float16/bfloat16 tensors."""
     if keys is None:
         keys = list(range(len(values)))
     if backend == "numpy":  # no routing to do
         _run_numpy(values, grads, buffers if buffers is not None else [None] * len(values), firsts, group_of,
-                   options, grad_scale, rounding, list(keys))
+                   options, grad_scale, rounding, list(keys), None if offsets is None else list(offsets))
         return
     bufs = [
         buffers[i] if options[group_of[i]][1] != 0 and buffers is not None else None for i in range(len(values))
@@ -413,7 +415,7 @@ def run_step(
             run([values[i] for i in part], [grads[i] for i in part],
                 [buffers[i] if buffers is not None else None for i in part],
                 [firsts[i] for i in part], [group_of[i] for i in part], options, grad_scale, rounding,
-                [keys[i] for i in part])
+                [keys[i] for i in part], None if offsets is None else [offsets[i] for i in part])
 
 
 def _run_native(
@@ -426,16 +428,19 @@ def _run_native(
     grad_scale: float,
     rounding: tuple[bool, int, int] = (False, 0, 0),
     keys: list[int] | None = None,
+    offsets: list[int] | None = None,
 ) -> None:
     assert _core is not None
     sr, seed, step = rounding
     if len(options) == 1:
         with_buffer = options[0][1] != 0
         _core.sgd_step(values, grads, buffers if with_buffer else None, firsts, *options[0], grad_scale,
-                       check_overlap=False, stochastic_rounding=sr, seed=seed, rounding_step=step, rounding_keys=keys)
+                       check_overlap=False, stochastic_rounding=sr, seed=seed, rounding_step=step, rounding_keys=keys,
+                       rounding_offsets=offsets)
     else:  # every group in one call: tensor i with options[group_of[i]]
         _core.sgd_step_groups(values, grads, buffers, firsts, group_of, list(options), grad_scale, check_overlap=False,
-                              stochastic_rounding=sr, seed=seed, rounding_step=step, rounding_keys=keys)
+                              stochastic_rounding=sr, seed=seed, rounding_step=step, rounding_keys=keys,
+                              rounding_offsets=offsets)
 
 
 def _run_numpy(
@@ -448,6 +453,7 @@ def _run_numpy(
     grad_scale: float,
     rounding: tuple[bool, int, int] = (False, 0, 0),
     keys: list[int] | None = None,
+    offsets: list[int] | None = None,
 ) -> None:
     sr, seed, step = rounding
     if keys is None:
@@ -455,7 +461,8 @@ def _run_numpy(
     if len(options) == 1:  # one group: no lists to split
         opts = options[0]
         _numpy.sgd_step(values, grads, buffers if opts[1] != 0 else None, firsts, *opts, grad_scale,
-                        stochastic_rounding=sr, seed=seed, rounding_step=step, rounding_keys=keys)
+                        stochastic_rounding=sr, seed=seed, rounding_step=step, rounding_keys=keys,
+                        rounding_offsets=offsets)
         return
     for g, opts in enumerate(options):
         idx = [i for i in range(len(values)) if group_of[i] == g]
@@ -465,7 +472,8 @@ def _run_numpy(
         _numpy.sgd_step([values[i] for i in idx], [grads[i] for i in idx],
                         [buffers[i] for i in idx] if with_buffer else None, [firsts[i] for i in idx],
                         *opts, grad_scale, stochastic_rounding=sr, seed=seed, rounding_step=step,
-                        rounding_keys=[keys[i] for i in idx])
+                        rounding_keys=[keys[i] for i in idx],
+                        rounding_offsets=None if offsets is None else [offsets[i] for i in idx])
 
 
 def sum_of_squares(names: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> float:

@@ -18,15 +18,15 @@ the applied step count), global-norm clipping and non-finite skipping over every
 group, the cached native plan, backend routing, ``state``, ``zero_grad``, checkpoints, and
 16-bit storage: float16/bfloat16 params compute in float32 and round each stored result once, to
 nearest or (``stochastic_rounding=True``) stochastically with random bits keyed by (``seed``,
-``applied_steps``, a 64-bit key of the param's name, element index); ``state_dtype="float32"``
-keeps their state arrays in float32.
+``applied_steps``, a 64-bit key of the param's name, element index within the param; ``seed``
+defaults to :data:`minimalsgd.DEFAULT_SEED`); ``state_dtype="float32"`` keeps their state arrays
+in float32.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import secrets
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Union
@@ -241,7 +241,7 @@ class Optimizer:
         self.skip_nonfinite = skip_nonfinite
         self.backend = backend
         self.stochastic_rounding = stochastic_rounding
-        self.seed = secrets.randbits(64) if seed is None else seed
+        self.seed = _half.DEFAULT_SEED if seed is None else seed
         self.state_dtype = state_dtype
         self._check_globals()
         self._checked_group(self.defaults, "")  # the constructor's hyperparameters, by the optimizer's rules
@@ -296,8 +296,28 @@ class Optimizer:
     @staticmethod
     def _rounding_keys(names: Sequence[Any]) -> list[int]:
         """The tensors' stochastic-rounding keys: a 64-bit hash (FNV-1a) of each param's name, so
-        that a param keeps its random stream whatever the other params or groups are."""
+        that a param keeps its random stream whatever the other params or groups are (and however
+        its elements are sliced: with the element index within the param, see :meth:`_run`)."""
         return [_half.name_key(n) for n in names]
+
+    def _global_values(self) -> dict[str, Any]:
+        """Every global setting as a step uses it (checked: TypeError/ValueError otherwise), by
+        name: ``global_settings`` and the 16-bit storage settings. Processes that step replicas of
+        one model must agree on all of them (``minimalsgd.distributed`` compares them)."""
+        self._check_globals()
+        out = {key: getattr(self, key) for key in self.global_settings}
+        sr, seed, _ = F.check_rounding(self.stochastic_rounding, self.seed)
+        sd_dtype = _state_dtype(self.state_dtype)
+        out.update(stochastic_rounding=sr, seed=seed, state_dtype="" if sd_dtype is None else sd_dtype.name)
+        return out
+
+    def _fresh_copy(self) -> Optimizer:
+        """A new optimizer of this class over the same param groups (the same dicts), with the same
+        hyperparameters and global settings, and no state or counters."""
+        new = type(self)([dict(g) for g in self.param_groups], **self.defaults)
+        for key in (*self.global_settings, *_STORAGE_DEFAULTS):
+            setattr(new, key, getattr(self, key))
+        return new
 
     def _new_state_arrays(self, field: str, values: list[np.ndarray]) -> list[np.ndarray]:
         """New state arrays for ``values``, one each (see :meth:`_new_state_array`). With the
@@ -320,10 +340,19 @@ class Optimizer:
         options: list[tuple[Any, ...]],
         grad_scale: float,
         backend: str,
+        rounding_keys: Sequence[int] | None = None,
+        rounding_offsets: Sequence[int] | None = None,
     ) -> None:
         """The formula over validated tensors: tensor i has state arrays ``states[i]`` (in
         ``state_fields`` order, None where unused), was ``born`` this step or not, has had
-        ``steps[i]`` applied steps before this one, and uses ``options[group_of[i]]``."""
+        ``steps[i]`` applied steps before this one, and uses ``options[group_of[i]]``.
+
+        For 16-bit storage (a formula that rounds its results): tensor i rounds stochastically with
+        the key ``rounding_keys[i]`` (its param's key, :meth:`_rounding_keys`; None: the keys of the
+        labels) and element j with the bits of element ``rounding_offsets[i] + j`` of its param
+        (None: 0, a whole param). A caller that steps a piece of a param (the sharded optimizer, a
+        rank's slice) passes the param's key and the piece's offset in it, so that the piece rounds
+        as the whole param would."""
         raise NotImplementedError
 
     #: The native plan class of the formula in ``_core`` (``"SgdPlan"``), built by
@@ -751,11 +780,9 @@ class Optimizer:
         for j, idx in missing.items():
             for i, arr in zip(idx, self._new_state_arrays(fields_all[j], [values[i] for i in idx])):
                 states[i][j] = arr
-        object.__setattr__(self, "_step_keys", keys)  # for _run (rounding keys)
-        try:
-            self._run(labels, values, grads, states, born, steps, group_of, options, scale, backend)
-        finally:
-            object.__setattr__(self, "_step_keys", None)
+        rounding_keys = self._rounding_keys(keys) if any(_half.is_half(v.dtype) for v in values) else None
+        self._run(labels, values, grads, states, born, steps, group_of, options, scale, backend,
+                  rounding_keys=rounding_keys)
         for i, key in enumerate(keys):
             st = state.setdefault(key, {"step": 0})
             st["step"] = st.get("step", 0) + 1

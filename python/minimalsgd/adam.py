@@ -118,8 +118,10 @@ class Adam(Optimizer):
         """Zeros (torch's initial moments), in the value's memory order and native byte order."""
         return np.zeros_like(value, dtype=value.dtype.newbyteorder("="))
 
-    def _run(self, labels, values, grads, states, born, steps, group_of, options, grad_scale, backend) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, labels, values, grads, states, born, steps, group_of, options, grad_scale, backend,  # type: ignore[no-untyped-def]
+             rounding_keys=None, rounding_offsets=None) -> None:
         # One native call per group (the kernel takes per-tensor options; the binding, one set).
+        # (Adam stores its results in the dtype it computes in: no rounding keys to use.)
         for g, opts in enumerate(options):
             idx = [i for i in range(len(values)) if group_of[i] == g]
             if idx:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -10,6 +10,7 @@ import numpy as np
 
 
 from . import _functional as F
+from . import _half
 from ._optimizer import STATE_DICT_FORMAT, Optimizer, ParamsOrGroups, Schedule
 
 __all__ = ["SGD", "STATE_DICT_FORMAT"]
@@ -58,11 +59,14 @@ class SGD(Optimizer):
     stochastic_rounding : bool, default False
         float16/bfloat16 params compute in float32 and round each stored result once: to nearest
         even (False), or stochastically (True) with random bits keyed by (``seed``,
-        ``applied_steps``, a 64-bit hash of the param's name, element index). Ignored for
-        float32/float64 params.
+        ``applied_steps``, a 64-bit hash of the param's name, element index within the param).
+        Ignored for float32/float64 params.
     seed : int, optional
-        The stochastic-rounding seed, an int in ``[0, 2**64)``; by default one drawn from the OS.
-        Kept in :meth:`state_dict`, so a resumed run rounds bit for bit as the uninterrupted one.
+        The stochastic-rounding seed, an int in ``[0, 2**64)``; by default
+        :data:`minimalsgd.DEFAULT_SEED`, a fixed number: runs round reproducibly, and every rank
+        of a data-parallel run (``allreduce_grads`` + ``SGD``) rounds alike without passing one
+        (:func:`minimalsgd.distributed.shared_seed` draws another, the same on every rank). Kept
+        in :meth:`state_dict`, so a resumed run rounds bit for bit as the uninterrupted one.
     state_dtype : {None, "float32"}, default None
         ``"float32"`` keeps the momentum buffers of 16-bit params in float32 (unrounded); by
         default a buffer has its value's dtype, as in torch.
@@ -168,16 +172,16 @@ class SGD(Optimizer):
         options: list[tuple[Any, ...]],
         grad_scale: float,
         backend: str,
+        rounding_keys: Sequence[int] | None = None,
+        rounding_offsets: Sequence[int] | None = None,
     ) -> None:
         # SGD's one state field is the momentum buffer; a buffer born this step is a first step.
         buffers = [s[0] for s in states]
-        # Rounding keys: the params' names in a full step; otherwise (a caller such as
-        # distributed.ShardedOptimizer running the formula on its own views) the labels.
-        names = self.__dict__.get("_step_keys")
-        if names is None or len(names) != len(values):
-            names = labels
+        keys = rounding_keys
+        if keys is None and any(_half.is_half(v.dtype) for v in values):
+            keys = self._rounding_keys(labels)
         F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend, self._rounding(),
-                   self._rounding_keys(names))
+                   keys, rounding_offsets)
 
     def _plan_runner(self, labels, values, grads, states, options, backend):  # type: ignore[no-untyped-def]
         # The routing of a cached Python plan, fixed with the layouts: one call per backend.

@@ -39,7 +39,6 @@ Importing :mod:`minimalsgd` never imports torch; this module does.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +49,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 from torch.optim.sgd import sgd as _torch_sgd
 
 from . import _functional as F
+from . import _half
 
 try:
     from torch.optim.optimizer import _device_dtype_check_for_fused
@@ -396,7 +396,9 @@ class SGD(_NativeStep, torch.optim.SGD):
         index). Kept per group (``stochastic_rounding``, ``seed``, ``rounding_step``) and so in
         ``state_dict()``; without the option the groups hold exactly torch's keys.
     seed : int, optional
-        The stochastic-rounding seed, an int in ``[0, 2**64)``; by default one drawn from the OS.
+        The stochastic-rounding seed, an int in ``[0, 2**64)``; by default
+        :data:`minimalsgd.DEFAULT_SEED` (a fixed number: reproducible by default, and the same in
+        every process of a data-parallel run).
 
     Raises
     ------
@@ -429,7 +431,7 @@ class SGD(_NativeStep, torch.optim.SGD):
                  weight_decay: Any = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  stochastic_rounding: bool = False, seed: int | None = None) -> None:
-        sr, seed_checked, _ = F.check_rounding(stochastic_rounding, secrets.randbits(64) if seed is None else seed)
+        sr, seed_checked, _ = F.check_rounding(stochastic_rounding, _half.DEFAULT_SEED if seed is None else seed)
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                          fused=fused)
