@@ -1,4 +1,8 @@
-"""Data-parallel training of a small NumPy MLP over MPI, with sharded optimizer state (ZeRO-1).
+"""Data parallel over MPI with sharded optimizer state (ZeRO-1)
+==============================================================
+
+Data-parallel training of a small NumPy MLP over MPI, with sharded optimizer state (ZeRO-1).
+Run it with::
 
     mpiexec -n 2 python examples/mpi_train.py            # ShardedSGD (default)
     mpiexec -n 2 python examples/mpi_train.py --plain    # allreduce_grads + plain SGD on every rank
@@ -113,7 +117,7 @@ def main() -> None:
             loss, correct = forward_backward(params, x_mine[idx], y_mine[idx])
             totals += (loss, correct, len(idx))
             if args.plain:
-                allreduce_grads(params, comm)
+                allreduce_grads(params, comm, optimizer=opt)  # also checks that every rank steps alike
             opt.step()
         comm.Allreduce(MPI.IN_PLACE, totals, op=MPI.SUM)
         _, test_correct = forward_backward(params, x_test, y_test)

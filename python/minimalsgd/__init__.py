@@ -13,6 +13,7 @@ from . import schedules
 from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
 from ._functional import adam_step, global_grad_norm, sgd_step
+from ._half import DEFAULT_SEED
 from ._paths import get_cmake_dir, get_include
 from ._version import __version__
 from .adam import Adam, AdamW
@@ -32,6 +33,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Arena",
+    "DEFAULT_SEED",
     "SGD",
     "__version__",
     "adam_step",

@@ -18,15 +18,15 @@ the applied step count), global-norm clipping and non-finite skipping over every
 group, the cached native plan, backend routing, ``state``, ``zero_grad``, checkpoints, and
 16-bit storage: float16/bfloat16 params compute in float32 and round each stored result once, to
 nearest or (``stochastic_rounding=True``) stochastically with random bits keyed by (``seed``,
-``applied_steps``, a 64-bit key of the param's name, element index); ``state_dtype="float32"``
-keeps their state arrays in float32.
+``applied_steps``, a 64-bit key of the param's name, element index within the param; ``seed``
+defaults to :data:`minimalsgd.DEFAULT_SEED`); ``state_dtype="float32"`` keeps their state arrays
+in float32.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import secrets
 import weakref
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Union
@@ -241,7 +241,7 @@ class Optimizer:
         self.skip_nonfinite = skip_nonfinite
         self.backend = backend
         self.stochastic_rounding = stochastic_rounding
-        self.seed = secrets.randbits(64) if seed is None else seed
+        self.seed = _half.DEFAULT_SEED if seed is None else seed
         self.state_dtype = state_dtype
         self._check_globals()
         self._checked_group(self.defaults, "")  # the constructor's hyperparameters, by the optimizer's rules
@@ -296,8 +296,28 @@ class Optimizer:
     @staticmethod
     def _rounding_keys(names: Sequence[Any]) -> list[int]:
         """The tensors' stochastic-rounding keys: a 64-bit hash (FNV-1a) of each param's name, so
-        that a param keeps its random stream whatever the other params or groups are."""
+        that a param keeps its random stream whatever the other params or groups are (and however
+        its elements are sliced: with the element index within the param, see :meth:`_run`)."""
         return [_half.name_key(n) for n in names]
+
+    def _global_values(self) -> dict[str, Any]:
+        """Every global setting as a step uses it (checked: TypeError/ValueError otherwise), by
+        name: ``global_settings`` and the 16-bit storage settings. Processes that step replicas of
+        one model must agree on all of them (``minimalsgd.distributed`` compares them)."""
+        self._check_globals()
+        out = {key: getattr(self, key) for key in self.global_settings}
+        sr, seed, _ = F.check_rounding(self.stochastic_rounding, self.seed)
+        sd_dtype = _state_dtype(self.state_dtype)
+        out.update(stochastic_rounding=sr, seed=seed, state_dtype="" if sd_dtype is None else sd_dtype.name)
+        return out
+
+    def _fresh_copy(self) -> Optimizer:
+        """A new optimizer of this class over the same param groups (the same dicts), with the same
+        hyperparameters and global settings, and no state or counters."""
+        new = type(self)([dict(g) for g in self.param_groups], **self.defaults)
+        for key in (*self.global_settings, *_STORAGE_DEFAULTS):
+            setattr(new, key, getattr(self, key))
+        return new
 
     def _new_state_arrays(self, field: str, values: list[np.ndarray]) -> list[np.ndarray]:
         """New state arrays for ``values``, one each (see :meth:`_new_state_array`). With the
@@ -320,10 +340,19 @@ class Optimizer:
         options: list[tuple[Any, ...]],
         grad_scale: float,
         backend: str,
+        rounding_keys: Sequence[int] | None = None,
+        rounding_offsets: Sequence[int] | None = None,
     ) -> None:
         """The formula over validated tensors: tensor i has state arrays ``states[i]`` (in
         ``state_fields`` order, None where unused), was ``born`` this step or not, has had
-        ``steps[i]`` applied steps before this one, and uses ``options[group_of[i]]``."""
+        ``steps[i]`` applied steps before this one, and uses ``options[group_of[i]]``.
+
+        For 16-bit storage (a formula that rounds its results): tensor i rounds stochastically with
+        the key ``rounding_keys[i]`` (its param's key, :meth:`_rounding_keys`; None: the keys of the
+        labels) and element j with the bits of element ``rounding_offsets[i] + j`` of its param
+        (None: 0, a whole param). A caller that steps a piece of a param (the sharded optimizer, a
+        rank's slice) passes the param's key and the piece's offset in it, so that the piece rounds
+        as the whole param would."""
         raise NotImplementedError
 
     #: The native plan class of the formula in ``_core`` (``"SgdPlan"``), built by
@@ -348,7 +377,8 @@ class Optimizer:
 
     @property
     def params(self) -> Params:
-        """The params dict of the only param group (AttributeError when there are several)."""
+        """The params dict of the only param group (AttributeError when there are several: read
+        ``param_groups[i]["params"]``)."""
         if len(self.param_groups) != 1:
             raise AttributeError(
                 f"this optimizer has {len(self.param_groups)} param groups: use opt.param_groups[i]['params']"
@@ -365,7 +395,11 @@ class Optimizer:
 
     @property
     def state(self) -> dict[str, dict[str, Any]]:
-        """name -> {<state field>: ndarray, ..., "step": int}: plain NumPy arrays and ints."""
+        """``name -> {<state field>: ndarray, ..., "step": int}``: plain NumPy arrays and ints.
+
+        The state fields are the optimizer's (SGD: ``momentum_buffer``; Adam: ``exp_avg``,
+        ``exp_avg_sq``, ``max_exp_avg_sq``); ``step`` counts the steps applied to that param.
+        """
         self._flush_plan_steps()
         return self._state
 
@@ -376,7 +410,8 @@ class Optimizer:
 
     @property
     def applied_steps(self) -> int:
-        """Applied steps so far (skipped ones excluded): the count the next step's schedules get."""
+        """Applied steps so far (skipped ones excluded): the count the next step's schedules get,
+        so the first step calls ``schedule(0)``."""
         plan = self._plan
         return self._applied + (plan.applied if plan is not None else 0)
 
@@ -395,7 +430,17 @@ class Optimizer:
     def get_lr(self) -> list[float]:
         """The lr each group will use at the next step (schedules evaluated at ``applied_steps``).
 
-        Raises like step() would when a schedule returns a bad value (nothing changes then)."""
+        Returns
+        -------
+        list of float
+            One lr per param group.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`step` would, when a schedule returns a value that is not a finite real
+            number ``>= 0`` (nothing changes then).
+        """
         count = self.applied_steps
         return [self._lr_of(i, g, count) for i, g in enumerate(self.param_groups)]
 
@@ -403,10 +448,20 @@ class Optimizer:
     # Param groups
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
-        """Add a group (``{"params": {name: {...}}, <hyperparameter>: ...}``) as torch does: the
-        hyperparameters it does not give come from ``defaults``. Checked first: nothing changes
-        when it is not a dict, lacks "params", names an unknown key, repeats a name of another
-        group or has a bad hyperparameter."""
+        """Add a param group, as torch does.
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": {name: {"value": ndarray, "grad": ndarray}}, <hyperparameter>: ...}``;
+            the hyperparameters it does not give come from ``defaults``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            It is not a dict, lacks ``"params"``, names an unknown key, repeats a name of another
+            group or has a bad hyperparameter. Nothing changes then.
+        """
         self._add_groups([param_group])
 
     def _add_groups(self, groups: list[Any]) -> None:
@@ -648,12 +703,21 @@ class Optimizer:
     # The step
 
     def step(self) -> bool:
-        """Update every param that has a grad. Returns True when the step was applied, False when
-        ``skip_nonfinite`` found a NaN or infinity in the gradients (then nothing was written, and
-        neither the state nor ``applied_steps`` advanced).
+        """Update every param that has a grad, in place, in one call for all groups.
 
-        Raises TypeError/ValueError, naming the param or group, before anything is written or
-        created.
+        Returns
+        -------
+        bool
+            True when the step was applied; False when ``skip_nonfinite`` found a NaN or an
+            infinity in the gradients (then nothing was written, and neither the state nor
+            ``applied_steps`` advanced).
+
+        Raises
+        ------
+        TypeError, ValueError
+            A param, group, hyperparameter or schedule value that is not valid, naming it
+            (``params['w1']: grad shape (3,) does not match value shape (2,)``). Raised before
+            anything is written or created.
         """
         plan = self._plan
         if plan is not None:
@@ -716,11 +780,9 @@ class Optimizer:
         for j, idx in missing.items():
             for i, arr in zip(idx, self._new_state_arrays(fields_all[j], [values[i] for i in idx])):
                 states[i][j] = arr
-        object.__setattr__(self, "_step_keys", keys)  # for _run (rounding keys)
-        try:
-            self._run(labels, values, grads, states, born, steps, group_of, options, scale, backend)
-        finally:
-            object.__setattr__(self, "_step_keys", None)
+        rounding_keys = self._rounding_keys(keys) if any(_half.is_half(v.dtype) for v in values) else None
+        self._run(labels, values, grads, states, born, steps, group_of, options, scale, backend,
+                  rounding_keys=rounding_keys)
         for i, key in enumerate(keys):
             st = state.setdefault(key, {"step": 0})
             st["step"] = st.get("step", 0) + 1
@@ -734,9 +796,18 @@ class Optimizer:
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero every grad of every group in place (or set it to None with ``set_to_none=True``).
+        """Zero every grad of every group in place, or set it to None.
 
-        Every grad is checked first: a read-only or non-array grad raises and nothing is zeroed.
+        Parameters
+        ----------
+        set_to_none : bool, default False
+            Set each ``"grad"`` entry to None instead of zeroing the array.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A grad that is not an ndarray, or is read-only (when zeroing). Every grad is checked
+            first: nothing is zeroed then.
         """
         todo = []
         for group in self.param_groups:
@@ -763,15 +834,35 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, as a flat dict of plain Python and NumPy values.
 
-        Keys: ``"format"`` (2), ``"optimizer"`` (the class name), the global settings
-        (``"clip_grad_norm"``, None stored as NaN; ``"skip_nonfinite"``, ``"backend"``),
-        ``"applied_steps"``, ``"skipped_steps"``, ``"last_grad_norm"`` (NaN for None); per group
-        i ``"groups/<i>/params"`` (its names, an array of str), ``"groups/<i>/<hyperparameter>"``
-        and ``"groups/<i>/lr_is_schedule"`` (a schedule is code and is not saved: its lr is stored
-        as the lr of the latest step, NaN before any; load into an optimizer built with the same
-        schedule); per param ``"state/<name>/step"`` and ``"state/<name>/<field>"`` (a copy).
-        It pickles, and saves with ``np.savez(file, **opt.state_dict())``; ``dict(np.load(file))``
-        loads back.
+        Returns
+        -------
+        dict
+            Keys: ``"format"`` (2), ``"optimizer"`` (the class name), the global settings
+            (``"clip_grad_norm"``, None stored as NaN; ``"skip_nonfinite"``, ``"backend"``),
+            the storage settings (``"stochastic_rounding"``, ``"seed"``, ``"state_dtype"``: ""
+            for the value's dtype), ``"applied_steps"``, ``"skipped_steps"``, ``"last_grad_norm"`` (NaN for None); per group
+            i ``"groups/<i>/params"`` (its names, an array of str), ``"groups/<i>/<hyperparameter>"``
+            and ``"groups/<i>/lr_is_schedule"`` (a schedule is code and is not saved: its lr is stored
+            as the lr of the latest step, NaN before any; load into an optimizer built with the same
+            schedule); per param ``"state/<name>/step"`` and ``"state/<name>/<field>"`` (a copy).
+            It pickles, and saves with ``np.savez(file, **opt.state_dict())``;
+            ``dict(np.load(file))`` loads back.
+
+        Examples
+        --------
+        >>> import io
+        >>> params = {"w": {"value": np.ones(2, np.float32), "grad": np.ones(2, np.float32)}}
+        >>> opt = minimalsgd.SGD(params, lr=0.1, momentum=0.9)
+        >>> opt.step()
+        True
+        >>> buf = io.BytesIO()
+        >>> np.savez(buf, **opt.state_dict())
+        >>> _ = buf.seek(0)
+        >>> resumed = minimalsgd.SGD(params)          # any hyperparameters: the checkpoint's win
+        >>> with np.load(buf) as f:
+        ...     resumed.load_state_dict(dict(f))
+        >>> resumed.param_groups[0]["momentum"], resumed.applied_steps
+        (0.9, 1)
         """
         sd: dict[str, Any] = {"format": STATE_DICT_FORMAT, "optimizer": type(self).__name__}
         for key in self.global_settings:
@@ -804,6 +895,18 @@ class Optimizer:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore settings, groups' hyperparameters, counters and state from :meth:`state_dict`.
 
+        Parameters
+        ----------
+        state_dict : mapping
+            What :meth:`state_dict` returned, or ``dict(np.load(file))`` of it.
+
+        Raises
+        ------
+        TypeError, ValueError
+            The state dict does not fit (see below); nothing changes then.
+
+        Notes
+        -----
         The state dict must fit: the same optimizer, as many groups holding the same names, every
         state name a param of this optimizer, every state array of its value's shape and dtype,
         and every setting valid. Otherwise a ValueError/TypeError says what does not fit and
