@@ -55,7 +55,7 @@ python -m venv "$W/venv"
 "$W/venv/bin/python" -m pip install -q --upgrade pip
 "$W/venv/bin/python" -m pip install -q "$wheel[test,mpi,torch]"  # README's test extras (torch: the pinned CPU wheel)
 mkdir -p "$W/suite/csrc"
-cp -r tests examples pyproject.toml "$W/suite/"
+cp -r tests examples pyproject.toml README.md "$W/suite/"  # README: test_readme runs its examples against the wheel
 cp -r csrc/include "$W/suite/csrc/"  # test_cmake_package compares the wheel's headers with these
 cd "$W/suite"
 "$W/venv/bin/python" - "$W/venv" <<'PY'
