@@ -6,7 +6,7 @@ import os
 import platform
 from typing import Any
 
-from . import _functional as F
+from . import _router as R
 from ._version import __version__
 
 __all__ = ["backend_info", "show_config", "get_num_threads", "set_num_threads"]
@@ -24,15 +24,15 @@ def backend_info() -> dict[str, Any]:
     the machine's own without the extension), ``isa`` the kernel set in use and ``simd`` its
     vector instructions (``SSE2``/``AVX2``/``AVX-512`` on x86-64, ``NEON`` on aarch64).
     """
-    core = F._core
+    core = R._core
     info: dict[str, Any] = {
         "version": __version__,
-        "backend": "numpy" if core is None or F.DEFAULT_BACKEND == "numpy" else "native",
+        "backend": "numpy" if core is None or R.DEFAULT_BACKEND == "numpy" else "native",
         "native_available": core is not None,
         "MINIMALSGD_BACKEND": os.environ.get("MINIMALSGD_BACKEND"),
     }
     if core is None:
-        info["native_import_error"] = F._CORE_IMPORT_ERROR
+        info["native_import_error"] = R.CORE_IMPORT_ERROR
         info.update(processor=platform.machine().lower(), isa=None, simd=None, supported_isas=[], openmp=False,
                     num_threads=1)
         return info
@@ -66,7 +66,7 @@ def get_num_threads() -> int:
     :func:`set_num_threads` (n > 0) decides for every thread; otherwise OpenMP's setting does:
     ``OMP_NUM_THREADS``, all cores by default, or a ``threadpoolctl.threadpool_limits`` in force.
     """
-    return F._core.get_num_threads() if F._core is not None else 1
+    return R._core.get_num_threads() if R._core is not None else 1
 
 
 def set_num_threads(n: int) -> None:
@@ -76,5 +76,5 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if F._core is not None:
-        F._core.set_num_threads(n)
+    if R._core is not None:
+        R._core.set_num_threads(n)

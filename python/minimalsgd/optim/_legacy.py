@@ -1,0 +1,77 @@
+"""A temporary adapter: the private members of the optimizer that ``minimalsgd/distributed.py``
+calls today (``_check_globals``, ``_checked_group``, ``_lr_of``, ``_fields_needed``,
+``_new_state_array``, ``_run``, ``_applied``), each a few lines over the public pieces.
+
+It exists only until the sharded optimizer is rebuilt on the public protocol (issue 20, phase 2:
+``Formula.apply``, ``Optimizer.step(grad_scale=)``, ``GradientPolicy``, ``checkpoint.read`` /
+``checkpoint.state_dict``); then this file goes. Nothing else may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .. import _half
+from ..protocol import Batch
+from .groups import group_options, lr_at
+from .storage import name_keys
+
+__all__ = ["PrivateAPI"]
+
+
+class PrivateAPI:
+    """The members of the optimizer that distributed.py reaches today (see the module docstring)."""
+
+    formula: Any
+    _plans: Any
+
+    def _check_globals(self) -> tuple[float | None, bool, str]:
+        policy, _, backend = self._checked_settings()  # type: ignore[attr-defined]
+        return policy.clip, policy.skip_nonfinite, backend
+
+    def _checked_group(self, group: Mapping[str, Any], label: str, lr: float | None = None) -> Any:
+        return group_options(self.formula, group, label, lr)
+
+    def _lr_of(self, i: int, group: Mapping[str, Any], count: int) -> Any:
+        return lr_at(i, group, count)
+
+    def _fields_needed(self, options: Any) -> tuple[str, ...]:
+        return tuple(self.formula.fields_needed(options))
+
+    def _new_state_array(self, field: str, value: np.ndarray) -> np.ndarray:
+        return self.storage.new_state(self.formula, field, value)  # type: ignore[attr-defined]
+
+    def _run(
+        self,
+        labels: list[str],
+        values: list[np.ndarray],
+        grads: list[np.ndarray],
+        states: list[list[np.ndarray | None]],
+        born: list[bool],
+        steps: Sequence[int],
+        group_of: list[int],
+        options: list[Any],
+        grad_scale: float,
+        backend: str,
+    ) -> None:
+        """The formula over validated tensors given tensor by tensor (``states[i]`` in
+        ``state_fields`` order); 16-bit tensors round with the keys of their labels."""
+        fields = self.formula.state_fields
+        state = {f: [st[j] for st in states] for j, f in enumerate(fields)}
+        halves = any(_half.is_half(v.dtype) for v in values)
+        self.formula.apply(Batch(labels=labels, values=values, grads=grads, state=state, born=born, steps=steps,
+                                 group_of=group_of, options=options, keys=name_keys(labels) if halves else None,
+                                 rounding=self.storage.rounding(self._plans.applied_steps),  # type: ignore[attr-defined]
+                                 grad_scale=grad_scale, backend=backend))
+
+    @property
+    def _applied(self) -> int:
+        return self._plans.applied_steps
+
+    @_applied.setter
+    def _applied(self, value: int) -> None:
+        self._drop_plan()  # type: ignore[attr-defined]
+        self._plans.restore(value, self._plans.last_lrs)
