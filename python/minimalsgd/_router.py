@@ -313,13 +313,12 @@ def norm(labels: Sequence[str], grads: Sequence[np.ndarray], backend: str) -> fl
     return math.sqrt(sum_of_squares(labels, grads, backend))
 
 
-def native_plan(name: str | None, *args: Any) -> Any:
-    """A new cached native plan (``_core.<name>(*args)``, ``csrc/python/plan.hpp``), or None when
-    the extension or that plan class is missing."""
-    if _core is None or name is None:
-        return None
-    cls = getattr(_core, name, None)
-    return None if cls is None else cls(*args)
+def native_plan(name: str, *args: Any) -> Any:
+    """A new cached native plan, ``_core.<name>(*args)`` (``SgdPlan``, ``AdamPlan``: the classes
+    of ``csrc/python/plan.hpp``); the caller has checked that the native kernel serves every
+    tensor (:func:`can_serve_natively`)."""
+    assert _core is not None
+    return getattr(_core, name)(*args)
 
 
 def can_serve_natively(tensors: Sequence[Sequence[np.ndarray | None]]) -> bool:

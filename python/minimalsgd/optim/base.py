@@ -573,8 +573,15 @@ class Optimizer(PrivateAPI):
         param groups existed) is read too; its applied-step count is taken as the largest
         per-param step.
         """
-        loaded = checkpoint.read(self, state_dict)
-        # Everything fits: now change the optimizer.
+        self.load_checkpoint(checkpoint.read(self, state_dict))
+
+    def load_checkpoint(self, loaded: checkpoint.Checkpoint) -> None:
+        """Take the contents of a state dict: a :class:`~minimalsgd.optim.checkpoint.Checkpoint`
+        from ``checkpoint.read(self, state_dict)`` (what :meth:`load_state_dict` does), or one
+        that a caller holding state elsewhere built for this optimizer (the sharded optimizer
+        gives each rank's inner optimizer its slices of a full checkpoint). Settings, the groups'
+        hyperparameters, counters and state are replaced; each state array is copied into a new
+        array of its value's memory order. The caller vouches that it fits (``read`` checks it)."""
         self._drop_plan()
         for key, val in loaded.settings.items():
             if key in self._settings:

@@ -271,8 +271,6 @@ class PlanCache:
         plan = _router.native_plan(formula.native_plan, outers, all_keys, all_inners, all_index, values, grads,
                                    per_tensor, after, group_of, options, -1.0 if policy.clip is None else policy.clip,
                                    policy.skip_nonfinite)
-        if plan is None:
-            return
         self.plan = plan
         self.keys = keys
         self.schedules = [(i, g["lr"]) for i, g in enumerate(groups) if callable(g["lr"])]
