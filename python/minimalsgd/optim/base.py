@@ -406,12 +406,15 @@ class Optimizer(PrivateAPI):
         lrs = [float(o.lr) for o in options]
         keys, labels, values, grads, state, group_of, offsets = self._collect(options)
 
-        decision = policy.measure(labels, grads, backend, grad_scale)
-        if decision.skipped:
-            self.skipped_steps += 1
-            return False
-        if policy.measures:
+        measures = policy.measures
+        scale = grad_scale
+        if measures:
+            decision = policy.measure(labels, grads, backend, grad_scale)
+            if decision.skipped:
+                self.skipped_steps += 1
+                return False
             self.last_grad_norm = decision.norm
+            scale = decision.scale
 
         formula = self.formula
         fields = formula.state_fields
@@ -430,8 +433,7 @@ class Optimizer(PrivateAPI):
         halves = any(_half.is_half(v.dtype) for v in values)
         formula.apply(Batch(labels=labels, values=values, grads=grads, state=state, born=born, steps=steps,
                             group_of=group_of, options=options, keys=name_keys(keys) if halves else None,
-                            offsets=offsets, rounding=storage.rounding(count), grad_scale=decision.scale,
-                            backend=backend))
+                            offsets=offsets, rounding=storage.rounding(count), grad_scale=scale, backend=backend))
         for i, key in enumerate(keys):
             st = params_state.setdefault(key, {"step": 0})
             st["step"] = st.get("step", 0) + 1
@@ -440,9 +442,11 @@ class Optimizer(PrivateAPI):
                 if arr is not None:
                     st[field] = arr
         plans.record(lrs)
-        plans.measures_norm = policy.measures
+        plans.measures_norm = measures
         groups = self.param_groups
-        if type(groups) is ParamGroups and groups.owned_by(self):  # only groups that report their changes
+        # A plan for the next steps: only over groups that report their changes, and never for
+        # float16/bfloat16 params (their rounding step and keys change at every step).
+        if not halves and type(groups) is ParamGroups and groups.owned_by(self):
             plans.build(groups, keys, labels, values, grads, state, steps, group_of, options, policy, backend, formula)
         return True
 

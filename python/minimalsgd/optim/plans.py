@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _half, _router
+from .. import _router
 from ..protocol import Batch, Formula, Rounding
 from .gradients import GradientPolicy
 
@@ -226,12 +226,10 @@ class PlanCache:
         formula: Formula,
     ) -> None:
         """A plan for the step just validated and applied (``steps``: each tensor's steps before
-        it, ``state``: field -> array per tensor), when one can serve the next steps. ``groups``
-        must report their changes (:meth:`ParamGroups.owned_by`, checked by the caller)."""
-        # float16/bfloat16 tensors take the full path at every step: their rounding step
-        # (applied_steps) and keys are passed there, and the plans do not carry them.
-        if any(_half.is_half(v.dtype) for v in values):
-            return
+        it, ``state``: field -> array per tensor), when one can serve the next steps. The caller
+        has checked that ``groups`` report their changes (:meth:`ParamGroups.owned_by`) and that
+        no value is float16/bfloat16 (those take the full path at every step: their rounding
+        step and keys change, and the plans do not carry them)."""
         included = {k: i for i, k in enumerate(keys)}
         outers, all_keys, all_inners, all_index = [], [], [], []
         for group in groups:

@@ -74,8 +74,9 @@ class Storage(NamedTuple):
         return cls(sr, seed, check_state_dtype(state_dtype))
 
     def rounding(self, step: int) -> Rounding:
-        """The :class:`~minimalsgd.protocol.Rounding` of the step with ``step`` applied steps before it."""
-        return check_rounding(self.stochastic_rounding, self.seed, step)
+        """The :class:`~minimalsgd.protocol.Rounding` of the step with ``step`` applied steps
+        before it (an int >= 0: a count)."""
+        return Rounding(self.stochastic_rounding, self.seed, step)
 
     def dtype_for(self, value: np.ndarray) -> np.dtype:
         """The dtype of a state array of ``value``: float32 for a 16-bit value with
