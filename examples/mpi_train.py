@@ -113,7 +113,7 @@ def main() -> None:
             loss, correct = forward_backward(params, x_mine[idx], y_mine[idx])
             totals += (loss, correct, len(idx))
             if args.plain:
-                allreduce_grads(params, comm)
+                allreduce_grads(params, comm, optimizer=opt)  # also checks that every rank steps alike
             opt.step()
         comm.Allreduce(MPI.IN_PLACE, totals, op=MPI.SUM)
         _, test_correct = forward_backward(params, x_test, y_test)

@@ -248,8 +248,6 @@ def param_groups_and_schedules(comm: Any) -> None:
             assert math.isnan(x), k
         elif k == "last_grad_norm":  # float64 sums of squares in another order (per slice)
             assert math.isclose(x, y, rel_tol=1e-12), (k, x, y)
-        elif k == "seed":  # the stochastic-rounding seed: drawn at random per optimizer unless given
-            assert isinstance(x, int) and isinstance(y, int), (k, x, y)
         else:
             assert x == y, (k, x, y)
 
@@ -268,21 +266,11 @@ def param_groups_and_schedules(comm: Any) -> None:
 
 
 def _half_dtypes() -> list[Any]:
-    """16-bit float dtypes that this build's SGD steps (float16 always; bfloat16 with ml_dtypes and
-    an SGD that takes it)."""
-    import minimalsgd
+    """The 16-bit float dtypes: NumPy's float16 and ml_dtypes' bfloat16 (ml_dtypes is a dependency
+    of minimalsgd: without it, or with an SGD that refuses bfloat16, the cases fail, never skip)."""
+    import ml_dtypes
 
-    out: list[Any] = [np.dtype(np.float16)]
-    try:
-        import ml_dtypes
-
-        bf16 = np.dtype(ml_dtypes.bfloat16)
-        trial = {"x": {"value": np.zeros(2, bf16), "grad": np.ones(2, bf16)}}
-        minimalsgd.SGD(trial, lr=0.5).step()
-        out.append(bf16)
-    except (ImportError, TypeError, ValueError):
-        pass
-    return out
+    return [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)]
 
 
 @case
@@ -318,6 +306,241 @@ def sixteen_bit_floats(comm: Any) -> None:
             for k in ref:
                 if isinstance(ref[k], np.ndarray):
                     assert sd[k].dtype == ref[k].dtype and sd[k].tobytes() == ref[k].tobytes(), k
+
+
+# Stochastic rounding (16-bit params): one seed per run on every rank, keys that do not depend on
+# the slicing. "big" has 1073 elements: on 2 and 3 ranks it is cut inside, past the kernel's
+# 256-element blocks, so a rank steps it from a nonzero offset.
+HALF_SHAPES = {**SHAPES, "big": (37, 29)}
+HALF_CFG = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, stochastic_rounding=True)
+
+
+def _state_snapshot(opt: Any) -> dict[str, np.ndarray]:
+    return {f"{k}/{f}": np.array(v, copy=True) for k, st in opt.state.items() for f, v in st.items()
+            if isinstance(v, np.ndarray)}
+
+
+def _same_state_dict_on_all_ranks(comm: Any, sd: dict[str, Any], what: str) -> None:
+    """``sd`` is the same bytes on every rank: its pickle (keys in order, every array's bytes and
+    every scalar, the seed and counters included) compared with rank 0's."""
+    import pickle
+
+    mine = pickle.dumps(sorted((k, v) for k, v in sd.items()), protocol=4)
+    ref = comm.bcast(mine, root=0)
+    if mine != ref:
+        ref_sd = dict(pickle.loads(ref))
+        bad = [k for k in sd if pickle.dumps(sd[k], protocol=4) != pickle.dumps(ref_sd.get(k), protocol=4)]
+        raise AssertionError(f"{what}: rank {comm.rank}'s state_dict differs from rank 0's in {bad}")
+
+
+def _exact_grads(params: dict[str, dict[str, Any]], step: int) -> None:
+    """The exact (dyadic) gradients of ``step``, written in place where a grad array is there."""
+    for k, p in params.items():
+        g = local_grad(k, p["value"].shape, p["value"].dtype, 0, step, exact=True)
+        if isinstance(p.get("grad"), np.ndarray) and p["grad"].shape == g.shape and p["grad"].flags.writeable:
+            p["grad"][...] = g
+        else:
+            p["grad"] = g
+
+
+@case
+def stochastic_rounding_replicas_identical_without_a_seed(comm: Any) -> None:
+    """README's recipe, allreduce_grads + SGD(stochastic_rounding=True) with no seed given, and
+    ShardedSGD likewise: after several steps every rank holds bit-identical values, momentum
+    buffers and state dicts (every rank uses DEFAULT_SEED), and the two recipes agree bit for bit.
+    The rounding is really stochastic (it differs from rounding to nearest and between seeds)."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    for dtype in _half_dtypes():
+        a, b, c = (make_params(dtype, HALF_SHAPES) for _ in range(3))
+        sharded = ShardedSGD(a, comm, **HALF_CFG)
+        plain = minimalsgd.SGD(b, **HALF_CFG)
+        nearest = minimalsgd.SGD(c, **{**HALF_CFG, "stochastic_rounding": False})
+        assert plain.seed == sharded.seed == minimalsgd.DEFAULT_SEED
+        for t in range(6):
+            for params in (a, b, c):
+                set_grads(params, comm.rank, t)
+            assert sharded.step() is True
+            allreduce_grads(b, comm, optimizer=plain)
+            allreduce_grads(c, comm)
+            assert plain.step() is True and nearest.step() is True
+            same_on_all_ranks(comm, snapshot(b))
+            same_on_all_ranks(comm, _state_snapshot(plain))
+            same_on_all_ranks(comm, snapshot(a))
+            assert_bitwise(snapshot(a), snapshot(b), f"{dtype} step {t}: ShardedSGD vs allreduce_grads + SGD")
+        assert any(b[k]["value"].tobytes() != c[k]["value"].tobytes() for k in b), f"{dtype}: no stochastic rounding seen"
+        sd, ref = sharded.state_dict(), plain.state_dict()
+        _same_state_dict_on_all_ranks(comm, sd, f"{dtype} ShardedSGD")
+        _same_state_dict_on_all_ranks(comm, ref, f"{dtype} SGD")
+        assert sorted(sd) == sorted(ref)
+        for k in ref:
+            if isinstance(ref[k], np.ndarray):
+                assert sd[k].dtype == ref[k].dtype and sd[k].tobytes() == ref[k].tobytes(), k
+            elif isinstance(ref[k], float) and math.isnan(ref[k]):
+                assert isinstance(sd[k], float) and math.isnan(sd[k]), k
+            else:
+                assert sd[k] == ref[k] and type(sd[k]) is type(ref[k]), (k, sd[k], ref[k])
+        # Another seed, the same on every rank: other bits, replicas still identical.
+        d = make_params(dtype, HALF_SHAPES)
+        other = ShardedSGD(d, comm, **HALF_CFG, seed=minimalsgd.DEFAULT_SEED + 1)
+        for t in range(6):
+            set_grads(d, comm.rank, t)
+            other.step()
+        same_on_all_ranks(comm, snapshot(d))
+        assert any(a[k]["value"].tobytes() != d[k]["value"].tobytes() for k in a), f"{dtype}: the seed changes nothing"
+
+
+@case
+def stochastic_rounding_independent_of_sharding(comm: Any) -> None:
+    """ShardedSGD(seed=s) rounds each element with its param's key and its index within the param:
+    on N ranks it equals allreduce_grads + SGD(seed=s) bit for bit (any gradients), and with exact
+    gradients (the same mean on any N) a single-process SGD(seed=s) bit for bit -- so 1, 2 and 3
+    ranks give the same values. float16 and bfloat16; momentum buffers of the value's dtype and
+    float32 (state_dtype="float32"); ShardedOptimizer(SGD), param groups and packed params too."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedOptimizer, ShardedSGD, allreduce_grads
+
+    seed = 12345
+
+    def groups(params: dict) -> list:
+        names = list(params)
+        return [{"params": {k: params[k] for k in names[:4]}},
+                {"params": {k: params[k] for k in names[4:]}, "momentum": 0.5, "nesterov": False}]
+
+    for dtype in _half_dtypes():
+        for state_dtype in (None, "float32"):
+            cfg = dict(HALF_CFG, seed=seed, state_dtype=state_dtype)
+            what = f"{dtype} state_dtype={state_dtype}"
+            # Any gradients: ShardedSGD == allreduce_grads + SGD.
+            a, b = make_params(dtype, HALF_SHAPES), make_params(dtype, HALF_SHAPES)
+            sharded = ShardedSGD(a, comm, **cfg)
+            plain = minimalsgd.SGD(b, **cfg)
+            for t in range(4):
+                set_grads(a, comm.rank, t)
+                set_grads(b, comm.rank, t)
+                sharded.step()
+                allreduce_grads(b, comm, optimizer=plain)
+                plain.step()
+                assert_bitwise(snapshot(a), snapshot(b), f"{what} step {t}")
+            sd, ref = sharded.state_dict(), plain.state_dict()
+            for k in ref:
+                if isinstance(ref[k], np.ndarray):
+                    assert sd[k].dtype == ref[k].dtype and sd[k].tobytes() == ref[k].tobytes(), (what, k)
+            if state_dtype == "float32":
+                assert sd["state/big/momentum_buffer"].dtype == np.float32, sd["state/big/momentum_buffer"].dtype
+            _same_state_dict_on_all_ranks(comm, sd, what)
+
+            # Exact gradients: N ranks == one process, for each way of building the sharded step.
+            builds = {
+                "ShardedSGD": lambda p: ShardedSGD(p, comm, **cfg),
+                "ShardedOptimizer(SGD)": lambda p: ShardedOptimizer(minimalsgd.SGD, p, comm, **cfg),
+                "groups": lambda p: ShardedSGD(groups(p), comm, **cfg),
+                "packed": lambda p: ShardedSGD(p, comm, pack=True, **cfg),
+            }
+            for name, build in builds.items():
+                x, y = make_params(dtype, HALF_SHAPES), make_params(dtype, HALF_SHAPES)
+                opt = build(x)
+                single = minimalsgd.SGD(groups(y) if name == "groups" else y, **cfg)
+                for t in range(4):
+                    _exact_grads(x, t)
+                    _exact_grads(y, t)
+                    opt.step()
+                    single.step()
+                assert_bitwise({k: p["value"] for k, p in x.items()}, snapshot(y), f"{what} {name} vs one process")
+                sd, ref = opt.state_dict(), single.state_dict()
+                for k in ref:
+                    if isinstance(ref[k], np.ndarray):
+                        assert sd[k].tobytes() == ref[k].tobytes(), (what, name, k)
+
+
+@case
+def settings_that_differ_between_ranks_raise_everywhere(comm: Any) -> None:
+    """The agreement covers every global setting: ranks given different seeds (or stochastic
+    rounding on some ranks only) raise the same ValueError on every rank -- in ShardedSGD.step,
+    ShardedSGD.state_dict and allreduce_grads(optimizer=) -- before anything is written."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    if comm.size == 1:
+        raise Skip("needs two ranks or more")
+    last = comm.size - 1
+    dtype = _half_dtypes()[1]
+    for cfg, contains in ((dict(seed=5), "have different seed: 5 on rank"),
+                          (dict(stochastic_rounding=False), "have different stochastic_rounding"),
+                          (dict(state_dtype="float32"), "have different state_dtype"),
+                          (dict(clip_grad_norm=2.0), "have different clip_grad_norm")):
+        kw = dict(HALF_CFG, **(cfg if comm.rank == last else {}))
+        a, b = make_params(dtype), make_params(dtype)
+        set_grads(a, comm.rank, 0)
+        set_grads(b, comm.rank, 0)
+        before = snapshot(a), {k: p["grad"].copy() for k, p in b.items()}
+        sharded = ShardedSGD(a, comm, **kw)
+        _expect_same_error(comm, ValueError, sharded.step, contains)
+        _expect_same_error(comm, ValueError, sharded.state_dict, contains)
+        plain = minimalsgd.SGD(b, **kw)
+        _expect_same_error(comm, ValueError, lambda: allreduce_grads(b, comm, optimizer=plain), contains)
+        assert_bitwise(snapshot(a), before[0], "values written")
+        assert_bitwise({k: p["grad"] for k, p in b.items()}, before[1], "grads written")
+    seed_msg = _expect_same_error(comm, ValueError, ShardedSGD(make_params(), comm, seed=comm.rank).step, "seed")
+    assert "shared_seed()" in seed_msg, seed_msg
+    try:
+        allreduce_grads(make_params(), comm, optimizer=object())
+    except TypeError as err:
+        assert "optimizer must be None or a minimalsgd optimizer" in str(err), err
+    else:
+        raise AssertionError("optimizer=object() accepted")
+
+
+@case
+def shared_seed_is_one_seed(comm: Any) -> None:
+    """shared_seed(): one random 64-bit seed, the same on every rank, another at each call."""
+    from minimalsgd.distributed import shared_seed
+
+    seeds = [shared_seed(comm) for _ in range(3)]
+    assert all(isinstance(x, int) and 0 <= x < 2**64 for x in seeds), seeds
+    assert len(set(seeds)) == 3, seeds
+    assert comm.allgather(seeds) == [seeds] * comm.size
+
+
+@case
+def sharded_takes_every_argument_of_its_optimizer(comm: Any) -> None:
+    """ShardedSGD and ShardedOptimizer forward their arguments: each argument of SGD's (and Adam's)
+    signature, given by name, reaches the plain optimizer; SGD's positional order works too.
+    An argument that SGD gains later is covered by the introspection (it fails here if refused)."""
+    import inspect
+
+    import minimalsgd
+    from minimalsgd.distributed import ShardedOptimizer, ShardedSGD
+
+    samples = dict(lr=0.25, momentum=0.5, nesterov=True, weight_decay=0.125, clip_grad_norm=3.0, dampening=0.0,
+                   maximize=True, skip_nonfinite=True, backend="numpy", stochastic_rounding=True, seed=77,
+                   state_dtype="float32", betas=(0.8, 0.9), eps=1e-6, amsgrad=True)
+    for cls, make in ((minimalsgd.SGD, lambda p, **kw: ShardedSGD(p, comm, **kw)),
+                      (minimalsgd.SGD, lambda p, **kw: ShardedOptimizer(minimalsgd.SGD, p, comm, **kw)),
+                      (minimalsgd.Adam, lambda p, **kw: ShardedOptimizer(minimalsgd.Adam, p, comm, **kw))):
+        params = [(n, p) for n, p in inspect.signature(cls).parameters.items()
+                  if n != "params" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        assert params, cls
+        everything = {}
+        base = {"momentum": 0.5} if cls is minimalsgd.SGD else {}  # (Nesterov needs momentum)
+        for name, p in params:
+            value = samples.get(name, p.default)
+            assert value is not inspect.Parameter.empty, f"{cls.__name__}.{name} has no default and no sample"
+            everything[name] = value
+            opt = make(make_params(), **{**base, name: value})  # a TypeError here: the sharded class refuses it
+            got = opt.param_groups[0][name] if name in cls.hyperparameters else getattr(opt, name)
+            assert got == value or (name == "state_dtype" and str(np.dtype(got)) == value), (cls.__name__, name, got)
+        opt = make(make_params(), **everything)
+        plain = cls(make_params(), **everything)
+        assert repr(opt._opt) == repr(plain), (repr(opt._opt), repr(plain))
+    positional = (0.25, 0.5, True, 0.125, 3.0)
+    opt = ShardedSGD(make_params(), comm, *positional)
+    plain = minimalsgd.SGD(make_params(), *positional)
+    assert repr(opt._opt) == repr(plain)
+    sig = inspect.signature(ShardedSGD)
+    assert list(sig.parameters)[:2] == ["params", "comm"] and "pack" in sig.parameters
+    assert set(inspect.signature(minimalsgd.SGD).parameters) <= set(sig.parameters)
 
 
 @case
@@ -641,8 +864,6 @@ def state_dict_is_sgd_format_on_all_ranks_or_root(comm: Any) -> None:
             assert sd[k].dtype == ref[k].dtype and sd[k].shape == ref[k].shape and sd[k].tobytes() == ref[k].tobytes(), k
         elif isinstance(ref[k], float) and math.isnan(ref[k]):
             assert math.isnan(sd[k]), k
-        elif k == "seed":  # the stochastic-rounding seed: drawn at random per optimizer unless given
-            assert type(sd[k]) is type(ref[k]) is int, (k, sd[k], ref[k])
         else:
             assert sd[k] == ref[k] and type(sd[k]) is type(ref[k]), (k, sd[k], ref[k])
     only = sharded.state_dict(root=0)
@@ -835,24 +1056,43 @@ def bad_input_same_error_everywhere(comm: Any) -> None:
 # Checkpoint chain (driven by test_distributed.py: save on 3 ranks, resume on 2, then plain SGD)
 
 CHAIN_CFG = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, clip_grad_norm=4.0)
+#: The chain of 16-bit params: stochastic rounding with a seed given (saved in the checkpoint).
+CHAIN_HALF_CFG = dict(CHAIN_CFG, stochastic_rounding=True, seed=2024)
 
 
-def chain(comm: Any, path_in: str | None, path_out: str, start: int, steps: int) -> None:
+def chain_dtype(name: str) -> np.dtype:
+    import ml_dtypes
+
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def chain_config(dtype: np.dtype) -> dict[str, Any]:
+    return CHAIN_HALF_CFG if dtype.itemsize == 2 else CHAIN_CFG
+
+
+def chain(comm: Any, path_in: str | None, path_out: str, start: int, steps: int, dtype_name: str = "float32") -> None:
+    """Resume from ``path_in`` (or start), train ``steps`` exact steps on this many ranks (checking
+    that the replicas and their state dicts stay identical), save to ``path_out`` (values as raw
+    16-bit words: np.savez keeps bfloat16 as 2-byte voids)."""
     from minimalsgd.distributed import ShardedSGD
 
-    params = make_params()
-    opt = ShardedSGD(params, comm, **CHAIN_CFG)
+    dtype = chain_dtype(dtype_name)
+    params = make_params(dtype, HALF_SHAPES if dtype.itemsize == 2 else SHAPES)
+    opt = ShardedSGD(params, comm, **chain_config(dtype))
     if path_in:
         data = np.load(path_in)
         sd = {k: data[k] for k in data.files if not k.startswith("value/")}
         for k, p in params.items():
-            p["value"][...] = data[f"value/{k}"]
+            p["value"][...] = data[f"value/{k}"].view(dtype)
         opt.load_state_dict(sd)
     _train(comm, params, opt, steps, start=start, exact=True)
+    same_on_all_ranks(comm, snapshot(params))
+    _same_state_dict_on_all_ranks(comm, opt.state_dict(), f"chain on {comm.size} ranks")
     sd = opt.state_dict(root=0)
     if comm.rank == 0:
         assert sd is not None
-        np.savez(path_out, **sd, **{f"value/{k}": p["value"] for k, p in params.items()})
+        raw = np.uint16 if dtype.itemsize == 2 else dtype
+        np.savez(path_out, **sd, **{f"value/{k}": p["value"].view(raw) for k, p in params.items()})
 
 
 def main() -> None:
@@ -862,7 +1102,7 @@ def main() -> None:
     args = sys.argv[1:]
     if args and args[0] == "--chain":
         path_in = args[1] if args[1] != "-" else None
-        chain(comm, path_in, args[2], int(args[3]), int(args[4]))
+        chain(comm, path_in, args[2], int(args[3]), int(args[4]), *args[5:6])
         return
     names = [args[1]] if args and args[0] == "--case" else list(CASES)
     for name in names:

@@ -332,3 +332,100 @@ def test_a_new_optimizer_is_a_formula_and_a_small_class():
     assert opt.lr == 0.5 and opt.state_dict()["groups/0/lr"] == 0.5
     with pytest.raises(ValueError, match="lr must be >= 0.0"):
         SignSGD(p, lr=-1.0)
+
+
+# --- pieces of params: keys by param name, offsets within the param ---------------------------
+
+HALVES = [np.dtype(np.float16)] + ([minimalsgd._half.BFLOAT16] if minimalsgd._half.BFLOAT16 is not None else [])
+
+
+def _half_params(dtype, seed=0):
+    r = np.random.default_rng(seed)
+    return {n: {"value": r.standard_normal(s).astype(np.float32).astype(dtype),
+                "grad": (r.standard_normal(s) * 0.1).astype(np.float32).astype(dtype)}
+            for n, s in (("w", (40, 25)), ("b", (300,)))}
+
+
+CUTS = (0, 100, 101, 256, 700)
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_param_entries_with_offsets_round_as_the_whole(dtype, backend):
+    """An optimizer over pieces of params ({"value", "grad", "offset"}, named by their param, as a
+    sharded or offloaded step builds them) writes the bits of the optimizer over the whole params,
+    stochastic rounding included, step after step."""
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, stochastic_rounding=True, seed=11,
+              backend=backend)
+    whole = _half_params(dtype)
+    cut = {n: {"value": p["value"].copy(), "grad": p["grad"].copy()} for n, p in whole.items()}
+    full = SGD(whole, **kw)
+    # One optimizer per piece index (a rank's view): each holds one piece of every param.
+    pieces = []
+    for lo, hi in zip(CUTS, CUTS[1:] + (None,)):
+        group = {}
+        for name, p in cut.items():
+            v, g = p["value"].reshape(-1), p["grad"].reshape(-1)
+            stop = v.size if hi is None else min(hi, v.size)
+            if lo < stop:
+                group[name] = {"value": v[lo:stop], "grad": g[lo:stop], "offset": lo}
+        pieces.append(SGD(group, **kw))
+    for _ in range(3):
+        assert full.step()
+        for opt in pieces:
+            assert opt.step()
+        for name in whole:
+            assert whole[name]["value"].tobytes() == cut[name]["value"].tobytes(), name
+    assert all(o.applied_steps == 3 for o in pieces)
+    # Without offsets the pieces would round as separate params: the offsets are what matters.
+    shifted = {n: {"value": p["value"].reshape(-1)[100:200].copy(), "grad": p["grad"].reshape(-1)[100:200]}
+               for n, p in _half_params(dtype).items()}
+    SGD(shifted, **kw).step()
+    ref = {n: {"value": p["value"].reshape(-1)[100:200].copy(), "grad": p["grad"].reshape(-1)[100:200],
+               "offset": 100} for n, p in _half_params(dtype).items()}
+    SGD(ref, **kw).step()
+    assert any(shifted[n]["value"].tobytes() != ref[n]["value"].tobytes() for n in ref)
+
+
+@pytest.mark.parametrize("bad,exc,match", [(-1, ValueError, "offset must be an int >= 0"),
+                                           (1.5, TypeError, "offset must be an int >= 0"),
+                                           (True, TypeError, "offset must be an int >= 0")])
+def test_bad_offset_raises_and_writes_nothing(bad, exc, match):
+    p = _params()
+    p["p1"]["offset"] = bad
+    before = _bits(p)
+    opt = SGD(p, lr=0.1)
+    with pytest.raises(exc, match=r"params\['p1'\]: " + match):
+        opt.step()
+    assert _bits(p) == before and opt.applied_steps == 0
+
+
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_formula_on_pieces_with_keys_and_offsets_is_the_full_step(dtype, backend):
+    """SGD_FORMULA.apply on pieces of params, each with its param's key and its offset in the
+    param (Batch.keys, Batch.offsets), writes the bits of SGD.step() over the whole params."""
+    from minimalsgd.optim.storage import name_keys
+
+    whole, cut = _half_params(dtype, 3), _half_params(dtype, 3)
+    kw = dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, stochastic_rounding=True, seed=5)
+    opt = SGD(whole, backend=backend, **kw)
+    opt.step()
+    labels, values, grads, bufs, keys, offsets = [], [], [], [], [], []
+    for name, p in cut.items():
+        v, g = p["value"].reshape(-1), p["grad"].reshape(-1)
+        buf = np.empty_like(v)
+        for lo, hi in ((0, 100), (100, 101), (101, v.size)):
+            labels.append(f"{name}[{lo}:{hi}]")
+            values.append(v[lo:hi])
+            grads.append(g[lo:hi])
+            bufs.append(buf[lo:hi])
+            keys.append(name_keys([name])[0])
+            offsets.append(lo)
+    n = len(values)
+    SGD_FORMULA.apply(Batch(labels=labels, values=values, grads=grads, state={"momentum_buffer": bufs},
+                            born=[True] * n, steps=[0] * n, group_of=[0] * n, options=opt.get_options()[:1],
+                            keys=keys, offsets=offsets, rounding=opt.storage.rounding(0),
+                            backend=minimalsgd._router.check_backend(backend)))
+    for name in whole:
+        assert whole[name]["value"].tobytes() == cut[name]["value"].tobytes(), name

@@ -234,10 +234,10 @@ struct Batch : Ranges {
         add(kind, w, g, b, size, first, i, group, kind, i);
     }
 
-    // The same with the buffer's kind `bkind` (kind, or f32 for a 16-bit kind) and the tensor's
-    // stochastic-rounding key.
+    // The same with the buffer's kind `bkind` (kind, or f32 for a 16-bit kind), the tensor's
+    // stochastic-rounding key and the rounding index of its first element (TensorSpan::index0).
     void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
-             std::uint32_t group, Kind bkind, std::uint64_t key) {
+             std::uint32_t group, Kind bkind, std::uint64_t key, std::uint64_t index0 = 0) {
         const std::size_t bytes = size * itemsize(kind);
         record(w, bytes, true, i);
         record(g, bytes, false, i);
@@ -245,28 +245,28 @@ struct Batch : Ranges {
         switch (kind) {
             case Kind::f32:
                 f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g),
-                               reinterpret_cast<float*>(b), size, first, group, key});
+                               reinterpret_cast<float*>(b), size, first, group, key, index0});
                 break;
             case Kind::f64:
                 f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                               reinterpret_cast<double*>(b), size, first, group, key});
+                               reinterpret_cast<double*>(b), size, first, group, key, index0});
                 break;
             case Kind::bf16:
                 if (b != nullptr && bkind == Kind::f32) {
                     bf16_f32.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
-                                        reinterpret_cast<float*>(b), size, first, group, key});
+                                        reinterpret_cast<float*>(b), size, first, group, key, index0});
                 } else {
                     bf16s.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
-                                     reinterpret_cast<bf16*>(b), size, first, group, key});
+                                     reinterpret_cast<bf16*>(b), size, first, group, key, index0});
                 }
                 break;
             case Kind::f16:
                 if (b != nullptr && bkind == Kind::f32) {
                     f16_f32.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
-                                       reinterpret_cast<float*>(b), size, first, group, key});
+                                       reinterpret_cast<float*>(b), size, first, group, key, index0});
                 } else {
                     f16s.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
-                                    reinterpret_cast<f16*>(b), size, first, group, key});
+                                    reinterpret_cast<f16*>(b), size, first, group, key, index0});
                 }
                 break;
         }

@@ -117,15 +117,9 @@ inline bool uint64_of(PyObject* o, std::uint64_t* out) {
     return true;
 }
 
-// The per-tensor stochastic-rounding keys: None (the tensor's position) or one int per tensor.
-inline bool keys_of(PyObject* o, std::size_t n, std::vector<std::uint64_t>& out) {
+// One int in [0, 2^64) per tensor from a list or tuple of n of them (false for anything else).
+inline bool uint64s_of(PyObject* o, std::size_t n, std::vector<std::uint64_t>& out) {
     out.resize(n);
-    if (o == Py_None) {
-        for (std::size_t i = 0; i < n; ++i) {
-            out[i] = i;
-        }
-        return true;
-    }
     if (!(PyList_CheckExact(o) || PyTuple_CheckExact(o)) || static_cast<std::size_t>(PySequence_Fast_GET_SIZE(o)) != n) {
         return false;
     }
@@ -136,6 +130,28 @@ inline bool keys_of(PyObject* o, std::size_t n, std::vector<std::uint64_t>& out)
         }
     }
     return true;
+}
+
+// The per-tensor stochastic-rounding keys: None (the tensor's position) or one int per tensor.
+inline bool keys_of(PyObject* o, std::size_t n, std::vector<std::uint64_t>& out) {
+    if (o == Py_None) {
+        out.resize(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            out[i] = i;
+        }
+        return true;
+    }
+    return uint64s_of(o, n, out);
+}
+
+// The per-tensor rounding index of each tensor's first element (TensorSpan::index0): None (0 for
+// every tensor) or one int per tensor.
+inline bool offsets_of(PyObject* o, std::size_t n, std::vector<std::uint64_t>& out) {
+    if (o == Py_None) {
+        out.assign(n, 0);
+        return true;
+    }
+    return uint64s_of(o, n, out);
 }
 
 // The rounding fields of `opts` from Python objects; false when one is not what it must be.
@@ -149,7 +165,8 @@ inline bool rounding_of(PyObject* sr, PyObject* seed, PyObject* step, minimalsgd
 
 // The checked rounding arguments of an entry point: TypeError naming the bad one.
 inline std::vector<std::uint64_t> checked_rounding(bool sr, py::handle seed, py::handle step, py::handle keys,
-                                                   std::size_t n, minimalsgd::SgdOptions* opts, std::size_t n_opts) {
+                                                   std::size_t n, minimalsgd::SgdOptions* opts, std::size_t n_opts,
+                                                   py::handle offsets, std::vector<std::uint64_t>& offset) {
     std::uint64_t s = 0, t = 0;
     if (!uint64_of(seed.ptr(), &s)) {
         throw py::type_error("seed must be an int in [0, 2**64)");
@@ -165,6 +182,9 @@ inline std::vector<std::uint64_t> checked_rounding(bool sr, py::handle seed, py:
     std::vector<std::uint64_t> key;
     if (!keys_of(keys.ptr(), n, key)) {
         throw py::type_error("rounding_keys must be None or a list/tuple of one int in [0, 2**64) per tensor");
+    }
+    if (!offsets_of(offsets.ptr(), n, offset)) {
+        throw py::type_error("rounding_offsets must be None or a list/tuple of one int in [0, 2**64) per tensor");
     }
     return key;
 }
@@ -198,7 +218,7 @@ inline View companion_of(PyObject* obj, const char* what, std::size_t i, const V
 inline void sgd_step(py::handle values, py::handle grads, py::object momentum_buffers, py::object first_steps, double lr,
               double momentum, double dampening, double weight_decay, bool nesterov, bool maximize,
               double grad_scale, bool check_overlaps, bool stochastic_rounding, py::handle seed,
-              py::handle rounding_step, py::handle rounding_keys) {
+              py::handle rounding_step, py::handle rounding_keys, py::handle rounding_offsets) {
     minimalsgd::SgdOptions opts{lr, momentum, dampening, weight_decay, nesterov, maximize};
     const std::string error = minimalsgd::validate(opts);
     if (!error.empty()) {
@@ -207,8 +227,9 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
     const std::vector<PyObject*> vs = items(values, "values");
     const std::vector<PyObject*> gs = items(grads, "grads");
     const std::size_t n = vs.size();
+    std::vector<std::uint64_t> offset;
     const std::vector<std::uint64_t> key =
-        checked_rounding(stochastic_rounding, seed, rounding_step, rounding_keys, n, &opts, 1);
+        checked_rounding(stochastic_rounding, seed, rounding_step, rounding_keys, n, &opts, 1, rounding_offsets, offset);
     if (gs.size() != n) {
         throw py::value_error("grads has " + std::to_string(gs.size()) + " arrays for " + std::to_string(n) + " values");
     }
@@ -257,7 +278,7 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
         keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
         keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
         batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first[i] != 0, i, 0,
-                  with_momentum ? b.kind : w.kind, key[i]);
+                  with_momentum ? b.kind : w.kind, key[i], offset[i]);
     }
     if (check_overlaps) {
         check_overlap(batch.ranges);
@@ -272,7 +293,7 @@ inline void sgd_step(py::handle values, py::handle grads, py::object momentum_bu
 inline void sgd_step_groups(py::handle values, py::handle grads, py::handle momentum_buffers, py::handle first_steps,
                             py::handle group_of, py::handle options, double grad_scale, bool check_overlaps,
                             bool stochastic_rounding, py::handle seed, py::handle rounding_step,
-                            py::handle rounding_keys) {
+                            py::handle rounding_keys, py::handle rounding_offsets) {
     const std::vector<PyObject*> os = items(options, "options");
     std::vector<minimalsgd::SgdOptions> opts;
     for (std::size_t j = 0; j < os.size(); ++j) {
@@ -300,8 +321,9 @@ inline void sgd_step_groups(py::handle values, py::handle grads, py::handle mome
     if (gs.size() != n || bs.size() != n || fs.size() != n || ix.size() != n) {
         throw py::value_error("values, grads, momentum_buffers, first_step and group_of must have one length");
     }
-    const std::vector<std::uint64_t> key =
-        checked_rounding(stochastic_rounding, seed, rounding_step, rounding_keys, n, opts.data(), opts.size());
+    std::vector<std::uint64_t> offset;
+    const std::vector<std::uint64_t> key = checked_rounding(stochastic_rounding, seed, rounding_step, rounding_keys, n,
+                                                            opts.data(), opts.size(), rounding_offsets, offset);
     Batch batch(n);
     std::vector<py::object> keep;  // the arrays stay alive while the GIL is released
     keep.reserve(3 * n);
@@ -332,7 +354,7 @@ inline void sgd_step_groups(py::handle values, py::handle grads, py::handle mome
         keep.emplace_back(py::reinterpret_borrow<py::object>(vs[i]));
         keep.emplace_back(py::reinterpret_borrow<py::object>(gs[i]));
         batch.add(w.kind, w.data, g.data, with_momentum ? b.data : nullptr, w.size, first != 0, i,
-                  static_cast<std::uint32_t>(group), with_momentum ? b.kind : w.kind, key[i]);
+                  static_cast<std::uint32_t>(group), with_momentum ? b.kind : w.kind, key[i], offset[i]);
     }
     if (check_overlaps) {
         check_overlap(batch.ranges);

@@ -60,12 +60,12 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("first_step"), py::arg("lr"), py::arg("momentum"), py::arg("dampening"), py::arg("weight_decay"),
           py::arg("nesterov"), py::arg("maximize"), py::arg("grad_scale"), py::arg("check_overlap") = true,
           py::arg("stochastic_rounding") = false, py::arg("seed") = 0, py::arg("rounding_step") = 0,
-          py::arg("rounding_keys") = py::none(),
+          py::arg("rounding_keys") = py::none(), py::arg("rounding_offsets") = py::none(),
           "The fused step over lists of float32/float64/float16/bfloat16 contiguous arrays, in place, in one call.");
     m.def("sgd_step_groups", &sgd_step_groups, py::arg("values"), py::arg("grads"), py::arg("momentum_buffers"),
           py::arg("first_step"), py::arg("group_of"), py::arg("options"), py::arg("grad_scale"),
           py::arg("check_overlap") = true, py::arg("stochastic_rounding") = false, py::arg("seed") = 0,
-          py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(),
+          py::arg("rounding_step") = 0, py::arg("rounding_keys") = py::none(), py::arg("rounding_offsets") = py::none(),
           "The fused step with per-tensor options (tensor i uses options[group_of[i]]), all tensors in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
           "Sum of x*x over a list of float32/float64/float16/bfloat16 contiguous arrays, accumulated in double.");

@@ -275,6 +275,74 @@ void check_index_wrap() {
 TEST_CASE(half_index_wrap_bfloat16) { check_index_wrap<bfloat16_t>(); }
 TEST_CASE(half_index_wrap_float16) { check_index_wrap<float16_t>(); }
 
+// A tensor stepped as pieces, each with its offset in the tensor as TensorSpan::index0 (a rank's
+// slice of a sharded param), rounds with the bits of the whole tensor stepped at once.
+template <class S, class B>
+void check_pieces_round_as_whole() {
+    std::mt19937_64 rng(13);
+    const std::size_t n = 1000;
+    const std::size_t cuts[] = {0, 1, 255, 256, 300, 777, 1000};
+    SgdOptions o{0.05, 0.9, 0.0, 1e-3, true, false};
+    o.stochastic_rounding = true;
+    o.seed = 5;
+    o.step = 2;
+    for (bool first : {true, false}) {
+        const std::vector<S> w0 = randh<S>(n, rng, 1.0), g = randh<S>(n, rng, 0.1);
+        std::vector<B> v0(n);
+        const std::vector<S> vh = randh<S>(n, rng, 1.0);
+        for (std::size_t i = 0; i < n; ++i) {
+            if constexpr (std::is_same<B, float>::value) {
+                v0[i] = minimalsgd::to_float(vh[i]) * 0.3f;
+            } else {
+                v0[i] = vh[i];
+            }
+        }
+        std::vector<S> w_whole = w0, w_pieces = w0;
+        std::vector<B> v_whole = v0, v_pieces = v0;
+        const minimalsgd::TensorSpan<S, B> whole{w_whole.data(), g.data(), v_whole.data(), n, first, 0, 77};
+        minimalsgd::multi_tensor_sgd_step(&whole, 1, o, 1.0f);
+        std::vector<minimalsgd::TensorSpan<S, B>> pieces;
+        for (std::size_t c = 0; c + 1 < sizeof(cuts) / sizeof(cuts[0]); ++c) {
+            const std::size_t lo = cuts[c], hi = cuts[c + 1];
+            pieces.push_back({w_pieces.data() + lo, g.data() + lo, v_pieces.data() + lo, hi - lo, first, 0, 77, lo});
+        }
+        minimalsgd::Parallel par;
+        par.num_threads = 2;
+        par.grain = 1;
+        minimalsgd::multi_tensor_sgd_step(pieces.data(), pieces.size(), o, 1.0f, par);
+        int bad = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (w_whole[i].bits != w_pieces[i].bits) ++bad;
+            if constexpr (std::is_same<B, float>::value) {
+                if (!(v_whole[i] == v_pieces[i])) ++bad;
+            } else {
+                if (v_whole[i].bits != v_pieces[i].bits) ++bad;
+            }
+        }
+        CHECK_MSG(bad == 0, std::to_string(bad) + " elements differ");
+        // Without the offsets the pieces would round with other bits (the test can fail).
+        std::vector<S> w_wrong = w0;
+        std::vector<B> v_wrong = v0;
+        for (auto& p : pieces) {
+            const std::size_t lo = static_cast<std::size_t>(p.index0);
+            p = {w_wrong.data() + lo, g.data() + lo, v_wrong.data() + lo, p.size, first, 0, 77, 0};
+        }
+        minimalsgd::multi_tensor_sgd_step(pieces.data(), pieces.size(), o, 1.0f);
+        int differ = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            if (w_whole[i].bits != w_wrong[i].bits) ++differ;
+        }
+        CHECK(differ > 0);
+    }
+}
+
+TEST_CASE(half_pieces_with_index0_round_as_whole) {
+    check_pieces_round_as_whole<bfloat16_t, bfloat16_t>();
+    check_pieces_round_as_whole<bfloat16_t, float>();
+    check_pieces_round_as_whole<float16_t, float16_t>();
+    check_pieces_round_as_whole<float16_t, float>();
+}
+
 TEST_CASE(half_sum_of_squares) {
     std::mt19937_64 rng(9);
     const auto x = randh<bfloat16_t>(100003, rng, 1.0);

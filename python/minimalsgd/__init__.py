@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import schedules
 from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
+from ._half import DEFAULT_SEED
 from ._paths import get_cmake_dir, get_include
 from ._version import __version__
 from .functional import adam_step, global_grad_norm, sgd_step
@@ -31,6 +32,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Arena",
+    "DEFAULT_SEED",
     "SGD",
     "__version__",
     "adam_step",

@@ -17,7 +17,9 @@ The same definitions as the C++ core (``csrc/include/minimalsgd/half.hpp``), bit
       r_value = h & 0xffff0000;  r_buffer = (h << 16) mod 2**32
 
   ``i`` counts elements in the value's memory order: C order, or F order for an array that is
-  F-contiguous and not C-contiguous (the order the native kernel walks).
+  F-contiguous and not C-contiguous (the order the native kernel walks), from ``index0`` (0 for a
+  whole tensor; a piece of a larger tensor, such as a rank's slice of a sharded param, passes its
+  offset in that tensor, so it rounds with the bits the whole tensor would).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ except ImportError:  # pragma: no cover - ml_dtypes is a dependency; float16 wor
 
 __all__ = [
     "BFLOAT16",
+    "DEFAULT_SEED",
     "FLOAT16",
     "is_half",
     "mix64",
@@ -48,6 +51,13 @@ __all__ = [
 #: numpy.dtype of ml_dtypes.bfloat16 (None without ml_dtypes) and of float16.
 BFLOAT16: np.dtype | None = np.dtype(_ml_dtypes.bfloat16) if _ml_dtypes is not None else None
 FLOAT16 = np.dtype(np.float16)
+
+#: The stochastic-rounding seed of an optimizer built without ``seed=`` (``SGD``,
+#: ``minimalsgd.torch.SGD``): one fixed, documented number -- the one torch seeds its default
+#: generator with -- so that runs are reproducible by default and every process of a data-parallel
+#: run derives the same seed without communicating. Pass ``seed=`` for another rounding stream
+#: (``minimalsgd.distributed.shared_seed()`` draws one at random, the same on every rank).
+DEFAULT_SEED = 67280421310721
 
 _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
@@ -185,9 +195,11 @@ def step_one(
     seed: int = 0,
     rounding_step: int = 0,
     key: int = 0,
+    index0: int = 0,
 ) -> None:
     """The fused step on one 16-bit tensor: float32 temporaries in the kernel's order, each stored
-    result rounded once (the buffer not at all when it is float32)."""
+    result rounded once (the buffer not at all when it is float32); element ``i`` rounds with the
+    random bits of element ``index0 + i`` of the tensor whose key is ``key``."""
     f32 = np.float32
     wf = w.astype(f32)
     g = grad.astype(f32) * f32(-grad_scale if maximize else grad_scale)
@@ -197,7 +209,7 @@ def step_one(
     order = walk_order(w)
     if stochastic_rounding:
         k = rounding_tensor_key(rounding_step_key(seed, rounding_step), key)
-        bits = rounding_bits(k, w.size)
+        bits = rounding_bits(k, w.size, index0)
         r_w = bits & np.uint32(0xFFFF0000)
         r_b = bits << np.uint32(16)
     if momentum != 0:

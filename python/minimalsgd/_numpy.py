@@ -265,14 +265,16 @@ def sgd_step(
     seed: int = 0,
     rounding_step: int = 0,
     rounding_keys: Sequence[int] | None = None,
+    rounding_offsets: Sequence[int] | None = None,
 ) -> None:
     """The fused step over many tensors. Inputs are assumed validated (see _functional): arrays
     of one (floating or complex) dtype per tensor, matching shapes, nothing written overlapping
     anything else.
 
     float16/bfloat16 tensors compute in float32 temporaries and round each stored result once
-    (``_half.step_one``: to nearest, or stochastically with ``seed``, ``rounding_step`` and
-    ``rounding_keys``, default: positions), as the native kernel does."""
+    (``_half.step_one``: to nearest, or stochastically with ``seed``, ``rounding_step``,
+    ``rounding_keys``, default: positions, and ``rounding_offsets``, the rounding index of each
+    tensor's first element, default: 0), as the native kernel does."""
     if any(_half.is_half(w.dtype) for w in values):
         one = isinstance(first_step, (bool, np.bool_))
         rest: list[int] = []
@@ -283,8 +285,9 @@ def sgd_step(
             buf = momentum_buffers[i] if momentum != 0 and momentum_buffers is not None else None
             first = bool(first_step if one else first_step[i])  # type: ignore[index]
             key = i if rounding_keys is None else rounding_keys[i]
+            index0 = 0 if rounding_offsets is None else rounding_offsets[i]
             _half.step_one(w, grads[i], buf, first, lr, momentum, dampening, weight_decay, nesterov, maximize,
-                           grad_scale, stochastic_rounding, seed, rounding_step, key)
+                           grad_scale, stochastic_rounding, seed, rounding_step, key, index0)
         if not rest:
             return
         values = [values[i] for i in rest]

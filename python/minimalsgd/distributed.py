@@ -17,6 +17,12 @@ optimizer's, a division by ``N`` (when averaging), and, for :func:`allreduce_gra
 two ways give bit-identical values on any number of ranks (an ``Allreduce`` would sum in another
 order than a ``Reduce_scatter`` once ``N >= 3``, and floating-point addition is not associative).
 
+Stochastic rounding (16-bit params) rounds alike on every rank, and alike however the elements
+are sliced: an optimizer built without ``seed=`` uses :data:`minimalsgd.DEFAULT_SEED` on every
+rank (:func:`shared_seed` draws a random seed shared by all ranks), the sharded step's agreement
+compares the seed with every other setting, and each element rounds with its param's key and its
+index within the param (never a slice's).
+
 ``mpi4py`` is imported on first use, never by ``import minimalsgd``. Install it with
 ``pip install 'minimalsgd[mpi]'`` (mpi4py and the mpich wheel).
 """
@@ -24,8 +30,10 @@ order than a ``Reduce_scatter`` once ``N >= 3``, and floating-point addition is 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import operator
+import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -34,7 +42,7 @@ import numpy as np
 from . import _functional as F
 from .optim import SGD
 
-__all__ = ["ShardedOptimizer", "ShardedSGD", "allreduce_grads", "broadcast_params", "partition"]
+__all__ = ["ShardedOptimizer", "ShardedSGD", "allreduce_grads", "broadcast_params", "partition", "shared_seed"]
 
 # Element types MPI sums portably. 16-bit floats (float16, ml_dtypes' bfloat16) have no portable MPI
 # sum: they are summed in float32 and moved as raw 16-bit words (see _Layout).
@@ -144,20 +152,23 @@ def _describe_mismatch(infos: list[tuple[Any, int]]) -> str:
         if sig == ref and extra == ref_extra:
             continue
         head = f"the params differ between ranks: rank {r} and rank 0 "
+        settings_head = f"the settings differ between ranks: rank {r} and rank 0 "
         if sig == ref:
             return head + "hold different values; start every rank from the same values (broadcast_params(params))"
         ref_items, items = dict(ref.get("params", ())), dict(sig.get("params", ()))
         for key in sorted(ref.keys() | sig.keys()):
             if key in ("params", "groups") or ref.get(key) == sig.get(key):
                 continue
-            return head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0"
+            hint = _SEED_HINT if key == "seed" else ""
+            return settings_head + f"have different {key}: {sig.get(key)!r} on rank {r}, {ref.get(key)!r} on rank 0{hint}"
         groups0, groups_r = ref.get("groups") or [], sig.get("groups") or []
         if len(groups0) != len(groups_r):
             return head + f"have {len(groups_r)} and {len(groups0)} param groups"
         for gi, (g0, gr) in enumerate(zip(groups0, groups_r)):
             for key in g0:
                 if g0[key] != gr.get(key):
-                    return head + f"have different {key} in param group {gi}: {gr.get(key)!r} on rank {r}, {g0[key]!r} on rank 0"
+                    return (settings_head + f"have different {key} in param group {gi}: {gr.get(key)!r} on rank {r}, "
+                            f"{g0[key]!r} on rank 0")
         only0 = [k for k in ref_items if k not in items]
         only_r = [k for k in items if k not in ref_items]
         if only0 or only_r:
@@ -167,6 +178,40 @@ def _describe_mismatch(infos: list[tuple[Any, int]]) -> str:
                 return head + f"disagree on params[{name!r}]: {_fmt(items[name])} on rank {r}, {_fmt(desc)} on rank 0"
         return head + "list the same params in a different order"
     return "the ranks disagree"  # pragma: no cover - unreachable when hashes differ
+
+
+_SEED_HINT = ("; pass the same seed= on every rank (or none: every rank then uses minimalsgd.DEFAULT_SEED; "
+              "minimalsgd.distributed.shared_seed() draws a random one for all ranks)")
+
+
+def _settings_signature(opt: Any, options: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """What the ranks stepping replicas of one model must agree on besides the params: each group's
+    options for this step (``options``, schedules evaluated) and every global setting (clip, skip,
+    backend, stochastic rounding, seed, state dtype). Raises as the optimizer's step would."""
+    out: dict[str, Any] = {"groups": [dict(zip(opt.hyperparameters, o)) for o in options]}
+    out.update(opt._global_values())
+    return out
+
+
+def _step_options(opt: Any) -> list[tuple[Any, ...]]:
+    """Each group's options for the optimizer's next step (schedules evaluated), checked."""
+    count = opt.applied_steps
+    return [opt._checked_group(g, f"param_groups[{i}]", opt._lr_of(i, g, count)) for i, g in enumerate(opt.param_groups)]
+
+
+def shared_seed(comm: Any = None) -> int:
+    """A random stochastic-rounding seed, the same on every rank of ``comm`` (a collective call):
+    rank 0 draws 64 bits from the OS and broadcasts them.
+
+    Optimizers built without ``seed=`` use :data:`minimalsgd.DEFAULT_SEED` on every rank, so runs
+    round reproducibly and alike everywhere; for a different rounding stream per run, pass
+    ``seed=shared_seed(comm)`` on every rank (a seed drawn on each rank separately would make the
+    replicas round differently, and the sharded step refuses ranks whose seeds differ). The seed is
+    saved in ``state_dict()``, so a resumed run keeps it.
+    """
+    comm = _check_comm(comm)
+    mine = secrets.randbits(64) if comm.Get_rank() == 0 else None
+    return int(comm.bcast(mine, root=0))
 
 
 def _fmt(desc: tuple[Any, ...]) -> str:
@@ -255,9 +300,8 @@ class _Layout:
         self.packed_values: np.ndarray | None = None  # full-size copies when the params are not an arena
         self.packed_grads: np.ndarray | None = None
         self._flat_cache: dict[str, tuple[list[Any], np.ndarray | None]] = {}
-        self._runs: list[tuple[int, int, int]] = []
+        self._runs: dict[bool, tuple[Any, list[tuple[int, int, int, int]]]] = {}  # split -> (key, runs)
         self._views: dict[int, tuple[np.ndarray, list[np.ndarray]]] = {}
-        self._runs_key: Any = None
 
     @property
     def scratch(self) -> np.ndarray:
@@ -278,6 +322,19 @@ class _Layout:
     def vector(self, flat: np.ndarray) -> list[Any]:
         return [self.raw(flat), self.counts, self.displs, self.mpi_type]
 
+    @staticmethod
+    def moved(arr: np.ndarray) -> list[Any]:
+        """``[buffer, MPI type]`` of a 1-D array of any supported dtype as MPI moves it (a state
+        field may have another dtype than the values: float32 buffers of 16-bit params)."""
+        if _is_half(arr.dtype):
+            return [arr.view(np.uint16), _mpi().UINT16_T]
+        return [arr, _mpi_type(arr.dtype)]
+
+    def vector_of(self, flat: np.ndarray) -> list[Any]:
+        """``flat`` (full size, any supported dtype) cut into this layout's slices, as MPI moves it."""
+        buf, mpi_type = self.moved(flat)
+        return [buf, self.counts, self.displs, mpi_type]
+
     def flat_of(self, what: str, arrays: list[Any]) -> np.ndarray | None:
         """The 1-D view over ``arrays`` (this layout's values or grads) when they tile one buffer
         in order, else None. Cached by identity: an array object's memory never moves."""
@@ -288,12 +345,16 @@ class _Layout:
         self._flat_cache[what] = (list(arrays), flat)
         return flat
 
-    def runs(self, key: Any, has_grad: list[bool], group_of: list[int], born: list[bool], steps: list[int]) -> list[tuple[int, int, int]]:
-        """``[(start, stop, param index of the first)]`` in slice coordinates: maximal stretches of
-        params that have a grad and share group, birth and step count (cached per ``key``)."""
-        if self._runs_key == key:
-            return self._runs
-        out: list[tuple[int, int, int]] = []
+    def runs(self, key: Any, has_grad: list[bool], group_of: list[int], born: list[bool], steps: list[int],
+             split: bool = False) -> list[tuple[int, int, int, int]]:
+        """``[(start, stop, param index of the first, offset)]`` in slice coordinates: maximal
+        stretches of params that have a grad and share group, birth and step count, or with
+        ``split`` one run per param (``offset``: the index within its param of the run's first
+        element, which stochastic rounding needs). Cached per ``key`` and ``split``."""
+        cached = self._runs.get(split)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out: list[tuple[int, int, int, int]] = []
         last = None
         for pc, a, b in self.segments:
             i = pc.index
@@ -303,12 +364,12 @@ class _Layout:
             s0 = pc.offset + a - self.lo
             s1 = s0 + b - a
             tag = (group_of[i], born[i], steps[i])
-            if out and last == tag and out[-1][1] == s0:
-                out[-1] = (out[-1][0], s1, out[-1][2])
+            if not split and out and last == tag and out[-1][1] == s0:
+                out[-1] = (out[-1][0], s1, out[-1][2], out[-1][3])
             else:
-                out.append((s0, s1, i))
+                out.append((s0, s1, i, a))
             last = tag
-        self._runs, self._runs_key = out, key
+        self._runs[split] = (key, out)
         return out
 
     def views(self, flat: np.ndarray) -> list[np.ndarray]:
@@ -383,12 +444,18 @@ def _allgather_in_place(comm: Any, layout: _Layout, flat: np.ndarray) -> None:
     comm.Allgatherv(MPI.IN_PLACE, layout.vector(flat))
 
 
-def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None:
+def allreduce_grads(params: Any, comm: Any = None, average: bool = True, *, optimizer: Any = None) -> None:
     r"""Sum (``average=False``) or average every gradient across the ranks of ``comm``, in place.
 
     ``params`` is a param dict ``{name: {"value": ndarray, "grad": ndarray}}`` or a list of groups
     ``[{"params": {...}, ...}]``; params whose grad is None are skipped (on every rank alike).
     Afterwards every rank holds :math:`\bar g = \frac1N \sum_r g_r` (or the sum) in each grad.
+
+    ``optimizer``: the plain optimizer (``minimalsgd.SGD``, ...) that steps these params next on
+    every rank. Its settings for that step -- each group's hyperparameters (schedules evaluated)
+    and every global setting, the stochastic-rounding ``seed`` included -- then join the check that
+    every rank already makes, at no extra cost: ranks whose optimizers would step their replicas
+    differently raise the same ValueError on every rank before anything is written.
 
     The grads of each dtype are reduced as one bucket: one ``Reduce_scatter`` (with the slice
     boundaries of :class:`ShardedSGD`, which makes the two bit-identical) and one ``Allgatherv``.
@@ -400,15 +467,22 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None
         TypeError: ``comm`` is not an MPI communicator; a grad is not an array of a supported dtype
             (float32, float64, complex64, complex128, float16, bfloat16).
         ValueError: a grad is read-only, or the ranks disagree on the names, shapes, dtypes or the
-            presence of grads. The same error is raised on every rank, before anything is written.
+            presence of grads (or on ``optimizer``'s settings). The same error is raised on every
+            rank, before anything is written.
     """
     comm = _check_comm(comm)
     size, rank = comm.Get_size(), comm.Get_rank()
     error: BaseException | None = None
     items: list[tuple[str, tuple[Any, ...]]] = []
     by_dtype: dict[np.dtype, list[tuple[str, np.ndarray]]] = {}
+    settings: dict[str, Any] = {}
     try:
         average = F.check_bool("average", average)
+        if optimizer is not None:
+            if not (hasattr(optimizer, "_global_values") and hasattr(optimizer, "param_groups")):
+                raise TypeError(f"optimizer must be None or a minimalsgd optimizer (like minimalsgd.SGD), "
+                                f"got {type(optimizer).__name__}")
+            settings = _settings_signature(optimizer, _step_options(optimizer))
         for prefix, group in _groups(params):
             for name, p in group.items():
                 label = f"{prefix}[{name!r}]"
@@ -427,7 +501,7 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True) -> None
                 by_dtype.setdefault(_dtype_key(grad), []).append((label, grad))
     except (TypeError, ValueError) as err:
         error = err
-    _agree(comm, {"params": items, "average": average}, error)
+    _agree(comm, {"params": items, "average": average, **settings}, error)
     if size == 1:
         return
     for dtype, entries in by_dtype.items():
@@ -495,23 +569,29 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
 class ShardedOptimizer:
     r"""Any minimalsgd optimizer with its state sharded across the ranks of ``comm`` (ZeRO stage 1).
 
-    ``ShardedOptimizer(optimizer_class, params, comm=None, pack=False, **arguments)``: ``params`` and
-    the arguments are ``optimizer_class``'s (:class:`minimalsgd.SGD` for :class:`ShardedSGD`) and mean
+    ``ShardedOptimizer(optimizer_class, params, comm=None, *arguments, pack=False, **arguments)``:
+    ``params`` and the arguments are ``optimizer_class``'s (:class:`minimalsgd.SGD` for
+    :class:`ShardedSGD`), forwarded to it as given, so every argument it takes is taken and means
     the same; the params must have the same names, shapes and dtypes on every rank and the same
-    values at the start (see :func:`broadcast_params`). The elements of each dtype, params end to
+    values at the start (see :func:`broadcast_params`), and the settings must be the same on every
+    rank (the stochastic-rounding ``seed`` too: without ``seed=`` every rank has
+    :data:`minimalsgd.DEFAULT_SEED`; :func:`shared_seed` draws a random one for all ranks). The elements of each dtype, params end to
     end in order (C order within a param), are cut into ``N`` contiguous slices (:func:`partition`);
     rank ``r`` keeps every state array (``optimizer_class.state_fields``) only for slice ``r``.
     ``step()``:
 
     1. checks the params on every rank and agrees (one 3-integer allreduce) that all ranks hold the
-       same names, shapes, dtypes, grads present and hyperparameters, else raises the same
-       error everywhere and writes nothing;
+       same names, shapes, dtypes, grads present, hyperparameters and global settings (clip, skip,
+       backend, stochastic rounding, seed, state dtype), else raises the same error everywhere and
+       writes nothing;
     2. ``Reduce_scatter`` of the grads, divided by ``N``: rank ``r`` gets the mean gradient of its slice;
     3. with ``clip_grad_norm`` or ``skip_nonfinite``: each rank's sum of squares of its slice (float64)
        and one ``Allgather`` of those ``N`` numbers, summed in rank order by every rank, so the norm,
        the clip coefficient and the skip decision are identical everywhere;
     4. the optimizer's own fused formula (its ``_run``, one call per dtype) on 1-D views of this
-       rank's slice: stretches of consecutive params that share group, step count and first step;
+       rank's slice: stretches of consecutive params that share group, step count and first step
+       (one view per param where 16-bit results round stochastically: each view rounds with its
+       param's key and its offset in the param, so the bits do not depend on the slicing);
     5. ``Allgatherv`` of the values, so every rank ends with the same full values.
 
     Grads are never written. When the values (and grads) of a dtype are consecutive views of one
@@ -523,18 +603,22 @@ class ShardedOptimizer:
 
     Settings, counters and checkpoints belong to a plain ``optimizer_class`` over the same params
     that this object keeps without state (``opt.lr``, ``opt.param_groups``, ``opt.skipped_steps``,
-    ... are its); only the state arrays are sharded. The result equals :func:`allreduce_grads`
-    followed by the plain optimizer bit for bit, except that with an engaged clip the norm is
-    summed in another order (a difference of float64 rounding in the clip coefficient).
+    ... are its); only the state arrays are sharded. ``state_dict()`` is the same on every rank.
+    The result equals :func:`allreduce_grads` followed by the plain optimizer bit for bit (with
+    stochastic rounding too, for C-contiguous params: the sharded step counts a param's elements
+    in C order, the plain step in the param's memory order), except that with an engaged clip the
+    norm is summed in another order (a difference of float64 rounding in the clip coefficient).
     """
 
-    def __init__(self, optimizer_class: type, params: Any, comm: Any = None, *, pack: bool = False, **kwargs: Any) -> None:
+    def __init__(self, optimizer_class: type, params: Any, comm: Any = None, *args: Any, pack: bool = False,
+                 **kwargs: Any) -> None:
         comm = _check_comm(comm)
         pack = F.check_bool("pack", pack)
         if not (isinstance(optimizer_class, type) and hasattr(optimizer_class, "_run") and hasattr(optimizer_class, "state_fields")):
             raise TypeError(f"optimizer_class must be a minimalsgd optimizer class (like minimalsgd.SGD), got {optimizer_class!r}")
-        # The plain optimizer validates everything as it always does and keeps the settings.
-        opt = optimizer_class(params, **kwargs)
+        # The plain optimizer takes its own arguments (forwarded, never re-listed here), validates
+        # everything as it always does and keeps the settings.
+        opt = optimizer_class(params, *args, **kwargs)
         arena = None
         if pack:
             import minimalsgd
@@ -555,6 +639,7 @@ class ShardedOptimizer:
         d["_verified"] = False  # the first step also checks that the values agree
         d["_last_signature"] = None
         d["_last_digest"] = 0
+        d["_keys"] = None  # per param: its stochastic-rounding key (made when first needed)
 
     # Settings and counters live in the plain optimizer.
     def __getattr__(self, name: str) -> Any:
@@ -615,17 +700,23 @@ class ShardedOptimizer:
         rules, and the global (clip, skip, backend)."""
         opt = self._opt
         clip, skip, backend = opt._check_globals()
-        count = opt.applied_steps
-        options = [opt._checked_group(g, f"param_groups[{i}]", opt._lr_of(i, g, count))
-                   for i, g in enumerate(opt.param_groups)]
-        return options, clip, skip, backend
+        return _step_options(opt), clip, skip, backend
 
     def _fresh(self) -> Any:
-        """A plain optimizer over the same params and settings, without state."""
-        opt = self._opt
-        groups = [dict(g) for g in opt.param_groups]
-        return type(opt)(groups, **opt.defaults, clip_grad_norm=opt.clip_grad_norm,
-                         skip_nonfinite=opt.skip_nonfinite, backend=opt.backend)
+        """A plain optimizer over the same params and settings (all of them), without state."""
+        return self._opt._fresh_copy()
+
+    def _field_dtype(self, opt: Any, lay: _Layout, field: str) -> np.dtype:
+        """The dtype of ``field``'s state arrays for params of ``lay``'s dtype (the optimizer's
+        choice: float32 buffers of 16-bit params with ``state_dtype="float32"``)."""
+        return opt._new_state_array(field, np.empty(0, dtype=lay.dtype)).dtype
+
+    def _rounding_key_list(self) -> list[int]:
+        """Each param's stochastic-rounding key, as the plain optimizer keys it (by name)."""
+        keys = self._keys
+        if keys is None or len(keys) != len(self._names):
+            keys = self.__dict__["_keys"] = self._opt._rounding_keys(self._names)
+        return keys
 
     # -----------------------------------------------------------------------------------------
     # Layout (local: built from this rank's params, checked against the other ranks at each step)
@@ -750,16 +841,15 @@ class ShardedOptimizer:
         desc: list[tuple[str, tuple[Any, ...]]] = []
         entries: list[Any] = []
         settings = None
+        agreed: dict[str, Any] = {}
         try:
             settings = self._options()
+            agreed = _settings_signature(opt, settings[0])
             desc, entries, group_of = self._describe()
             self._check_unchanged(desc, group_of)
         except (TypeError, ValueError) as err:
             error = err
-        signature: dict[str, Any] = {"params": desc}
-        if settings is not None:
-            signature["groups"] = [dict(zip(opt.hyperparameters, o)) for o in settings[0]]
-            signature["clip_grad_norm"], signature["skip_nonfinite"] = settings[1], settings[2]
+        signature: dict[str, Any] = {"params": desc, **agreed}
         extra = 0
         if not self._verified and error is None:
             extra = self._values_digest()
@@ -828,7 +918,7 @@ class ShardedOptimizer:
             bad = 0.0
             views = []
             for lay, mine in zip(self._layouts, reduced):
-                for s0, s1, _ in lay.runs(run_key, has_grad, group_of, born, steps):
+                for s0, s1, _, _ in lay.runs(run_key, has_grad, group_of, born, steps):
                     views.append(mine[s0:s1])
             if views:
                 local = F.sum_of_squares([f"slice[{i}]" for i in range(len(views))], views, backend)
@@ -844,17 +934,22 @@ class ShardedOptimizer:
             scale = F.clip_scale(norm, clip)
 
         # 3. The formula on this rank's slice, one call per dtype; 4. allgather the values.
+        # Stochastic rounding keys each element by its param and its index within the param (as the
+        # plain optimizer does), never by the slice: 16-bit runs are then cut at params, and each
+        # view carries its param's key and its offset in that param.
+        stochastic = bool(agreed.get("stochastic_rounding", False))
         for lay, vflat, mine in zip(self._layouts, values_flat, reduced):
-            runs = lay.runs(run_key, has_grad, group_of, born, steps)
+            split = lay.half and stochastic
+            runs = lay.runs(run_key, has_grad, group_of, born, steps, split)
             labels, vs, gs, states, borns, run_steps, run_groups = [], [], [], [], [], [], []
-            for s0, s1, i in runs:
+            for s0, s1, i, _ in runs:
                 gi = group_of[i]
                 row: list[np.ndarray | None] = []
                 for f in fields:
                     if f in needed[gi]:
                         arr = lay.state.get(f)
                         if arr is None:
-                            arr = lay.state[f] = np.empty(lay.hi - lay.lo, dtype=lay.dtype)
+                            arr = lay.state[f] = np.empty(lay.hi - lay.lo, dtype=self._field_dtype(opt, lay, f))
                         row.append(arr[s0:s1])
                     else:
                         row.append(None)
@@ -870,7 +965,15 @@ class ShardedOptimizer:
                 run_steps.append(steps[i])
                 run_groups.append(gi)
             if vs:
-                opt._run(labels, vs, gs, states, borns, run_steps, run_groups, options, scale, backend)
+                keys = offsets = None
+                if split:
+                    param_keys = self._rounding_key_list()
+                    keys = [param_keys[i] for _, _, i, _ in runs]
+                    offsets = [a for _, _, _, a in runs]
+                elif lay.half:  # rounding to nearest: no keys to compute
+                    keys = [0] * len(vs)
+                opt._run(labels, vs, gs, states, borns, run_steps, run_groups, options, scale, backend,
+                         rounding_keys=keys, rounding_offsets=offsets)
             _allgather_in_place(comm, lay, vflat)
             if vflat is lay.packed_values:
                 for pc, src in zip(lay.pieces, lay.views(vflat)):
@@ -895,15 +998,27 @@ class ShardedOptimizer:
     def state_dict(self, root: int | None = None) -> dict[str, Any] | None:
         """The full optimizer state, exactly the plain optimizer's ``state_dict()`` format (a collective call).
 
-        With ``root=None`` (default) every rank gets it (one ``Allgatherv`` per state field and
-        dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None, which
-        saves memory on the others. Save it from one rank, e.g.
+        With ``root=None`` (default) every rank gets it, the same on every rank (one ``Allgatherv``
+        per state field and dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others
+        get None, which saves memory on the others. Save it from one rank, e.g.
         ``if sd is not None: np.savez(path, **sd)``. Every rank must call it, with the same ``root``.
+        It first agrees (one 3-integer allreduce) that every rank has the same settings (the seed
+        included), else raises the same ValueError on every rank.
         """
         comm = self.comm
         size = self.world_size
         if root is not None and (isinstance(root, bool) or not isinstance(root, int) or not 0 <= root < size):
             raise ValueError(f"root must be None or a rank in [0, {size}), got {root!r}")
+        error: BaseException | None = None
+        agreed: dict[str, Any] = {}
+        opt = self._opt
+        try:  # the settings as saved (a schedule is code, not saved: not called here)
+            groups = [{k: "schedule" if callable(g.get(k)) else g.get(k) for k in opt.hyperparameters}
+                      for g in opt.param_groups]
+            agreed = {"groups": groups, **opt._global_values()}
+        except (TypeError, ValueError) as err:
+            error = err
+        _agree(comm, {"state_dict": root, **agreed}, error)
         self._ensure_layout()
         assert self._layouts is not None
         fields = self._opt.state_fields
@@ -915,16 +1030,16 @@ class ShardedOptimizer:
                     continue
                 mine = lay.state.get(f)
                 if mine is None:
-                    mine = np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
+                    mine = np.zeros(lay.hi - lay.lo, dtype=self._field_dtype(self._opt, lay, f))
                 if root is None or self.rank == root:
-                    full = np.empty(lay.total, dtype=lay.dtype)
-                    recv = lay.vector(full)
+                    full = np.empty(lay.total, dtype=mine.dtype)
+                    recv = lay.vector_of(full)
                 else:
                     full, recv = None, None
                 if root is None:
-                    comm.Allgatherv([lay.raw(mine), lay.mpi_type], recv)
+                    comm.Allgatherv(lay.moved(mine), recv)
                 else:
-                    comm.Gatherv([lay.raw(mine), lay.mpi_type], recv, root=root)
+                    comm.Gatherv(lay.moved(mine), recv, root=root)
                 per_field[f] = full
             gathered.append(per_field)
         if root is not None and self.rank != root:
@@ -983,7 +1098,7 @@ class ShardedOptimizer:
             for f in fields:
                 if not any(has[f][pc.index] for pc in lay.pieces):
                     continue
-                sl = np.zeros(lay.hi - lay.lo, dtype=lay.dtype)
+                sl = np.zeros(lay.hi - lay.lo, dtype=self._field_dtype(trial, lay, f))
                 for pc, a, b in lay.segments:
                     if pc.index in arrays[f]:
                         s = pc.offset + a - lay.lo
@@ -1001,24 +1116,31 @@ class ShardedOptimizer:
 
 class ShardedSGD(ShardedOptimizer):
     """:class:`minimalsgd.SGD` with its momentum buffers sharded across the ranks of ``comm``
-    (ZeRO stage 1): see :class:`ShardedOptimizer`. The arguments are SGD's, plus ``comm`` and ``pack``."""
+    (ZeRO stage 1): see :class:`ShardedOptimizer`.
 
-    def __init__(
-        self,
-        params: Any,
-        comm: Any = None,
-        lr: Any = 1e-2,
-        momentum: float = 0.0,
-        nesterov: bool = False,
-        weight_decay: float = 0.0,
-        clip_grad_norm: float | None = None,
-        *,
-        dampening: float = 0.0,
-        maximize: bool = False,
-        skip_nonfinite: bool = False,
-        backend: F.Backend = "auto",
-        pack: bool = False,
-    ) -> None:
-        super().__init__(SGD, params, comm, pack=pack, lr=lr, momentum=momentum, nesterov=nesterov,
-                         weight_decay=weight_decay, clip_grad_norm=clip_grad_norm, dampening=dampening,
-                         maximize=maximize, skip_nonfinite=skip_nonfinite, backend=backend)
+    ``ShardedSGD(params, comm=None, lr, momentum, nesterov, weight_decay, clip_grad_norm, *,
+    pack=False, **SGD's keyword arguments)``: every argument but ``comm`` and ``pack`` is forwarded
+    to :class:`minimalsgd.SGD` as given (positional ones in SGD's order), so it takes all of SGD's
+    arguments -- ``stochastic_rounding``, ``seed``, ``state_dtype`` and any added later -- with
+    SGD's meaning and checks.
+    """
+
+    def __init__(self, params: Any, comm: Any = None, *args: Any, pack: bool = False, **kwargs: Any) -> None:
+        super().__init__(SGD, params, comm, *args, pack=pack, **kwargs)
+
+
+def _forwarding_signature(optimizer_class: type) -> inspect.Signature:
+    """``optimizer_class.__init__``'s signature with ``comm`` after ``params`` and a keyword-only
+    ``pack``: what a sharded class that forwards its arguments accepts (for ``help()`` and
+    ``inspect``; derived from the optimizer's, never copied)."""
+    sig = inspect.signature(optimizer_class.__init__)
+    ps = list(sig.parameters.values())
+    comm = inspect.Parameter("comm", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+    pack = inspect.Parameter("pack", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")
+    tail = ps[2:]
+    var_kw = [p for p in tail if p.kind is inspect.Parameter.VAR_KEYWORD]
+    rest = [p for p in tail if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return sig.replace(parameters=[*ps[:2], comm, *rest, pack, *var_kw])
+
+
+ShardedSGD.__init__.__signature__ = _forwarding_signature(SGD)  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ constructor arguments.
 The formulas of this package are ``minimalsgd.optim.SGD_FORMULA``, ``ADAM_FORMULA`` and
 ``ADAMW_FORMULA`` (``minimalsgd.optim.SGD.formula`` is the first).
 
-This module is types and documentation only: it imports nothing but NumPy.
+This module is types and documentation only (and the default seed of 16-bit rounding).
 """
 
 from __future__ import annotations
@@ -25,7 +25,9 @@ from typing import Any, NamedTuple, Optional, Protocol, Union, runtime_checkable
 
 import numpy as np
 
-__all__ = ["AdamOptions", "Batch", "Formula", "Options", "Rounding", "SGDOptions"]
+from ._half import DEFAULT_SEED
+
+__all__ = ["DEFAULT_SEED", "AdamOptions", "Batch", "Formula", "Options", "Rounding", "SGDOptions"]
 
 
 class SGDOptions(NamedTuple):
@@ -67,11 +69,11 @@ class Rounding(NamedTuple):
     ``stochastic``: round each stored result stochastically (else to nearest even), with the
     random bits of (``seed``, ``step``, the tensor's key, the element's index within its param):
     never of how elements are sliced over threads, ranks or buckets. ``step`` is the rounding
-    step: the optimizer's applied steps before this one. A NamedTuple: it unpacks as
-    ``(stochastic, seed, step)``."""
+    step: the optimizer's applied steps before this one. ``seed`` defaults to
+    :data:`minimalsgd.DEFAULT_SEED`. A NamedTuple: it unpacks as ``(stochastic, seed, step)``."""
 
     stochastic: bool = False
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     step: int = 0
 
 

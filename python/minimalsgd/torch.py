@@ -39,7 +39,6 @@ Importing :mod:`minimalsgd` never imports torch; this module does.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +49,7 @@ from torch.optim.optimizer import _get_scalar_dtype
 from torch.optim.sgd import sgd as _torch_sgd
 
 from . import _functional as F
+from . import _half
 
 try:
     from torch.optim.optimizer import _device_dtype_check_for_fused
@@ -358,7 +358,8 @@ class SGD(_NativeStep, torch.optim.SGD):
     Extra options: ``stochastic_rounding=True`` rounds the stored bfloat16/float16 results of the
     native params stochastically (params that fall back to torch round to nearest), with random
     bits of (``seed``, the group's ``rounding_step``, the param's index, element index); ``seed``
-    defaults to one drawn from the OS. They are per-group entries (``stochastic_rounding``,
+    defaults to :data:`minimalsgd.DEFAULT_SEED` (a fixed number: reproducible by default, and the
+    same in every process of a data-parallel run). They are per-group entries (``stochastic_rounding``,
     ``seed``, ``rounding_step``), kept in ``state_dict()``; without the option the groups hold
     exactly torch's keys.
     """
@@ -369,7 +370,7 @@ class SGD(_NativeStep, torch.optim.SGD):
                  weight_decay: Any = 0, nesterov: bool = False, *, maximize: bool = False,
                  foreach: bool | None = None, differentiable: bool = False, fused: bool | None = None,
                  stochastic_rounding: bool = False, seed: int | None = None) -> None:
-        sr, seed_checked, _ = F.check_rounding(stochastic_rounding, secrets.randbits(64) if seed is None else seed)
+        sr, seed_checked, _ = F.check_rounding(stochastic_rounding, _half.DEFAULT_SEED if seed is None else seed)
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov, maximize=maximize, foreach=foreach, differentiable=differentiable,
                          fused=fused)

@@ -19,7 +19,8 @@
 // the formula runs in float (hyperparameters rounded to float once), and each stored result -- the
 // value, and the momentum buffer when it is 16-bit too -- is rounded once to its storage type: to
 // nearest even, or stochastically (SgdOptions::stochastic_rounding) with the random bits of
-// (seed, step, span key, element index): the value uses the high 16 bits, the buffer the low 16.
+// (seed, step, span key, element index = span index0 + position): the value uses the high 16
+// bits, the buffer the low 16.
 // The momentum buffer is of the value's type, or float (TensorSpan<S, float>): then it is stored
 // unrounded. Within the step the unrounded float v feeds the update, as in torch's fused kernel.
 //
@@ -50,7 +51,10 @@ namespace minimalsgd {
 /// has not been written yet: this step sets it to the gradient. `group` is the index of the
 /// tensor's hyperparameters in the options array of the call (0 when the call has one set).
 /// `key` tells this tensor's random bits from other tensors' in stochastic rounding (give each
-/// tensor of a model its own, stable across steps: its position, say).
+/// tensor of a model its own, stable across steps: its position, say). `index0` is the element
+/// index, in those random bits, of `value[0]`: 0 for a whole tensor; for a piece of a larger one
+/// (a rank's slice of a sharded param), the piece's offset in it, so that the piece rounds with
+/// the bits the whole tensor would (same `key`, element `index0 + i`).
 /// T is float, double, bfloat16_t or float16_t; the buffer type B is T, or float when T is 16-bit.
 template <class T, class B = T>
 struct TensorSpan {
@@ -61,6 +65,7 @@ struct TensorSpan {
     bool first_step;
     std::uint32_t group = 0;
     std::uint64_t key = 0;
+    std::uint64_t index0 = 0;
 };
 
 /// One gradient of a multi-tensor sum of squares.
@@ -253,7 +258,7 @@ void step_range(const TensorSpan<T, B>* spans, std::size_t count, std::size_t be
             const Prepared<T, B>& p = groups[s.group];
             B* buf = s.momentum_buffer ? s.momentum_buffer + lo : nullptr;
             const std::uint64_t key = p.stochastic ? rounding_tensor_key(p.step_key, s.key) : 0;
-            (s.first_step ? p.first : p.later)(s.value + lo, s.grad + lo, buf, hi - lo, p.c, key, lo);
+            (s.first_step ? p.first : p.later)(s.value + lo, s.grad + lo, buf, hi - lo, p.c, key, s.index0 + lo);
         }
         offset += s.size;
     }

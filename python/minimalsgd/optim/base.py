@@ -26,7 +26,6 @@ for bit as the whole.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Union
 
@@ -111,7 +110,7 @@ _SETTING_DOCS = {
     "skip_nonfinite": "Whether a step whose gradients hold a NaN or an infinity writes nothing.",
     "backend": '"auto", "native" or "numpy".',
     "stochastic_rounding": "Whether float16/bfloat16 results round stochastically (else to nearest even).",
-    "seed": "The stochastic-rounding seed, an int in [0, 2**64).",
+    "seed": "The stochastic-rounding seed, an int in [0, 2**64) (default: minimalsgd.DEFAULT_SEED).",
     "state_dtype": "None (state arrays of the value's dtype) or float32 (for float16/bfloat16 values).",
 }
 
@@ -201,7 +200,7 @@ class Optimizer(PrivateAPI):
         self._state: dict[str, dict[str, Any]] = {}
         self._settings: dict[str, Any] = dict(
             clip_grad_norm=clip_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
-            stochastic_rounding=stochastic_rounding, seed=secrets.randbits(64) if seed is None else seed,
+            stochastic_rounding=stochastic_rounding, seed=_half.DEFAULT_SEED if seed is None else seed,
             state_dtype=state_dtype,
         )
         self.defaults = dict(defaults)

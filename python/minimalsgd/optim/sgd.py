@@ -72,8 +72,11 @@ class SGD(Optimizer):
 
     float16 and bfloat16 (``ml_dtypes.bfloat16``) params compute in float32 and round each stored
     result once: to nearest even, or with ``stochastic_rounding=True`` stochastically, with random
-    bits keyed by (``seed``, ``applied_steps``, a 64-bit key of the param's name, element index).
-    ``seed`` (an int in [0, 2**64)) defaults to one drawn from the OS; both are in
+    bits keyed by (``seed``, ``applied_steps``, a 64-bit key of the param's name, element index
+    within the param). ``seed`` (an int in [0, 2**64)) defaults to :data:`minimalsgd.DEFAULT_SEED`,
+    a fixed number: runs round reproducibly, and every rank of a data-parallel run
+    (``allreduce_grads`` + ``SGD``) rounds alike without passing one; pass ``seed=`` for another
+    stream (``minimalsgd.distributed.shared_seed()`` draws one, the same on every rank). Both are in
     :meth:`state_dict`, so a resumed run rounds bit for bit as the uninterrupted one. Stochastic
     rounding is ignored for float32/float64 params (nothing to round). ``state_dtype="float32"``
     keeps the momentum buffers of 16-bit params in float32 (unrounded); by default a buffer has
