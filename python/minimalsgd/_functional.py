@@ -8,6 +8,7 @@ imports the modules above.
 reads it here, so replacing it here (a test without the extension) reaches the torch layer only.
 """
 
+# ruff: noqa: F401  (re-exports)
 from __future__ import annotations
 
 from ._router import CORE_IMPORT_ERROR as _CORE_IMPORT_ERROR

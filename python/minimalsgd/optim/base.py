@@ -25,7 +25,6 @@ for bit as the whole.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from typing import Any, ClassVar, Union
 
