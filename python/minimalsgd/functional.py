@@ -36,8 +36,10 @@ __all__ = ["adam_step", "global_grad_norm", "sgd_step"]
 
 ArrayOrArrays = Union[np.ndarray, Sequence[np.ndarray]]
 
-# The common case of sgd_step in one native call (None without the extension).
+# The common case of sgd_step in one native call (None without the extension), and whether
+# backend="auto" means native in this process (read once: sgd_step's fast path is a few hundred ns).
 _try_sgd_step = R.try_sgd_step
+_AUTO_IS_NATIVE = R.AUTO_IS_NATIVE
 
 
 def sgd_step(
@@ -104,7 +106,7 @@ def sgd_step(
     # The common case in one native call: every input valid and every tensor native. The native
     # side checks all of it and writes nothing unless all of it holds; anything else (another
     # backend, a dtype or layout NumPy must serve, or an error to report) takes the path below.
-    if _try_sgd_step is not None and ((backend == "auto" and R.AUTO_IS_NATIVE) or backend == "native"):
+    if _try_sgd_step is not None and ((backend == "auto" and _AUTO_IS_NATIVE) or backend == "native"):
         if stochastic_rounding is False and rounding_keys is None:
             if _try_sgd_step(
                 values, grads, momentum_buffers, first_step, lr, momentum, dampening, weight_decay, nesterov, maximize,
