@@ -1,4 +1,5 @@
-"""Pure-bfloat16 training with round-to-nearest vs stochastic rounding vs float32.
+"""Pure-bfloat16 training with round-to-nearest vs stochastic rounding vs float32
+===============================================================================
 
 The same small MLP (64 -> 64 ReLU -> 10, softmax cross-entropy) trains on scikit-learn's digits
 (shipped with scikit-learn: nothing is downloaded) three times with minimalsgd's ``SGD``:
@@ -10,7 +11,7 @@ The same small MLP (64 -> 64 ReLU -> 10, softmax cross-entropy) trains on scikit
 Forward and backward passes compute in float32 from the stored weights; only the storage differs.
 With a small learning rate most updates are below half a unit in the last place of a bfloat16
 weight, so rounding to nearest drops them and training stalls; stochastic rounding keeps every
-update in expectation and tracks float32.
+update in expectation and tracks float32. Run it with::
 
     python examples/bf16_rounding.py            # about 10 s; writes bf16_rounding.png
     python examples/bf16_rounding.py --quick    # a few seconds (the test suite runs this)
@@ -29,6 +30,8 @@ from sklearn.model_selection import train_test_split
 from minimalsgd import SGD
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
+# The docstring's title (sphinx-gallery runs the script without its docstring).
+DESCRIPTION = "Pure-bfloat16 training with round-to-nearest vs stochastic rounding vs float32."
 
 
 def data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -95,7 +98,7 @@ def train(dtype: np.dtype, stochastic: bool, epochs: int, lr: float, batch: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="a few epochs (the test suite's run)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--lr", type=float, default=0.005)
@@ -141,4 +144,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Not sys.exit(main()): main() returns 0, and SystemExit would also end a docs build that
+    # runs this script (sphinx-gallery).
+    main()

@@ -1,4 +1,8 @@
-"""Data-parallel training of a small NumPy MLP over MPI, with sharded optimizer state (ZeRO-1).
+"""Data parallel over MPI with sharded optimizer state (ZeRO-1)
+==============================================================
+
+Data-parallel training of a small NumPy MLP over MPI, with sharded optimizer state (ZeRO-1).
+Run it with::
 
     mpiexec -n 2 python examples/mpi_train.py            # ShardedSGD (default)
     mpiexec -n 2 python examples/mpi_train.py --plain    # allreduce_grads + plain SGD on every rank

@@ -1,5 +1,8 @@
-"""The seed notebook as a runnable comparison: vanilla SGD, momentum, Nesterov, Adam and AdamW
-training one small multilayer perceptron, written in plain NumPy, on scikit-learn's digits.
+"""The seed notebook: five optimizers on a NumPy MLP
+==================================================
+
+The seed notebook as a runnable comparison: vanilla SGD, momentum, Nesterov, Adam and AdamW
+training one small multilayer perceptron, written in plain NumPy, on scikit-learn's digits. Run it with::
 
     python examples/notebook_comparison.py            # full run, writes notebook_comparison.png
     python examples/notebook_comparison.py --quick    # a few seconds (what CI runs)
@@ -212,7 +215,7 @@ def train(name: str, init: dict, data: tuple, epochs: int, batch: int, seed: int
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="The seed notebook as a runnable comparison of five optimizers.")
     ap.add_argument("--quick", action="store_true", help="a short run (CI): 2 epochs, a smaller net")
     ap.add_argument("--out", default="notebook_comparison.png", help="where to write the loss curves")
     ap.add_argument("--epochs", type=int, default=None)

@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 IN_CHECKOUT = (ROOT / "pyproject.toml").is_file() and (ROOT / ".git").exists() and shutil.which("git") is not None
 
 # Files of the checkout that the sdist leaves out on purpose: CI scripts, git's own files, the
-# bench results quoted in README. Every other file a developer would commit must be in it.
-LEFT_OUT_DIRS = (".ci/",)
-LEFT_OUT_FILES = {".gitignore", "bench/results.json", "bench/bandwidth.png", "bench/results_half.txt"}
+# dated bench results (bench/results/). Every other file a developer would commit must be in it.
+LEFT_OUT_DIRS = (".ci/", "bench/results/")
+LEFT_OUT_FILES = {".gitignore"}
 # What a developer's checkout also holds (README's commands, CI, builds, test runs): never shipped.
 JUNK = {
     ".venv/pyvenv.cfg": "home = /usr/bin\n",
@@ -42,6 +42,9 @@ JUNK = {
     ".pytest_cache/v/cache/lastfailed": "{}",
     ".hypothesis/examples/0/1": "",
     "bench/results/run.json": "{}",
+    "docs/_build/html/index.html": "",
+    "docs/auto_examples/index.rst": "",
+    "docs/sg_execution_times.rst": "",
 }
 
 needs_checkout = pytest.mark.skipif(not IN_CHECKOUT, reason="needs the git checkout (the suite runs outside it)")
@@ -148,11 +151,11 @@ def test_sdist_holds_exactly_the_sources(sdist):
     # The essentials, by name, so that the rule above cannot pass on an empty checkout.
     for f in ("pyproject.toml", "CMakeLists.txt", "README.md", "LICENSE", "cmake/minimalsgdConfig.cmake.in",
               "csrc/include/minimalsgd/sgd.hpp", "csrc/python/module.cpp", "python/minimalsgd/__init__.py",
-              "tests/test_sgd.py", "examples/cpp/CMakeLists.txt", "bench/run.py"):
+              "tests/test_sgd.py", "examples/cpp/CMakeLists.txt", "bench/run.py", "CHANGELOG.md", "docs/conf.py"):
         assert f in got, f
     for junk in JUNK:
         assert junk not in got
-    never = (".venv/", ".ci-venv/", "build/", "dist/", ".ci/")
+    never = (".venv/", ".ci-venv/", "build/", "dist/", ".ci/", "docs/_build/", "docs/auto_examples/")
     assert not [f for f in got if f.startswith(never) or "__pycache__" in f]
 
 

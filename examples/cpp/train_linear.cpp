@@ -1,5 +1,12 @@
+// Linear regression in C++ with the header-only core
+// ===================================================
+//
 // Trains a linear regression y = X w with minibatch SGD (momentum 0.9, Nesterov, weight decay),
 // using minimalsgd's fused step on plain std::vector buffers. Prints the loss as it falls.
+// Build it against the installed wheel (``examples/cpp/CMakeLists.txt`` uses ``find_package``)::
+//
+//     cmake -S examples/cpp -B build/example -Dminimalsgd_DIR=$(python -m minimalsgd --cmakedir)
+//     cmake --build build/example && build/example/train_linear
 #include <minimalsgd/minimalsgd.hpp>
 
 #include <cmath>

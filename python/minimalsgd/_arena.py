@@ -47,19 +47,29 @@ def _register(flat: np.ndarray, slots: Sequence[Slot]) -> None:
 
 
 class Arena:
-    """The flat storage made by :func:`pack_params`. Stable attributes (other modules rely on them):
+    """The flat storage made by :func:`pack_params` (not built by hand).
 
-    ``values``: dict dtype -> 1-D C-contiguous array, native byte order: the values of every
-        packed param of that dtype, tightly packed (no gaps), in packing order.
-    ``grads``: dict dtype -> 1-D array of the same size: the grads, slot for slot. A param packed
-        with grad None keeps its slot here (zeros), but its dict entry keeps ``grad`` None, so
-        optimizers keep skipping it until you assign a grad.
-    ``slots``: dict name -> :class:`Slot` ``(dtype, start, stop, shape)``.
-    ``names``: the packed names in packing order.
+    Its attributes are stable: :mod:`minimalsgd.distributed` slices them.
 
-    ``zero_grad()`` zeroes every grad slot with one fill per dtype. ``value(name)`` and
-    ``grad(name)`` are views of a param's slice (``grad(name)`` also for a param whose dict grad
-    is None: assign it to ``params[name]["grad"]`` to give that param a grad inside the arena).
+    Parameters
+    ----------
+    values, grads, slots : dict
+        The attributes of the same names (below), as :func:`pack_params` builds them.
+
+    Attributes
+    ----------
+    values : dict
+        dtype -> 1-D C-contiguous array, native byte order: the values of every packed param of
+        that dtype, tightly packed (no gaps), in packing order.
+    grads : dict
+        dtype -> 1-D array of the same size: the grads, slot for slot. A param packed with grad
+        None keeps its slot here (zeros), but its dict entry keeps ``grad`` None, so optimizers
+        keep skipping it until you assign a grad.
+    slots : dict
+        name -> ``Slot(dtype, start, stop, shape)``: the param is
+        ``values[dtype][start:stop].reshape(shape)``, and its grad the same slice of ``grads``.
+    names : list of str
+        The packed names in packing order.
     """
 
     def __init__(self, values: dict[np.dtype, np.ndarray], grads: dict[np.dtype, np.ndarray], slots: dict[str, Slot]):
@@ -71,10 +81,36 @@ class Arena:
             _register(flat, [s for s in slots.values() if s.dtype == dt])
 
     def value(self, name: str) -> np.ndarray:
+        """The param ``name``'s value: a view of its slice of ``values[dtype]``, of its shape.
+
+        Parameters
+        ----------
+        name : str
+            A packed param's name.
+
+        Returns
+        -------
+        ndarray
+            The view (writing it writes the arena).
+        """
         s = self.slots[name]
         return self.values[s.dtype][s.start : s.stop].reshape(s.shape)
 
     def grad(self, name: str) -> np.ndarray:
+        """The param ``name``'s grad slot: a view of its slice of ``grads[dtype]``, of its shape (also
+        for a param whose dict grad is None: assign it to ``params[name]["grad"]`` to give that
+        param a grad inside the arena).
+
+        Parameters
+        ----------
+        name : str
+            A packed param's name.
+
+        Returns
+        -------
+        ndarray
+            The view (writing it writes the arena).
+        """
         s = self.slots[name]
         return self.grads[s.dtype][s.start : s.stop].reshape(s.shape)
 
@@ -85,6 +121,7 @@ class Arena:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the flat value and grad buffers together."""
         return sum(a.nbytes for a in self.values.values()) + sum(a.nbytes for a in self.grads.values())
 
     def __repr__(self) -> str:
@@ -181,20 +218,58 @@ def _entries(params: ParamsOrGroups) -> list[tuple[str, MutableMapping[str, Any]
 def pack_params(params: ParamsOrGroups) -> Arena:
     """Move every param's value and grad into one flat buffer per dtype; rebind the dict entries.
 
-    ``params`` is a param dict ``{name: {"value": ndarray, "grad": ndarray or None}}`` or a list
-    of groups ``[{"params": {...}, ...}, ...]`` (names unique across groups). For each dtype (in
-    native byte order), values are copied into consecutive slices of one new 1-D array in the
-    order of the dicts, each slice in C order, with no gaps; grads into the same slices of a
-    second array. Then every entry's ``"value"`` and ``"grad"`` are replaced by views of those
-    slices with the original shapes (a grad that was None stays None; its slice holds zeros).
+    For each dtype (in native byte order), values are copied into consecutive slices of one new
+    1-D array in the order of the dicts, each slice in C order, with no gaps; grads into the same
+    slices of a second array. Then every entry's ``"value"`` and ``"grad"`` are replaced by views
+    of those slices with the original shapes (a grad that was None stays None; its slot holds
+    zeros). A step over packed params is one pass over one buffer per dtype (the optimizer's
+    cached plan joins adjacent tensors into one span), and so are the clip norm and
+    :meth:`Arena.zero_grad`; the result is bit for bit the step of the unpacked params.
 
+    Parameters
+    ----------
+    params : dict or list of dict
+        A param dict ``{name: {"value": ndarray, "grad": ndarray or None}}`` or a list of groups
+        ``[{"params": {...}, ...}, ...]`` (names unique across groups), as the optimizers take.
+
+    Returns
+    -------
+    Arena
+        The flat buffers and where each param lives in them.
+
+    Raises
+    ------
+    TypeError
+        An entry that is not a dict, a value that is not a floating-point or complex ndarray, a
+        grad that is not an ndarray or None, or of another dtype than its value.
+    ValueError
+        An entry without ``"value"``, a read-only value, a grad of another shape, a name repeated
+        across groups.
+
+    The message names the param. Validation comes first: nothing is changed when either is
+    raised.
+
+    Notes
+    -----
     The arrays the entries held before are no longer the params: steps update the arena, not
     them. Hold ``params[name]["value"]`` (or ``arena.value(name)``) from now on. Write grads into
     ``params[name]["grad"][...]`` (in place) to keep them in the arena; assigning a new array
     works, but that param then leaves the single pass.
 
-    Validation comes first: a TypeError/ValueError names the param at fault and nothing is
-    changed. Returns the :class:`Arena`.
+    Examples
+    --------
+    >>> params = {"w": {"value": np.ones((2, 3), np.float32), "grad": np.zeros((2, 3), np.float32)},
+    ...           "b": {"value": np.zeros(3, np.float32), "grad": np.zeros(3, np.float32)}}
+    >>> arena = minimalsgd.pack_params(params)
+    >>> arena
+    Arena(2 params; float32: 9 elements)
+    >>> params["b"]["value"].base is arena.values[np.dtype(np.float32)]
+    True
+    >>> opt = minimalsgd.SGD(params, lr=0.1, momentum=0.9)
+    >>> params["w"]["grad"][...] = 1.0          # write INTO the grad view
+    >>> opt.step()
+    True
+    >>> arena.zero_grad()                       # one fill per dtype
     """
     entries = _entries(params)
     # Sizes per dtype, in order.

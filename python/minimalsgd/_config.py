@@ -20,9 +20,28 @@ _ISA_SIMD = {"avx2": "AVX2", "avx512": "AVX-512", "avx512_bf16": "AVX-512 BF16"}
 def backend_info() -> dict[str, Any]:
     """The backend that ``backend="auto"`` picks and what the native one runs, as a dict.
 
-    ``processor`` is the processor the extension was compiled for (``x86_64``, ``aarch64``, ...;
-    the machine's own without the extension), ``isa`` the kernel set in use and ``simd`` its
-    vector instructions (``SSE2``/``AVX2``/``AVX-512`` on x86-64, ``NEON`` on aarch64).
+    Returns
+    -------
+    dict
+        ``version``; ``backend`` (``"native"`` or ``"numpy"``, what ``backend="auto"`` means in
+        this process); ``native_available`` (and ``native_import_error`` when it is False);
+        ``MINIMALSGD_BACKEND``; ``processor``, the processor the extension was compiled for
+        (``x86_64``, ``aarch64``, ...; the machine's own without the extension); ``isa``, the
+        kernel set in use (``baseline``, ``avx2``, ``avx512``, ``avx512_bf16``; override with
+        ``MINIMALSGD_ISA``) and ``simd``, its vector instructions (``SSE2``, ``AVX2``,
+        ``AVX-512``, ``AVX-512 BF16``; ``NEON`` on aarch64); ``supported_isas`` (this CPU) and
+        ``compiled_isas`` (this build); ``MINIMALSGD_ISA``; ``openmp``; ``num_threads``;
+        ``grain``, the element count below which a call runs on one thread.
+
+    See Also
+    --------
+    show_config : the same, printed.
+
+    Examples
+    --------
+    >>> info = minimalsgd.backend_info()
+    >>> info["backend"] in ("native", "numpy"), info["version"] == minimalsgd.__version__
+    (True, True)
     """
     core = R._core
     info: dict[str, Any] = {
@@ -52,7 +71,16 @@ def backend_info() -> dict[str, Any]:
 
 
 def show_config() -> None:
-    """Print :func:`backend_info`, one line per entry."""
+    """Print :func:`backend_info`, one line per entry (``python -m minimalsgd config`` does the same).
+
+    Examples
+    --------
+    >>> minimalsgd.show_config()  # doctest: +ELLIPSIS
+    minimalsgd configuration
+      version            : ...
+      backend            : ...
+    ...
+    """
     info = backend_info()
     print("minimalsgd configuration")
     width = max(len(k) for k in info)
@@ -65,13 +93,41 @@ def get_num_threads() -> int:
 
     :func:`set_num_threads` (n > 0) decides for every thread; otherwise OpenMP's setting does:
     ``OMP_NUM_THREADS``, all cores by default, or a ``threadpoolctl.threadpool_limits`` in force.
+
+    Returns
+    -------
+    int
+        The thread count (1 without the native extension or without OpenMP).
     """
     return R._core.get_num_threads() if R._core is not None else 1
 
 
 def set_num_threads(n: int) -> None:
-    """Use ``n`` threads for large work, from every Python thread; 0 goes back to OpenMP's
-    setting (``OMP_NUM_THREADS`` or all cores, and threadpoolctl limits apply again)."""
+    """Use ``n`` threads for large work, from every Python thread.
+
+    Work below the grain size (32768 elements) always runs on the calling thread; results do
+    not depend on the thread count.
+
+    Parameters
+    ----------
+    n : int
+        The thread count; 0 goes back to OpenMP's setting (``OMP_NUM_THREADS`` or all cores, and
+        threadpoolctl limits apply again).
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int.
+    ValueError
+        ``n < 0``.
+
+    Examples
+    --------
+    >>> minimalsgd.set_num_threads(1)
+    >>> minimalsgd.get_num_threads()
+    1
+    >>> minimalsgd.set_num_threads(0)          # back to OMP_NUM_THREADS / all cores
+    """
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 0:

@@ -105,7 +105,26 @@ def partition(total: int, size: int) -> tuple[list[int], list[int]]:
     """The slice of ``total`` elements that each of ``size`` ranks owns: ``(counts, displs)``.
 
     Rank ``r`` owns elements ``displs[r] : displs[r] + counts[r]``; counts differ by at most one
-    (the first ``total % size`` ranks hold one more).
+    (the first ``total % size`` ranks hold one more). This is how :class:`ShardedOptimizer` cuts
+    the elements of each dtype, and where :func:`allreduce_grads` reduce-scatters.
+
+    Parameters
+    ----------
+    total : int
+        The element count.
+    size : int
+        The number of ranks, ``>= 1``.
+
+    Returns
+    -------
+    counts, displs : list of int
+        Each rank's element count and first element.
+
+    Examples
+    --------
+    >>> from minimalsgd.distributed import partition
+    >>> partition(10, 3)
+    ([4, 3, 3], [0, 4, 7])
     """
     base, extra = divmod(int(total), int(size))
     counts = [base + (1 if r < extra else 0) for r in range(size)]
@@ -208,6 +227,26 @@ def shared_seed(comm: Any = None) -> int:
     ``seed=shared_seed(comm)`` on every rank (a seed drawn on each rank separately would make the
     replicas round differently, and the sharded step refuses ranks whose seeds differ). The seed is
     saved in ``state_dict()``, so a resumed run keeps it.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+
+    Returns
+    -------
+    int
+        An int in ``[0, 2**64)``, the same on every rank.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``comm`` is not an MPI intra-communicator.
+
+    Examples
+    --------
+    >>> from minimalsgd.distributed import ShardedSGD, shared_seed
+    >>> opt = ShardedSGD(params, lr=0.1, stochastic_rounding=True, seed=shared_seed())  # doctest: +SKIP
     """
     comm = _check_comm(comm)
     mine = secrets.randbits(64) if comm.Get_rank() == 0 else None
@@ -460,15 +499,45 @@ def allreduce_grads(params: Any, comm: Any = None, average: bool = True, *, opti
     The grads of each dtype are reduced as one bucket: one ``Reduce_scatter`` (with the slice
     boundaries of :class:`ShardedSGD`, which makes the two bit-identical) and one ``Allgatherv``.
     When the grads of a dtype are already consecutive views of one buffer (see
-    ``minimalsgd.pack_params``), that buffer is reduced in place; otherwise the grads are packed
-    into a buffer of their size and copied back.
+    :func:`minimalsgd.pack_params`), that buffer is reduced in place; otherwise the grads are packed
+    into a buffer of their size and copied back. float16 and bfloat16 grads are summed in
+    float32 and rounded once to their dtype (MPI has no portable 16-bit sum).
 
-    Raises:
-        TypeError: ``comm`` is not an MPI communicator; a grad is not an array of a supported dtype
-            (float32, float64, complex64, complex128, float16, bfloat16).
-        ValueError: a grad is read-only, or the ranks disagree on the names, shapes, dtypes or the
-            presence of grads (or on ``optimizer``'s settings). The same error is raised on every
-            rank, before anything is written.
+    A collective call: every rank calls it, with the same params.
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        A param dict or a list of param groups, as :class:`minimalsgd.SGD` takes.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    average : bool, default True
+        Divide the sum by the number of ranks.
+    optimizer : optimizer, optional
+        The plain optimizer that steps these params next on every rank (keyword only): its
+        settings join the agreement (see above).
+
+    Raises
+    ------
+    TypeError
+        ``comm`` is not an MPI intra-communicator; a grad is not an array of a supported dtype
+        (float32, float64, complex64, complex128, float16, bfloat16).
+    ValueError
+        A grad is read-only, or the ranks disagree on the names, shapes, dtypes or the presence
+        of grads (or on ``optimizer``'s settings).
+
+    The same error is raised on every rank, before anything is written.
+
+    Examples
+    --------
+    Run under ``mpiexec -n 2 python script.py``; on one process it leaves the grads as they are:
+
+    >>> from minimalsgd.distributed import allreduce_grads
+    >>> params = {"w": {"value": np.zeros(3), "grad": np.ones(3)}}
+    >>> opt = minimalsgd.SGD(params, lr=0.1)
+    >>> allreduce_grads(params, optimizer=opt)            # doctest: +SKIP
+    >>> opt.step()                                        # the same step on every rank
+    True
     """
     comm = _check_comm(comm)
     size, rank = comm.Get_size(), comm.Get_rank()
@@ -531,7 +600,24 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
     """Copy every value of ``root``'s params to the other ranks, in place (one ``Bcast`` per value).
 
     Call it once after building the model so that every rank starts from the same values, as
-    :class:`ShardedSGD` requires (its first step checks it).
+    :class:`ShardedSGD` requires (its first step checks it). A collective call.
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        A param dict or a list of param groups; only the values are sent.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    root : int, default 0
+        The rank whose values every rank gets.
+
+    Raises
+    ------
+    TypeError
+        ``comm`` is not an MPI intra-communicator, or a value is not an ndarray.
+    ValueError
+        ``root`` is not a rank of ``comm``; a value is read-only; the ranks disagree on names,
+        shapes or dtypes (the same error on every rank, nothing written).
     """
     comm = _check_comm(comm)
     size = comm.Get_size()
@@ -569,7 +655,6 @@ def broadcast_params(params: Any, comm: Any = None, root: int = 0) -> None:
 class ShardedOptimizer:
     r"""Any minimalsgd optimizer with its state sharded across the ranks of ``comm`` (ZeRO stage 1).
 
-    ``ShardedOptimizer(optimizer_class, params, comm=None, *arguments, pack=False, **arguments)``:
     ``params`` and the arguments are ``optimizer_class``'s (:class:`minimalsgd.SGD` for
     :class:`ShardedSGD`), forwarded to it as given, so every argument it takes is taken and means
     the same; the params must have the same names, shapes and dtypes on every rank and the same
@@ -588,7 +673,7 @@ class ShardedOptimizer:
     3. with ``clip_grad_norm`` or ``skip_nonfinite``: each rank's sum of squares of its slice (float64)
        and one ``Allgather`` of those ``N`` numbers, summed in rank order by every rank, so the norm,
        the clip coefficient and the skip decision are identical everywhere;
-    4. the optimizer's own fused formula (its ``_run``, one call per dtype) on 1-D views of this
+    4. the optimizer's own fused formula (one call per dtype) on 1-D views of this
        rank's slice: stretches of consecutive params that share group, step count and first step
        (one view per param where 16-bit results round stochastically: each view rounds with its
        param's key and its offset in the param, so the bits do not depend on the slicing);
@@ -608,6 +693,45 @@ class ShardedOptimizer:
     stochastic rounding too, for C-contiguous params: the sharded step counts a param's elements
     in C order, the plain step in the param's memory order), except that with an engaged clip the
     norm is summed in another order (a difference of float64 rounding in the clip coefficient).
+
+    Parameters
+    ----------
+    optimizer_class : type
+        A minimalsgd optimizer class: :class:`minimalsgd.SGD`, :class:`minimalsgd.Adam` or
+        :class:`minimalsgd.AdamW`.
+    params : dict or list of dict
+        As ``optimizer_class`` takes them; the same names, shapes and dtypes on every rank.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    *args, **kwargs
+        ``optimizer_class``'s other arguments (``lr``, ``momentum``, ``clip_grad_norm``,
+        ``seed``, ...), forwarded to it as given.
+    pack : bool, default False
+        Call :func:`minimalsgd.pack_params` on ``params`` first (the arena is ``opt.arena``;
+        keyword only).
+
+    Attributes
+    ----------
+    comm : mpi4py.MPI.Intracomm
+        The communicator.
+    arena : Arena or None
+        The arena that ``pack=True`` made.
+
+    Raises
+    ------
+    TypeError, ValueError
+        What ``optimizer_class`` raises for its arguments; ``optimizer_class`` is not a
+        minimalsgd optimizer class; ``comm`` is not an MPI intra-communicator.
+
+    Examples
+    --------
+    Under ``mpiexec -n N``; every rank runs the same code on its share of the data:
+
+    >>> from minimalsgd.distributed import ShardedOptimizer, broadcast_params
+    >>> broadcast_params(params)                                          # doctest: +SKIP
+    >>> opt = ShardedOptimizer(minimalsgd.AdamW, params, lr=1e-3, weight_decay=0.01)  # doctest: +SKIP
+    >>> opt.step()                                                        # doctest: +SKIP
+    True
     """
 
     def __init__(self, optimizer_class: type, params: Any, comm: Any = None, *args: Any, pack: bool = False,
@@ -660,11 +784,24 @@ class ShardedOptimizer:
 
     @property
     def params(self) -> Any:
+        """The params dict of the only param group (as the plain optimizer's ``params``)."""
         return self._opt.params
 
     def add_param_group(self, param_group: Any) -> None:
         """As the plain optimizer's ``add_param_group``, before the first step only (the slices are
-        fixed then); afterwards build a new sharded optimizer (``state_dict``/``load_state_dict``)."""
+        fixed then); afterwards build a new sharded optimizer (``state_dict``/``load_state_dict``).
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": {name: {...}}, <hyperparameter>: ...}``, as
+            :meth:`minimalsgd.SGD.add_param_group` takes it.
+
+        Raises
+        ------
+        ValueError
+            After the first step; or what the plain optimizer's ``add_param_group`` raises.
+        """
         if self._layouts is not None:
             raise ValueError(f"{type(self).__name__}'s slices are fixed after the first step; build a new one "
                              "with the new group (state_dict/load_state_dict carry the state over)")
@@ -672,10 +809,12 @@ class ShardedOptimizer:
 
     @property
     def rank(self) -> int:
+        """This process's rank in ``comm``."""
         return int(self.comm.Get_rank())
 
     @property
     def world_size(self) -> int:
+        """The number of ranks in ``comm``."""
         return int(self.comm.Get_size())
 
     @property
@@ -684,7 +823,14 @@ class ShardedOptimizer:
         return sum(a.nbytes for lay in self._layouts or () for a in lay.state.values() if a is not None)
 
     def shards(self) -> dict[str, tuple[int, int, int]]:
-        """``{dtype: (lo, hi, total)}``: the elements of each dtype that this rank owns."""
+        """The elements of each dtype that this rank owns.
+
+        Returns
+        -------
+        dict
+            ``{dtype name: (lo, hi, total)}``: this rank owns elements ``lo:hi`` of the ``total``
+            elements of that dtype (params end to end in order, C order within each).
+        """
         self._ensure_layout()
         assert self._layouts is not None
         return {str(lay.dtype): (lay.lo, lay.hi, lay.total) for lay in self._layouts}
@@ -828,11 +974,19 @@ class ShardedOptimizer:
     def step(self) -> bool:
         """One step of every param that has a grad, on every rank (a collective call).
 
-        Returns True when applied, False when ``skip_nonfinite`` found a NaN or infinity in the
-        mean gradient (then nothing was written, on any rank).
+        Returns
+        -------
+        bool
+            True when applied, False when ``skip_nonfinite`` found a NaN or infinity in the mean
+            gradient (then nothing was written, on any rank).
 
-        Raises TypeError/ValueError, the same on every rank and before anything is written,
-        when a rank's params or settings are invalid or differ between ranks.
+        Raises
+        ------
+        TypeError, ValueError
+            A rank's params or settings are invalid, or differ between ranks (names, shapes,
+            dtypes, grads present, hyperparameters), or the ranks started from different values
+            (first step; see :func:`broadcast_params`). The same error on every rank, before
+            anything is written.
         """
         comm = self.comm
         d = self.__dict__
@@ -989,7 +1143,13 @@ class ShardedOptimizer:
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero every grad in place (or set it to None), as the plain optimizer's ``zero_grad``."""
+        """Zero every grad in place (or set it to None), as the plain optimizer's ``zero_grad``.
+
+        Parameters
+        ----------
+        set_to_none : bool, default False
+            Set each ``"grad"`` entry to None instead of zeroing the array.
+        """
         self._opt.zero_grad(set_to_none)
 
     # -----------------------------------------------------------------------------------------
@@ -998,12 +1158,26 @@ class ShardedOptimizer:
     def state_dict(self, root: int | None = None) -> dict[str, Any] | None:
         """The full optimizer state, exactly the plain optimizer's ``state_dict()`` format (a collective call).
 
-        With ``root=None`` (default) every rank gets it, the same on every rank (one ``Allgatherv``
-        per state field and dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others
-        get None, which saves memory on the others. Save it from one rank, e.g.
-        ``if sd is not None: np.savez(path, **sd)``. Every rank must call it, with the same ``root``.
-        It first agrees (one 3-integer allreduce) that every rank has the same settings (the seed
-        included), else raises the same ValueError on every rank.
+        Parameters
+        ----------
+        root : int, optional
+            With None (default) every rank gets it (one ``Allgatherv`` per state field and
+            dtype); with ``root=r`` only rank ``r`` does (``Gatherv``) and the others get None,
+            which saves memory on the others. Every rank must call it, with the same ``root``.
+            It first agrees (one 3-integer allreduce) that every rank has the same settings (the
+            seed included).
+
+        Returns
+        -------
+        dict or None
+            The plain optimizer's state dict (see :meth:`minimalsgd.SGD.state_dict`), the same on
+            every rank. Save it from one rank: ``if sd is not None: np.savez(path, **sd)``.
+
+        Raises
+        ------
+        ValueError
+            ``root`` is not None or a rank of ``comm``; the ranks' settings differ (the same
+            error on every rank).
         """
         comm = self.comm
         size = self.world_size
@@ -1066,8 +1240,18 @@ class ShardedOptimizer:
         """Take a full state dict (from :meth:`state_dict` or the plain optimizer's, saved on any
         number of ranks) and keep this rank's slice of it (a collective call).
 
-        A plain optimizer over the same params validates and loads it; if that fails on any rank,
-        every rank raises the same error and nothing changes.
+        A plain optimizer over the same params validates and loads it.
+
+        Parameters
+        ----------
+        state_dict : mapping
+            A full state dict, from any number of ranks, or from the plain optimizer.
+
+        Raises
+        ------
+        TypeError, ValueError
+            The state dict does not fit on some rank: every rank raises the same error and
+            nothing changes.
         """
         error: BaseException | None = None
         trial = None
@@ -1116,13 +1300,46 @@ class ShardedOptimizer:
 
 class ShardedSGD(ShardedOptimizer):
     """:class:`minimalsgd.SGD` with its momentum buffers sharded across the ranks of ``comm``
-    (ZeRO stage 1): see :class:`ShardedOptimizer`.
+    (ZeRO stage 1): ``ShardedOptimizer(minimalsgd.SGD, ...)``.
 
-    ``ShardedSGD(params, comm=None, lr, momentum, nesterov, weight_decay, clip_grad_norm, *,
-    pack=False, **SGD's keyword arguments)``: every argument but ``comm`` and ``pack`` is forwarded
-    to :class:`minimalsgd.SGD` as given (positional ones in SGD's order), so it takes all of SGD's
-    arguments -- ``stochastic_rounding``, ``seed``, ``state_dtype`` and any added later -- with
-    SGD's meaning and checks.
+    Every argument but ``comm`` and ``pack`` is forwarded to :class:`minimalsgd.SGD` as given
+    (positional ones in SGD's order), so it takes all of SGD's arguments -- ``stochastic_rounding``,
+    ``seed``, ``state_dtype`` and any added later -- with SGD's meaning and checks.
+
+    The methods and attributes are :class:`ShardedOptimizer`'s; settings and counters (``lr``,
+    ``param_groups``, ``applied_steps``, ``get_lr()``, ``skipped_steps``, ``last_grad_norm``)
+    are those of a plain :class:`minimalsgd.SGD` kept without state.
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        As for :class:`minimalsgd.SGD` (param groups, schedules); the same names, shapes and
+        dtypes on every rank.
+    comm : mpi4py.MPI.Intracomm, optional
+        The communicator (default ``MPI.COMM_WORLD``).
+    lr, momentum, nesterov, weight_decay, clip_grad_norm, dampening, maximize, skip_nonfinite, backend, stochastic_rounding, seed, state_dtype
+        As for :class:`minimalsgd.SGD`, forwarded as given. The same on every rank (checked):
+        without ``seed=`` every rank has :data:`minimalsgd.DEFAULT_SEED`;
+        :func:`shared_seed` draws a random one for all ranks.
+    pack : bool, default False
+        Call :func:`minimalsgd.pack_params` on ``params`` first: the collectives then run in
+        place on the arena (``opt.arena``). Keyword only.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`minimalsgd.SGD`'s constructor; ``comm`` is not an MPI intra-communicator.
+
+    Examples
+    --------
+    Under ``mpiexec -n 2 python train.py``:
+
+    >>> from minimalsgd.distributed import ShardedSGD, broadcast_params
+    >>> broadcast_params(params)                             # doctest: +SKIP
+    >>> opt = ShardedSGD(params, lr=0.1, momentum=0.9, nesterov=True, clip_grad_norm=1.0)  # doctest: +SKIP
+    >>> opt.step()                                           # doctest: +SKIP
+    True
+    >>> opt.state_bytes                                      # about half of SGD's  # doctest: +SKIP
     """
 
     def __init__(self, params: Any, comm: Any = None, *args: Any, pack: bool = False, **kwargs: Any) -> None:

@@ -74,34 +74,93 @@ def sgd_step(
             g = g + momentum * v  if nesterov else v
         w = w - lr * g
 
-    Every hyperparameter but ``grad_scale`` may also be a sequence with one entry per tensor (per
-    param group hyperparameters, say): all tensors still go to the kernel in one call.
+    Every operation runs in the array's dtype, each hyperparameter rounded to it once, in this
+    order; the native kernels (every instruction set, any thread count) and the NumPy backend give
+    the same bits. All tensors go to the kernel in one call. Every hyperparameter but
+    ``grad_scale`` may be one value for all tensors or a sequence with one entry per tensor
+    (per-group hyperparameters, say).
 
-    Args:
-        values: an array or a sequence of arrays, updated in place.
-        grads: the gradients, one per value, same shape and dtype; never written.
-        momentum_buffers: one per value, same shape and dtype, updated in place; required when
-            ``momentum != 0`` (an entry may be None for a tensor whose momentum is 0) (``numpy.empty_like(value)`` will do with ``first_step=True``).
-        first_step: whether this step is the first for each buffer; one bool or one per tensor.
-        grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
-        backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
-            elsewhere), ``"native"`` (raise where it cannot) or ``"numpy"``.
-        stochastic_rounding: float16/bfloat16 tensors compute in float32 and round each stored
-            result once: to nearest even (False), or stochastically (True) with the random bits
-            of (``seed``, ``rounding_step``, the tensor's key, element index) -- the same bits for
-            any backend, thread count and instruction set. Ignored for float32/float64 tensors,
-            whose results are stored in the dtype they are computed in.
-        seed: an int in [0, 2**64); required with ``stochastic_rounding=True``.
-        rounding_step: an int in [0, 2**64): advance it every step (the step count, say), or
-            every step rounds with the same bits.
-        rounding_keys: one int in [0, 2**64) per tensor (default: its position in ``values``):
-            tensors with different keys get independent bits.
+    Parameters
+    ----------
+    values : ndarray or sequence of ndarray
+        The params, updated in place (float32, float64, float16 or ``ml_dtypes.bfloat16``; other
+        floating and complex dtypes go to the NumPy backend).
+    grads : ndarray or sequence of ndarray
+        One gradient per value, of its shape and dtype. Never written.
+    momentum_buffers : ndarray or sequence of ndarray, optional
+        One buffer per value, of its shape and dtype (a 16-bit value's buffer may be float32: it
+        is then stored unrounded), updated in place. Required when ``momentum != 0``; an entry may
+        be None for a tensor whose momentum is 0. With ``first_step=True`` its contents are not
+        read (``numpy.empty_like(value)`` will do).
+    lr : float or sequence of float
+        The learning rate, ``>= 0``.
+    momentum : float or sequence of float, default 0.0
+        The momentum factor, ``>= 0``.
+    dampening : float or sequence of float, default 0.0
+        Dampening of the momentum (not applied on a buffer's first step).
+    weight_decay : float or sequence of float, default 0.0
+        L2 penalty added to the gradient, ``>= 0``.
+    nesterov : bool or sequence of bool, default False
+        Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+    maximize : bool or sequence of bool, default False
+        Step up the gradient instead of down.
+    grad_scale : float, default 1.0
+        Multiplies every gradient (a global-norm clip coefficient, say); finite and ``>= 0``.
+    first_step : bool or sequence of bool, default False
+        Whether this step is the first of each momentum buffer: the buffer is then set to the
+        gradient.
+    backend : {"auto", "native", "numpy"}, default "auto"
+        ``"auto"``: native where the kernel can walk the arrays as flat buffers, NumPy elsewhere;
+        ``"native"``: raise where it cannot; ``"numpy"``: the NumPy backend for every tensor.
+    stochastic_rounding : bool, default False
+        How float16/bfloat16 results are stored: rounded to nearest even (False), or
+        stochastically (True) with the random bits of (``seed``, ``rounding_step``, the tensor's
+        key, element index): the same bits for any backend, thread count and instruction set.
+        Ignored for float32/float64 tensors, whose results are stored in the dtype they are
+        computed in.
+    seed : int, optional
+        An int in ``[0, 2**64)``; required with ``stochastic_rounding=True``.
+    rounding_step : int, default 0
+        An int in ``[0, 2**64)``: advance it every step (the step count, say), or every step
+        rounds with the same bits.
+    rounding_keys : sequence of int, optional
+        One int in ``[0, 2**64)`` per tensor (default: its position in ``values``); tensors with
+        different keys get independent bits.
 
-    A 16-bit value's momentum buffer is of its dtype, or float32 (then stored unrounded).
+    Raises
+    ------
+    TypeError
+        A value, grad or buffer that is not an array of a floating-point dtype, or whose dtypes do
+        not match; a hyperparameter of the wrong type. The message names it (``values[3]``,
+        ``lr``).
+    ValueError
+        A shape mismatch, a read-only value or buffer, memory shared between arrays the step
+        writes, a hyperparameter out of range, a sequence of the wrong length, or
+        ``backend="native"`` for a tensor the kernel cannot serve. The message names it.
 
-    Raises:
-        TypeError, ValueError: naming the tensor (``values[i]``) or hyperparameter at fault;
-            nothing has been written then.
+    Nothing has been written when either is raised.
+
+    See Also
+    --------
+    SGD : the optimizer over param dicts, which keeps the buffers and the step counts.
+    global_grad_norm : the norm to clip with.
+
+    Examples
+    --------
+    >>> w = np.array([1.0, 2.0], dtype=np.float32)
+    >>> g = np.array([0.5, -1.0], dtype=np.float32)
+    >>> v = np.empty_like(w)
+    >>> minimalsgd.sgd_step(w, g, v, lr=0.1, momentum=0.9, first_step=True)
+    >>> w, v
+    (array([0.95, 2.1 ], dtype=float32), array([ 0.5, -1. ], dtype=float32))
+    >>> minimalsgd.sgd_step([w], [g], [v], lr=0.1, momentum=0.9)   # lists: many tensors, one call
+    >>> v
+    array([ 0.95, -1.9 ], dtype=float32)
+
+    Clipping to a global norm of 1 is a scale:
+
+    >>> norm = minimalsgd.global_grad_norm([g])
+    >>> minimalsgd.sgd_step(w, g, v, lr=0.1, momentum=0.9, grad_scale=min(1.0, 1.0 / (norm + 1e-12)))
     """
     # The common case in one native call: every input valid and every tensor native. The native
     # side checks all of it and writes nothing unless all of it holds; anything else (another
@@ -232,21 +291,64 @@ def adam_step(
         v_max = maximum(v_max, v)                   if amsgrad; v_max replaces v below
         w = w - (lr / (1 - beta1**t)) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
 
-    Args:
-        values: an array or a sequence of arrays, updated in place.
-        grads: the gradients, one per value, same shape and dtype; never written.
-        exp_avgs, exp_avg_sqs: the first and second moments, one per value, same shape and dtype,
-            updated in place; zeros before the first step (``numpy.zeros_like(value)``).
-        max_exp_avg_sqs: with ``amsgrad``, the running maximum of the second moment (zeros first).
-        step: the step this update makes, 1 on the first (torch's ``state["step"]`` after its
-            increment); one int or one per tensor. It sets the bias corrections.
-        grad_scale: multiplies every gradient (a global-norm clip coefficient, say).
-        backend: ``"auto"`` (native where it can walk the arrays as flat buffers, NumPy
-            elsewhere), ``"native"`` (raise where it cannot) or ``"numpy"``.
+    Parameters
+    ----------
+    values : ndarray or sequence of ndarray
+        The params (float32 or float64 on the native kernel), updated in place.
+    grads : ndarray or sequence of ndarray
+        One gradient per value, of its shape and dtype. Never written.
+    exp_avgs, exp_avg_sqs : ndarray or sequence of ndarray
+        The first and second moments, one per value, of its shape and dtype, updated in place;
+        zeros before the first step (``numpy.zeros_like(value)``).
+    max_exp_avg_sqs : ndarray or sequence of ndarray, optional
+        With ``amsgrad``: the running maximum of the second moment (zeros first).
+    lr : float
+        The learning rate, finite and ``>= 0``.
+    betas : (float, float), default (0.9, 0.999)
+        The moments' decay rates, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator, finite and ``>= 0``.
+    weight_decay : float, default 0.0
+        Finite and ``>= 0``: added to the gradient (Adam) or decoupled (AdamW).
+    amsgrad : bool, default False
+        Use the running maximum of the second moment.
+    maximize : bool, default False
+        Step up the gradient instead of down.
+    decoupled : bool, default False
+        AdamW's decoupled weight decay, ``w *= 1 - lr * weight_decay`` before the update.
+    step : int or sequence of int
+        The step this update makes, 1 on the first (torch's ``state["step"]`` after its
+        increment); one int or one per tensor. It sets the bias corrections.
+    grad_scale : float, default 1.0
+        Multiplies every gradient (a global-norm clip coefficient, say).
+    backend : {"auto", "native", "numpy"}, default "auto"
+        As in :func:`sgd_step`.
 
-    Raises:
-        TypeError, ValueError: naming the tensor (``values[i]``) or hyperparameter at fault;
-            nothing has been written then.
+    Raises
+    ------
+    TypeError
+        An input that is not an array of a floating-point dtype, or whose dtype differs from its
+        value's; a hyperparameter of the wrong type. The message names it.
+    ValueError
+        A shape mismatch, a read-only array the step writes, overlapping memory, a hyperparameter
+        out of range, ``step < 1``, a missing ``max_exp_avg_sqs`` with ``amsgrad``, or a sequence
+        of the wrong length. The message names it.
+
+    Nothing has been written when either is raised.
+
+    See Also
+    --------
+    Adam, AdamW : the optimizers over param dicts, which keep the moments and step counts.
+
+    Examples
+    --------
+    >>> w = np.ones(3)
+    >>> g = np.array([0.1, -0.2, 0.0])
+    >>> m, v = np.zeros_like(w), np.zeros_like(w)
+    >>> minimalsgd.adam_step(w, g, m, v, lr=0.1, step=1)     # the first step moves each weight by ~lr
+    >>> w.round(6)
+    array([0.9, 1.1, 1. ])
+    >>> minimalsgd.adam_step(w, g, m, v, lr=0.1, weight_decay=1e-2, decoupled=True, step=2)  # AdamW
     """
     options = check_adam_options(lr, betas, eps, weight_decay, amsgrad, maximize, decoupled)
     scale = check_real("grad_scale", grad_scale, minimum=0.0)
@@ -280,7 +382,36 @@ def adam_step(
 
 
 def global_grad_norm(grads: ArrayOrArrays, *, backend: Backend = "auto") -> float:
-    """The L2 norm over every element of every gradient, accumulated in float64."""
+    """The L2 norm over every element of every gradient, accumulated in float64.
+
+    The squares are added in a fixed order (blocks of 64K elements, 32 lanes each, a fixed
+    pairwise fold), so the result is the same bits on both backends, on every instruction set and
+    for any thread count.
+
+    Parameters
+    ----------
+    grads : ndarray or sequence of ndarray
+        Floating-point (float16, bfloat16, float32, float64, ...) or complex arrays. Only read.
+    backend : {"auto", "native", "numpy"}, default "auto"
+        As in :func:`sgd_step`.
+
+    Returns
+    -------
+    float
+        ``sqrt(sum of |g|**2 over every element of every grad)``: NaN or infinity when a grad
+        holds one.
+
+    Raises
+    ------
+    TypeError
+        A grad that is not an ndarray, or not of a floating-point or complex dtype (the message
+        names it: ``grads[2]``).
+
+    Examples
+    --------
+    >>> minimalsgd.global_grad_norm([np.array([3.0, 0.0]), np.array([4.0], np.float32)])
+    5.0
+    """
     resolved = R.check_backend(backend)
     gs = as_list(grads, "grads")
     names = [f"grads[{i}]" for i in range(len(gs))]

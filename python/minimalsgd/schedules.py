@@ -90,7 +90,29 @@ class _Schedule:
 @dataclass(frozen=True)
 class constant(_Schedule):
     """``lr * factor`` for the first ``total_iters`` steps, then ``lr`` (torch ``ConstantLR``);
-    with the defaults, ``lr`` at every step."""
+    with the defaults, ``lr`` at every step.
+
+    Parameters
+    ----------
+    lr : float
+        The base lr, ``>= 0``.
+    factor : float, default 1.0
+        In ``[0, 1]``.
+    total_iters : int, default 0
+        Steps at ``lr * factor``, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [schedules.constant(0.1, factor=0.5, total_iters=2)(t) for t in range(4)]
+    [0.05, 0.05, 0.1, 0.1]
+    """
 
     lr: float
     factor: float = 1.0
@@ -109,7 +131,29 @@ class constant(_Schedule):
 
 @dataclass(frozen=True)
 class step_decay(_Schedule):
-    """``lr * gamma ** (t // step_size)`` (torch ``StepLR``)."""
+    """``lr * gamma ** (t // step_size)`` (torch ``StepLR``).
+
+    Parameters
+    ----------
+    lr : float
+        The initial lr, ``>= 0``.
+    step_size : int
+        Steps between decays, ``>= 1``.
+    gamma : float, default 0.1
+        The decay factor, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [schedules.step_decay(1.0, step_size=2, gamma=0.5)(t) for t in range(5)]
+    [1.0, 1.0, 0.5, 0.5, 0.25]
+    """
 
     lr: float
     step_size: int
@@ -127,7 +171,29 @@ class step_decay(_Schedule):
 @dataclass(frozen=True)
 class multistep(_Schedule):
     """``lr * gamma ** k`` where k counts the milestones ``<= t`` (torch ``MultiStepLR``; a
-    milestone given twice counts twice, as there)."""
+    milestone given twice counts twice, as there).
+
+    Parameters
+    ----------
+    lr : float
+        The initial lr, ``>= 0``.
+    milestones : sequence of int
+        Steps at which the lr is multiplied by ``gamma`` (ints ``>= 0``, any order).
+    gamma : float, default 0.1
+        The decay factor, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [schedules.multistep(1.0, milestones=(1, 3), gamma=0.5)(t) for t in range(4)]
+    [1.0, 0.5, 0.5, 0.25]
+    """
 
     lr: float
     milestones: tuple[int, ...]
@@ -145,7 +211,27 @@ class multistep(_Schedule):
 
 @dataclass(frozen=True)
 class exponential(_Schedule):
-    """``lr * gamma ** t`` (torch ``ExponentialLR``)."""
+    """``lr * gamma ** t`` (torch ``ExponentialLR``).
+
+    Parameters
+    ----------
+    lr : float
+        The initial lr, ``>= 0``.
+    gamma : float
+        The decay factor per step, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [schedules.exponential(1.0, gamma=0.5)(t) for t in range(3)]
+    [1.0, 0.5, 0.25]
+    """
 
     lr: float
     gamma: float
@@ -163,7 +249,29 @@ class cosine(_Schedule):
     """``eta_min + (lr - eta_min) * (1 + cos(pi * t / T_max)) / 2`` (torch
     ``CosineAnnealingLR``): from ``lr`` down to the floor ``eta_min`` at ``t = T_max``, and, as
     there, back up over the next ``T_max`` steps if the run goes on (chain a ``constant`` to hold
-    the floor instead)."""
+    the floor instead).
+
+    Parameters
+    ----------
+    lr : float
+        The initial lr, ``>= 0``.
+    T_max : int
+        Steps from ``lr`` to ``eta_min``, ``>= 1``.
+    eta_min : float, default 0.0
+        The floor, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [round(schedules.cosine(1.0, T_max=4)(t), 6) for t in range(5)]
+    [1.0, 0.853553, 0.5, 0.146447, 0.0]
+    """
 
     lr: float
     T_max: int
@@ -181,7 +289,31 @@ class cosine(_Schedule):
 @dataclass(frozen=True)
 class linear(_Schedule):
     """``lr * (start_factor + (end_factor - start_factor) * min(t, total_iters) / total_iters)``
-    (torch ``LinearLR``): a linear warmup from ``lr * start_factor`` to ``lr * end_factor``."""
+    (torch ``LinearLR``): a linear warmup from ``lr * start_factor`` to ``lr * end_factor``.
+
+    Parameters
+    ----------
+    lr : float
+        The base lr, ``>= 0``.
+    start_factor : float, default 1/3
+        In ``(0, 1]``.
+    end_factor : float, default 1.0
+        In ``[0, 1]``.
+    total_iters : int, default 5
+        Steps of the ramp, ``>= 1``; the lr stays at ``lr * end_factor`` after them.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [schedules.linear(1.0, start_factor=0.25, total_iters=3)(t) for t in range(5)]
+    [0.25, 0.5, 0.75, 1.0, 1.0]
+    """
 
     lr: float
     start_factor: float = 1.0 / 3
@@ -204,7 +336,34 @@ class linear(_Schedule):
 
 
 def linear_warmup(lr: float, warmup_steps: int, start_factor: float = 1.0 / 3) -> linear:
-    """A linear warmup from ``lr * start_factor`` to ``lr`` over ``warmup_steps`` steps, then ``lr``."""
+    """A linear warmup from ``lr * start_factor`` to ``lr`` over ``warmup_steps`` steps, then ``lr``.
+
+    Parameters
+    ----------
+    lr : float
+        The lr after the warmup, ``>= 0``.
+    warmup_steps : int
+        Steps of the warmup, ``>= 1``.
+    start_factor : float, default 1/3
+        In ``(0, 1]``.
+
+    Returns
+    -------
+    linear
+        ``linear(lr, start_factor, 1.0, warmup_steps)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`linear`: a parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int ``>= 0``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> [schedules.linear_warmup(1.0, 2, start_factor=0.5)(t) for t in range(4)]
+    [0.5, 0.75, 1.0, 1.0]
+    """
     return linear(lr, start_factor=start_factor, end_factor=1.0, total_iters=warmup_steps)
 
 
@@ -215,7 +374,38 @@ class one_cycle(_Schedule):
     up to ``max_lr`` over the first ``pct_start * total_steps`` steps, then down to
     ``max_lr / div_factor / final_div_factor`` at step ``total_steps - 1``; cosine or linear
     annealing; ``three_phase`` as torch's. Defined for ``0 <= t <= total_steps`` (torch raises
-    beyond)."""
+    beyond).
+
+    Parameters
+    ----------
+    max_lr : float
+        The peak lr, ``>= 0``.
+    total_steps : int
+        Steps of the cycle, ``>= 1``.
+    pct_start : float, default 0.3
+        The warmup's share of the cycle, in ``[0, 1]``.
+    anneal_strategy : {"cos", "linear"}, default "cos"
+        The shape of both phases.
+    div_factor : float, default 25.0
+        The initial lr is ``max_lr / div_factor`` (``> 0``).
+    final_div_factor : float, default 1e4
+        The final lr is the initial lr ``/ final_div_factor`` (``> 0``).
+    three_phase : bool, default False
+        torch's three-phase variant (up, down to the initial lr, then down to the final lr).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range, naming it; calling the schedule with a
+        step that is not an int in ``[0, total_steps]``.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> s = schedules.one_cycle(1.0, total_steps=10)
+    >>> round(s(0), 8), s(2), round(s(9), 8)     # max_lr / 25, max_lr, then max_lr / 25 / 1e4
+    (0.04, 1.0, 4e-06)
+    """
 
     max_lr: float
     total_steps: int
@@ -268,7 +458,27 @@ class one_cycle(_Schedule):
 class chain(_Schedule):
     """Schedule ``k`` from ``milestones[k-1]`` on, with its step counted from 0 there (torch
     ``SequentialLR``): ``chain([linear_warmup(0.1, 5), cosine(0.1, 95)], [5])`` warms up for 5
-    steps, then anneals over 95."""
+    steps, then anneals over 95.
+
+    Parameters
+    ----------
+    schedules : sequence of callable
+        The schedules, in order (any callables of the step).
+    milestones : sequence of int
+        One fewer than the schedules, increasing, each ``>= 1``: where the next schedule starts.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Schedules that are not callables, or milestones of the wrong count or order.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> s = schedules.chain([schedules.constant(0.1), schedules.exponential(0.1, gamma=0.5)], [2])
+    >>> [s(t) for t in range(4)]
+    [0.1, 0.1, 0.1, 0.05]
+    """
 
     schedules: tuple[Schedule, ...]
     milestones: tuple[int, ...]
@@ -295,7 +505,38 @@ def warmup_cosine(lr: float, warmup_steps: int, total_steps: int, *, start_facto
                   eta_min: float = 0.0) -> chain:
     """Linear warmup over ``warmup_steps``, then cosine annealing down to ``eta_min`` at
     ``total_steps``: ``chain([linear_warmup(...), cosine(lr, total_steps - warmup_steps, eta_min)],
-    [warmup_steps])``."""
+    [warmup_steps])``.
+
+    Parameters
+    ----------
+    lr : float
+        The peak lr, reached after the warmup, ``>= 0``.
+    warmup_steps : int
+        Steps of the linear warmup, ``>= 1``.
+    total_steps : int
+        Where the cosine reaches ``eta_min``; more than ``warmup_steps``.
+    start_factor : float, default 1/3
+        The warmup starts at ``lr * start_factor``.
+    eta_min : float, default 0.0
+        The floor of the cosine.
+
+    Returns
+    -------
+    chain
+
+    Raises
+    ------
+    ValueError
+        ``total_steps <= warmup_steps``, or a parameter out of range (as :class:`linear` and
+        :class:`cosine` check them).
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> s = schedules.warmup_cosine(0.1, warmup_steps=2, total_steps=6, start_factor=0.5)
+    >>> [round(s(t), 6) for t in range(7)]
+    [0.05, 0.075, 0.1, 0.085355, 0.05, 0.014645, 0.0]
+    """
     if total_steps <= warmup_steps:
         raise ValueError(f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})")
     return chain((linear_warmup(lr, warmup_steps, start_factor), cosine(lr, total_steps - warmup_steps, eta_min)),

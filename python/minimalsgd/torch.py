@@ -24,7 +24,7 @@ share memory, ``differentiable=True``, hyperparameters the kernel refuses (a neg
 hand) — goes through torch's own SGD code, with torch's results and no error.
 The native step bumps the params' autograd version counters as torch's in-place ops do.
 
-torch's step contract for mixed precision is kept (see :class:`_AmpInputs`): with ``fused=True``
+torch's step contract for mixed precision is kept: with ``fused=True``
 a ``torch.amp.GradScaler`` hands the step ``grad_scale`` and ``found_inf``; a ``found_inf`` of 1
 skips the step of every fused group (nothing written, no state born), a power-of-two
 ``grad_scale`` is divided out inside the native kernel (multiplying by its exact reciprocal: the
@@ -261,11 +261,29 @@ class _NativeStep:
         """A skipped fused step writes nothing and starts no state."""
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
-        """Perform a single optimization step (``closure`` re-evaluates the model and returns the loss).
+        """Perform a single optimization step, as torch's ``step``.
 
-        Every group is checked first, as torch checks it (the fused-path device/dtype check,
-        sparse grads, ``grad_scale``/``found_inf`` on a path that refuses them), and torch's error
-        is raised before any param, state or grad is written.
+        Per param group, the params the native kernel can take go to it in one call; the rest to
+        torch's own code for this optimizer.
+
+        Parameters
+        ----------
+        closure : callable, optional
+            Re-evaluates the model and returns the loss (called with grad enabled).
+
+        Returns
+        -------
+        object
+            The closure's loss, or None without a closure.
+
+        Raises
+        ------
+        RuntimeError, AssertionError
+            torch's errors, with torch's types and messages: ``fused=True`` with a param that is
+            not floating point or not on a fused-capable device, sparse gradients,
+            ``grad_scale``/``found_inf`` set on a group that does not take the fused path.
+            Every group is checked first: they are raised before any param, state or grad is
+            written.
         """
         amp = _AmpInputs(self)
         amp_set = amp.is_set
@@ -347,21 +365,64 @@ class _GroupPlan:
 class SGD(_NativeStep, torch.optim.SGD):
     """``torch.optim.SGD`` with minimalsgd's fused native step (see the module docstring).
 
-    The arguments are torch's: ``params, lr=1e-3, momentum=0, dampening=0, weight_decay=0,
-    nesterov=False, *, maximize=False, foreach=None, differentiable=False, fused=None``.
-    ``foreach`` and ``fused`` choose torch's implementation for the params that fall back to
-    torch, and which of torch's step contracts applies: ``fused=True`` (without ``foreach=True``)
-    accepts a ``GradScaler``'s ``grad_scale``/``found_inf`` and runs torch's fused-path checks; the
-    native params always take the fused native kernel. ``differentiable=True`` (autograd through
-    the step) hands the whole step to torch.
+    A subclass of ``torch.optim.SGD``: the constructor, its checks and defaults, ``param_groups``,
+    ``add_param_group``, ``zero_grad``, ``state_dict`` / ``load_state_dict`` and every LR
+    scheduler are torch's; only :meth:`step` differs. Per param group, every CPU float32, float64,
+    bfloat16 or float16 param whose param, grad and momentum buffer are dense and contiguous goes
+    to the native kernel in one call; everything else goes to torch's own SGD code.
 
-    Extra options: ``stochastic_rounding=True`` rounds the stored bfloat16/float16 results of the
-    native params stochastically (params that fall back to torch round to nearest), with random
-    bits of (``seed``, the group's ``rounding_step``, the param's index, element index); ``seed``
-    defaults to :data:`minimalsgd.DEFAULT_SEED` (a fixed number: reproducible by default, and the
-    same in every process of a data-parallel run). They are per-group entries (``stochastic_rounding``,
-    ``seed``, ``rounding_step``), kept in ``state_dict()``; without the option the groups hold
-    exactly torch's keys.
+    Parameters
+    ----------
+    params : iterable
+        torch's: tensors or param groups (dicts).
+    lr : float or Tensor, default 1e-3
+        As torch's.
+    momentum, dampening, weight_decay, nesterov, maximize
+        As torch's (defaults 0, 0, 0, False, False).
+    foreach : bool, optional
+        Chooses torch's implementation for the params that fall back to torch.
+    differentiable : bool, default False
+        Autograd through the step: hands the whole step to torch.
+    fused : bool, optional
+        With ``fused=True`` (and ``foreach`` not True), torch's fused step contract applies: a
+        ``GradScaler``'s ``grad_scale``/``found_inf`` are read (``found_inf == 1`` skips the step
+        of every fused group, nothing written; a power-of-two ``grad_scale`` is divided out in the
+        kernel and the grads are left unscaled, as torch's fused kernel leaves them), and torch's
+        fused-path checks run. The native params always take the fused native kernel.
+    stochastic_rounding : bool, default False
+        An extra option: round the stored bfloat16/float16 results of the native params
+        stochastically (params that fall back to torch round to nearest), with random bits of
+        (``seed``, the group's ``rounding_step``, the param's index over all groups, element
+        index). Kept per group (``stochastic_rounding``, ``seed``, ``rounding_step``) and so in
+        ``state_dict()``; without the option the groups hold exactly torch's keys.
+    seed : int, optional
+        The stochastic-rounding seed, an int in ``[0, 2**64)``; by default
+        :data:`minimalsgd.DEFAULT_SEED` (a fixed number: reproducible by default, and the same in
+        every process of a data-parallel run).
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        torch's constructor checks (a negative ``lr``, ``nesterov`` without momentum, ``fused``
+        with ``foreach`` or ``differentiable``, ...), with torch's messages; ``seed`` not an int
+        in ``[0, 2**64)`` or ``stochastic_rounding`` not a bool (TypeError/ValueError naming it).
+
+    See Also
+    --------
+    minimalsgd.SGD : the optimizer over NumPy param dicts.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from minimalsgd.torch import SGD
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    >>> isinstance(opt, torch.optim.SGD)
+    True
+    >>> model(torch.ones(3, 4)).square().sum().backward()
+    >>> opt.step()
+    >>> sorted(opt.state_dict()["state"][0])
+    ['momentum_buffer']
     """
 
     _torch_class = torch.optim.SGD
@@ -702,23 +763,47 @@ class _AdamStep(_NativeStep):
 
 
 class Adam(_AdamStep, torch.optim.Adam):
-    """``torch.optim.Adam`` with minimalsgd's fused native step (a subclass: the constructor, its
-    checks and defaults, ``param_groups``, ``state_dict``/``load_state_dict`` in torch's format
-    (``step``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and every LR scheduler work
-    unchanged; checkpoints move between the two both ways).
+    """``torch.optim.Adam`` with minimalsgd's fused native step.
 
-    The arguments are torch's: ``params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
-    amsgrad=False, *, foreach=None, maximize=False, capturable=False, differentiable=False,
-    fused=None, decoupled_weight_decay=False``. Per group, every CPU float32/float64 param whose
-    param, grad and state are dense and contiguous goes to the native kernel in one call; the
-    rest (other devices and dtypes, complex, sparse grads, non-contiguous layouts, views that share
+    A subclass of ``torch.optim.Adam``: the constructor, its checks and defaults,
+    ``param_groups``, ``state_dict`` / ``load_state_dict`` in torch's format (``step``,
+    ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``) and every LR scheduler are torch's;
+    checkpoints move between the two both ways. Per group, every CPU float32/float64 param whose
+    param, grad and state are dense and contiguous goes to the native kernel in one call; the rest
+    (other devices and dtypes, complex, sparse grads, non-contiguous layouts, views that share
     memory, ``capturable``, ``differentiable``, hyperparameters the kernel refuses) goes to
-    torch's own Adam code. ``fused=True`` takes a ``GradScaler``'s ``grad_scale``/``found_inf`` as
-    torch's fused Adam does (see :class:`_AmpInputs`).
+    torch's own Adam code.
 
-    Numbers: the native step is torch's single-tensor (``foreach=False``) formula in its order of
+    Parameters
+    ----------
+    params : iterable
+        torch's: tensors or param groups (dicts).
+    lr, betas, eps, weight_decay, amsgrad, foreach, maximize, capturable, differentiable, fused, decoupled_weight_decay
+        torch's (defaults ``1e-3, (0.9, 0.999), 1e-8, 0, False, None, False, False, False, None,
+        False``). ``fused=True`` takes a ``GradScaler``'s ``grad_scale``/``found_inf`` as torch's
+        fused Adam does (see :class:`SGD`).
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        torch's constructor checks, with torch's messages.
+
+    Notes
+    -----
+    The native step is torch's single-tensor (``foreach=False``) formula in its order of
     operations; torch's vectorized CPU kernels fuse multiply-adds and its float32 square root is
     not always correctly rounded, so the two agree to float rounding, not bit for bit.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from minimalsgd.torch import Adam
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    >>> model(torch.ones(3, 4)).sum().backward()
+    >>> opt.step()
+    >>> sorted(opt.state_dict()["state"][0])
+    ['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']
     """
 
     _torch_class = torch.optim.Adam
@@ -726,7 +811,27 @@ class Adam(_AdamStep, torch.optim.Adam):
 
 class AdamW(_AdamStep, torch.optim.AdamW):
     """``torch.optim.AdamW`` with minimalsgd's fused native step: :class:`Adam` with decoupled
-    weight decay (``w *= 1 - lr * weight_decay`` before the update; default ``weight_decay=1e-2``).
-    The arguments are torch's AdamW's."""
+    weight decay (``w *= 1 - lr * weight_decay`` before the update).
+
+    Parameters
+    ----------
+    params, lr, betas, eps, weight_decay, amsgrad, maximize, foreach, capturable, differentiable, fused
+        torch's AdamW's (``weight_decay`` defaults to ``1e-2``).
+
+    Raises
+    ------
+    ValueError, RuntimeError
+        torch's constructor checks, with torch's messages.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from minimalsgd.torch import AdamW
+    >>> model = torch.nn.Linear(4, 2)
+    >>> opt = AdamW(model.parameters(), lr=1e-3)
+    >>> sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10)
+    >>> model(torch.ones(3, 4)).sum().backward()
+    >>> opt.step(); sched.step()
+    """
 
     _torch_class = torch.optim.AdamW

@@ -54,19 +54,67 @@ ADAMW_FORMULA = AdamFormula(decoupled=True)
 
 
 class Adam(Optimizer):
-    r"""Adam over dicts of NumPy parameters, one fused pass per step: ``torch.optim.Adam``'s update
-    (bias-corrected moments per param step count, ``eps`` after the square root, ``amsgrad``,
-    ``maximize``, weight decay added to the gradient), see :func:`minimalsgd.adam_step`.
+    r"""Adam over dicts of NumPy parameters, one fused pass per step.
 
-    Everything but the formula is :class:`SGD`'s: ``params`` is one ``{name: {"value": ndarray,
-    "grad": ndarray}}`` dict or a list of param groups in torch's shape, each with its own
-    hyperparameters (``betas`` a pair); any ``lr`` may be a schedule of the applied step count
-    (:mod:`minimalsgd.schedules`); ``clip_grad_norm`` (global norm, fused into the step as a
-    gradient scale), ``skip_nonfinite``, ``backend``; ``state_dict()``/``load_state_dict()`` resume
-    bit for bit. ``self.state[name]`` holds ``exp_avg``, ``exp_avg_sq`` (and, with ``amsgrad``,
-    ``max_exp_avg_sq``), zeros when born, and ``step``, the steps applied to that param (the
-    bias corrections use ``step + 1`` in the step that makes it, as torch counts).
-    Hyperparameters are checked as :class:`torch.optim.Adam` checks them, plus finiteness.
+    ``torch.optim.Adam``'s update (bias-corrected moments per param step count, ``eps`` after the
+    square root, ``amsgrad``, ``maximize``, weight decay added to the gradient), see
+    :func:`minimalsgd.adam_step`. Everything but the formula is :class:`SGD`'s: param groups,
+    schedules, global-norm clipping fused into the step as a gradient scale,
+    ``skip_nonfinite``, ``backend``, and the methods and attributes documented there
+    (``step``, ``zero_grad``, ``state_dict`` / ``load_state_dict``, which resume bit for bit,
+    ``add_param_group``, ``get_lr``, ``param_groups``, ``applied_steps``, ...).
+
+    Parameters
+    ----------
+    params : dict or list of dict
+        As for :class:`SGD`: one ``{name: {"value": ndarray, "grad": ndarray}}`` dict or a list
+        of param groups, each with its own hyperparameters.
+    lr : float or callable, default 1e-3
+        The learning rate (finite, ``>= 0``) or a schedule of the applied step count.
+    betas : (float, float), default (0.9, 0.999)
+        The moments' decay rates, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator after the square root; finite, ``>= 0``.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient; finite, ``>= 0``.
+    amsgrad : bool, default False
+        Use the running maximum of the second moment (``max_exp_avg_sq``).
+    clip_grad_norm : float, optional
+        As for :class:`SGD`.
+    maximize : bool, default False
+        Step up the gradient instead of down.
+    skip_nonfinite : bool, default False
+        As for :class:`SGD`.
+    backend : {"auto", "native", "numpy"}, default "auto"
+        As in :func:`minimalsgd.sgd_step`.
+
+    Attributes
+    ----------
+    state : dict
+        ``name -> {"exp_avg": ndarray, "exp_avg_sq": ndarray[, "max_exp_avg_sq": ndarray],
+        "step": int}``: the moments are zeros when born, ``step`` counts the steps applied to
+        that param (a step's bias corrections use ``step + 1``, as torch counts).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`SGD`'s, with torch.optim.Adam's rules plus finiteness: ``lr``, ``eps`` and
+        ``weight_decay`` finite and ``>= 0``, ``betas`` a pair in ``[0, 1)``.
+
+    See Also
+    --------
+    AdamW, adam_step, minimalsgd.torch.Adam
+
+    Examples
+    --------
+    >>> params = {"w": {"value": np.ones(3), "grad": np.array([0.1, -0.2, 0.0])}}
+    >>> opt = minimalsgd.Adam(params, lr=0.1, amsgrad=True)
+    >>> opt.step()
+    True
+    >>> params["w"]["value"].round(6)
+    array([0.9, 1.1, 1. ])
+    >>> sorted(opt.state["w"])
+    ['exp_avg', 'exp_avg_sq', 'max_exp_avg_sq', 'step']
     """
 
     formula = ADAM_FORMULA
@@ -93,8 +141,30 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     r"""AdamW over dicts of NumPy parameters: :class:`Adam` with ``torch.optim.AdamW``'s decoupled
-    weight decay, ``w *= 1 - lr * weight_decay`` before the Adam update (default
-    ``weight_decay=1e-2``, as torch's)."""
+    weight decay, ``w *= 1 - lr * weight_decay`` before the Adam update.
+
+    Parameters
+    ----------
+    params, lr, betas, eps, amsgrad, clip_grad_norm, maximize, skip_nonfinite, backend
+        As for :class:`Adam`.
+    weight_decay : float, default 1e-2
+        The decoupled weight decay (torch's AdamW default); finite, ``>= 0``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :class:`Adam`'s.
+
+    Examples
+    --------
+    >>> from minimalsgd import schedules
+    >>> params = {"w": {"value": np.ones(2), "grad": np.array([1.0, -1.0])}}
+    >>> opt = minimalsgd.AdamW(params, lr=schedules.warmup_cosine(1e-3, 10, 100), clip_grad_norm=1.0)
+    >>> opt.step()
+    True
+    >>> opt.state["w"]["step"]
+    1
+    """
 
     formula = ADAMW_FORMULA
     decoupled = True

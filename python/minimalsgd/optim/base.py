@@ -128,25 +128,41 @@ def _setting(name: str) -> property:
 class Optimizer(PrivateAPI):
     """The shared machinery of minimalsgd's param-dict optimizers (see the module docstring).
 
-    ``params`` is one ``{name: {"value": ndarray, "grad": ndarray}}`` dict (one group) or a list
-    of groups in torch's shape, ``[{"params": {name: {...}}, "lr": ..., ...}, ...]``, where a key
-    given in a group overrides the constructor's value for that group. Names are unique across
-    groups. ``clip_grad_norm``, ``skip_nonfinite``, ``backend`` and the 16-bit storage settings
-    are global.
+    A subclass names its formula (the class attribute ``formula``) and its constructor arguments,
+    and calls this constructor with its hyperparameters as ``defaults``.
 
-    Attributes:
-        formula: the class's formula (:class:`~minimalsgd.protocol.Formula`).
-        param_groups: list of dicts, each with its ``"params"`` dict and every per-group
-            hyperparameter; change them between steps as with torch (``g["lr"] = 0.01``).
-        defaults: the constructor's hyperparameters, which groups added later inherit.
-        state: ``name -> {<state field>: ndarray, ..., "step": int}``.
-        applied_steps: the count of applied steps (skipped ones are not counted); a schedule is
-            called with it, so the first step calls ``schedule(0)``.
-        skipped_steps: steps that found a non-finite gradient and wrote nothing.
-        last_grad_norm: the global gradient norm of the latest step that measured it, else None.
-        last_lrs: the lr of each group in the latest applied step, else None.
-        gradient_policy, storage: the checked global settings (:class:`GradientPolicy`,
-            :class:`Storage`), as the next step uses them.
+    Parameters
+    ----------
+    params : dict or list of dict
+        One ``{name: {"value": ndarray, "grad": ndarray}}`` dict (one group) or a list of groups
+        in torch's shape, ``[{"params": {name: {...}}, "lr": ..., ...}, ...]``, where a key given
+        in a group overrides the constructor's value for that group. Names are unique across
+        groups. An entry may also give ``"offset"``: the index of its value's first element in a
+        larger param of that name that it is a piece of (16-bit rounding keys by it).
+    defaults : dict
+        The formula's hyperparameters (``formula.hyperparameters``, ``"lr"`` among them), which
+        groups that do not give one inherit.
+    clip_grad_norm, skip_nonfinite, backend, stochastic_rounding, seed, state_dtype
+        The global settings (as documented by :class:`minimalsgd.SGD`).
+
+    Attributes
+    ----------
+    formula : Formula
+        The class's formula (:class:`minimalsgd.protocol.Formula`).
+    param_groups : list of dict
+        Each with its ``"params"`` dict and every per-group hyperparameter; change them between
+        steps as with torch (``g["lr"] = 0.01``).
+    defaults : dict
+        The constructor's hyperparameters, which groups added later inherit.
+    skipped_steps : int
+        Steps that found a non-finite gradient and wrote nothing.
+    last_grad_norm : float or None
+        The global gradient norm of the latest step that measured it.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A param, group, hyperparameter or setting that is not valid, naming it.
     """
 
     #: The formula of the class (a subclass sets it; hyperparameters and state_fields follow).
@@ -238,7 +254,8 @@ class Optimizer(PrivateAPI):
 
     @property
     def params(self) -> Params:
-        """The params dict of the only param group (AttributeError when there are several)."""
+        """The params dict of the only param group (AttributeError when there are several: read
+        ``param_groups[i]["params"]``)."""
         if len(self.param_groups) != 1:
             raise AttributeError(
                 f"this optimizer has {len(self.param_groups)} param groups: use opt.param_groups[i]['params']"
@@ -255,7 +272,11 @@ class Optimizer(PrivateAPI):
 
     @property
     def state(self) -> dict[str, dict[str, Any]]:
-        """name -> {<state field>: ndarray, ..., "step": int}: plain NumPy arrays and ints."""
+        """``name -> {<state field>: ndarray, ..., "step": int}``: plain NumPy arrays and ints.
+
+        The state fields are the optimizer's (SGD: ``momentum_buffer``; Adam: ``exp_avg``,
+        ``exp_avg_sq``, ``max_exp_avg_sq``); ``step`` counts the steps applied to that param.
+        """
         self._plans.flush(self._state)
         return self._state
 
@@ -266,7 +287,8 @@ class Optimizer(PrivateAPI):
 
     @property
     def applied_steps(self) -> int:
-        """Applied steps so far (skipped ones excluded): the count the next step's schedules get."""
+        """Applied steps so far (skipped ones excluded): the count the next step's schedules get,
+        so the first step calls ``schedule(0)``."""
         return self._plans.applied_steps
 
     @property
@@ -280,29 +302,52 @@ class Optimizer(PrivateAPI):
 
     @property
     def gradient_policy(self) -> GradientPolicy:
-        """The checked ``clip_grad_norm`` and ``skip_nonfinite`` (TypeError/ValueError if invalid):
-        what a step does with the global gradient norm. A caller that measures the norm itself
-        (over several processes, say) decides with ``gradient_policy.decide(norm, ...)``."""
+        """The checked ``clip_grad_norm`` and ``skip_nonfinite``: what a step does with the global
+        gradient norm (TypeError/ValueError if a setting is invalid). A caller that measures the
+        norm itself (over several processes, say) decides with ``gradient_policy.decide(norm,
+        all_finite)`` and steps with ``step(grad_scale=...)``."""
         s = self._settings
         return GradientPolicy.checked(s["clip_grad_norm"], s["skip_nonfinite"])
 
     @property
     def storage(self) -> Storage:
-        """The checked 16-bit storage settings (TypeError/ValueError if invalid)."""
+        """The checked 16-bit storage settings: ``stochastic_rounding``, ``seed``, ``state_dtype``
+        (TypeError/ValueError if a setting is invalid); ``storage.rounding(applied_steps)`` is the
+        :class:`~minimalsgd.protocol.Rounding` of the next step."""
         s = self._settings
         return Storage.checked(s["stochastic_rounding"], s["seed"], s["state_dtype"])
 
     def get_lr(self) -> list[float]:
         """The lr each group will use at the next step (schedules evaluated at ``applied_steps``).
 
-        Raises like step() would when a schedule returns a bad value (nothing changes then)."""
+        Returns
+        -------
+        list of float
+            One lr per param group.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`step` would, when a schedule returns a value that is not a finite real
+            number ``>= 0`` (nothing changes then).
+        """
         count = self.applied_steps
         return [lr_at(i, g, count) for i, g in enumerate(self.param_groups)]
 
     def get_options(self) -> list[Any]:
-        """Each group's options for the next step (schedules evaluated at ``applied_steps``),
-        checked by the formula's rules: the formula's options type (``SGDOptions``, ...).
-        Raises as step() would, naming the group; nothing changes."""
+        """Each group's options for the next step, checked by the formula's rules.
+
+        Returns
+        -------
+        list
+            One options tuple per param group, of the formula's type (``SGDOptions``,
+            ``AdamOptions``), schedules evaluated at ``applied_steps``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`step` would, naming the group; nothing changes then.
+        """
         count = self.applied_steps
         formula = self.formula
         out = []
@@ -316,15 +361,35 @@ class Optimizer(PrivateAPI):
     # Param groups
 
     def add_param_group(self, param_group: Mapping[str, Any]) -> None:
-        """Add a group (``{"params": {name: {...}}, <hyperparameter>: ...}``) as torch does: the
-        hyperparameters it does not give come from ``defaults``. Checked first: nothing changes
-        when it is not a dict, lacks "params", names an unknown key, repeats a name of another
-        group or has a bad hyperparameter."""
+        """Add a param group, as torch does.
+
+        Parameters
+        ----------
+        param_group : dict
+            ``{"params": {name: {"value": ndarray, "grad": ndarray}}, <hyperparameter>: ...}``;
+            the hyperparameters it does not give come from ``defaults``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            It is not a dict, lacks ``"params"``, names an unknown key, repeats a name of another
+            group or has a bad hyperparameter. Nothing changes then.
+        """
         self.add_param_groups([param_group])
 
     def add_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
-        """:meth:`add_param_group` for several groups at once: all of them are checked before any
-        is added."""
+        """Add several param groups, as :meth:`add_param_group` adds one.
+
+        Parameters
+        ----------
+        param_groups : sequence of dict
+            The groups; all of them are checked before any is added.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :meth:`add_param_group`; nothing changes then.
+        """
         ready = new_groups(self.formula, self.defaults, self.param_groups, param_groups, self.global_settings)
         for full in ready:
             self.param_groups.append(ParamGroup(self, full))
@@ -350,17 +415,30 @@ class Optimizer(PrivateAPI):
     # The step
 
     def step(self, *, grad_scale: float = 1.0) -> bool:
-        """Update every param that has a grad. Returns True when the step was applied, False when
-        ``skip_nonfinite`` found a NaN or infinity in the gradients (then nothing was written, and
-        neither the state nor ``applied_steps`` advanced).
+        """Update every param that has a grad, in place, in one call for all groups.
 
-        ``grad_scale`` (finite, >= 0) multiplies every gradient: a scale computed elsewhere, such
-        as a clip coefficient from a norm measured over several processes or buckets, or the
-        inverse of a loss scale. The gradient policy applies to the scaled gradients (see
-        :meth:`GradientPolicy.decide`). A step with ``grad_scale != 1`` takes the checked path.
+        Parameters
+        ----------
+        grad_scale : float, default 1.0
+            Multiplies every gradient (finite, ``>= 0``): a scale computed elsewhere, such as a
+            clip coefficient from a norm measured over several processes or buckets, or the
+            inverse of a loss scale. The optimizer's own clipping and non-finite check apply to
+            the scaled gradients (:meth:`GradientPolicy.decide`). A step with a scale other than
+            1 takes the checked path.
 
-        Raises TypeError/ValueError, naming the param or group, before anything is written or
-        created.
+        Returns
+        -------
+        bool
+            True when the step was applied; False when ``skip_nonfinite`` found a NaN or an
+            infinity in the gradients (then nothing was written, and neither the state nor
+            ``applied_steps`` advanced).
+
+        Raises
+        ------
+        TypeError, ValueError
+            A param, group, hyperparameter or schedule value that is not valid, naming it
+            (``params['w1']: grad shape (3,) does not match value shape (2,)``). Raised before
+            anything is written or created.
         """
         plans = self._plans
         plan = plans.plan
@@ -510,9 +588,18 @@ class Optimizer(PrivateAPI):
         return keys, labels, values, grads, state, group_of, offsets
 
     def zero_grad(self, set_to_none: bool = False) -> None:
-        """Zero every grad of every group in place (or set it to None with ``set_to_none=True``).
+        """Zero every grad of every group in place, or set it to None.
 
-        Every grad is checked first: a read-only or non-array grad raises and nothing is zeroed.
+        Parameters
+        ----------
+        set_to_none : bool, default False
+            Set each ``"grad"`` entry to None instead of zeroing the array.
+
+        Raises
+        ------
+        TypeError, ValueError
+            A grad that is not an ndarray, or is read-only (when zeroing). Every grad is checked
+            first: nothing is zeroed then.
         """
         todo = []
         for group in self.param_groups:
@@ -551,21 +638,53 @@ class Optimizer(PrivateAPI):
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume, as a flat dict of plain Python and NumPy values.
 
-        Keys: ``"format"`` (2), ``"optimizer"`` (the class name), the global settings
-        (``"clip_grad_norm"``, None stored as NaN; ``"skip_nonfinite"``, ``"backend"``),
-        ``"applied_steps"``, ``"skipped_steps"``, ``"last_grad_norm"`` (NaN for None); per group
-        i ``"groups/<i>/params"`` (its names, an array of str), ``"groups/<i>/<hyperparameter>"``
-        and ``"groups/<i>/lr_is_schedule"`` (a schedule is code and is not saved: its lr is stored
-        as the lr of the latest step, NaN before any; load into an optimizer built with the same
-        schedule); per param ``"state/<name>/step"`` and ``"state/<name>/<field>"`` (a copy).
-        It pickles, and saves with ``np.savez(file, **opt.state_dict())``; ``dict(np.load(file))``
-        loads back.
+        Returns
+        -------
+        dict
+            Keys: ``"format"`` (2), ``"optimizer"`` (the class name), the global settings
+            (``"clip_grad_norm"``, None stored as NaN; ``"skip_nonfinite"``, ``"backend"``),
+            the storage settings (``"stochastic_rounding"``, ``"seed"``, ``"state_dtype"``: ""
+            for the value's dtype), ``"applied_steps"``, ``"skipped_steps"``, ``"last_grad_norm"`` (NaN for None); per group
+            i ``"groups/<i>/params"`` (its names, an array of str), ``"groups/<i>/<hyperparameter>"``
+            and ``"groups/<i>/lr_is_schedule"`` (a schedule is code and is not saved: its lr is stored
+            as the lr of the latest step, NaN before any; load into an optimizer built with the same
+            schedule); per param ``"state/<name>/step"`` and ``"state/<name>/<field>"`` (a copy).
+            It pickles, and saves with ``np.savez(file, **opt.state_dict())``;
+            ``dict(np.load(file))`` loads back.
+
+        Examples
+        --------
+        >>> import io
+        >>> params = {"w": {"value": np.ones(2, np.float32), "grad": np.ones(2, np.float32)}}
+        >>> opt = minimalsgd.SGD(params, lr=0.1, momentum=0.9)
+        >>> opt.step()
+        True
+        >>> buf = io.BytesIO()
+        >>> np.savez(buf, **opt.state_dict())
+        >>> _ = buf.seek(0)
+        >>> resumed = minimalsgd.SGD(params)          # any hyperparameters: the checkpoint's win
+        >>> with np.load(buf) as f:
+        ...     resumed.load_state_dict(dict(f))
+        >>> resumed.param_groups[0]["momentum"], resumed.applied_steps
+        (0.9, 1)
         """
         return checkpoint.state_dict(self)
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore settings, groups' hyperparameters, counters and state from :meth:`state_dict`.
 
+        Parameters
+        ----------
+        state_dict : mapping
+            What :meth:`state_dict` returned, or ``dict(np.load(file))`` of it.
+
+        Raises
+        ------
+        TypeError, ValueError
+            The state dict does not fit (see below); nothing changes then.
+
+        Notes
+        -----
         The state dict must fit: the same optimizer, as many groups holding the same names, every
         state name a param of this optimizer, every state array of its value's shape and dtype,
         and every setting valid. Otherwise a ValueError/TypeError says what does not fit and
@@ -578,12 +697,21 @@ class Optimizer(PrivateAPI):
         self.load_checkpoint(checkpoint.read(self, state_dict))
 
     def load_checkpoint(self, loaded: checkpoint.Checkpoint) -> None:
-        """Take the contents of a state dict: a :class:`~minimalsgd.optim.checkpoint.Checkpoint`
-        from ``checkpoint.read(self, state_dict)`` (what :meth:`load_state_dict` does), or one
-        that a caller holding state elsewhere built for this optimizer (the sharded optimizer
-        gives each rank's inner optimizer its slices of a full checkpoint). Settings, the groups'
-        hyperparameters, counters and state are replaced; each state array is copied into a new
-        array of its value's memory order. The caller vouches that it fits (``read`` checks it)."""
+        """Take the contents of a state dict.
+
+        Parameters
+        ----------
+        loaded : Checkpoint
+            From ``checkpoint.read(self, state_dict)`` (what :meth:`load_state_dict` does), or
+            built for this optimizer by a caller that holds the state elsewhere (the sharded
+            optimizer gives each rank's inner optimizer its slices of a full checkpoint). The
+            caller vouches that it fits (``read`` checks it).
+
+        Notes
+        -----
+        Settings, the groups' hyperparameters, counters and state are replaced; each state array
+        is copied into a new array of its value's memory order.
+        """
         self._drop_plan()
         for key, val in loaded.settings.items():
             if key in self._settings:
