@@ -33,7 +33,23 @@ __all__ = ["DEFAULT_SEED", "AdamOptions", "Batch", "Formula", "Options", "Roundi
 class SGDOptions(NamedTuple):
     """The options of one SGD param group, checked (``torch.optim.SGD``'s rules, plus finiteness).
 
-    Fields in the order the native ``SgdOptions`` takes them; read them by name."""
+    Fields in the order the native ``SgdOptions`` takes them; read them by name.
+
+    Parameters
+    ----------
+    lr : float
+        The learning rate, ``>= 0``.
+    momentum : float, default 0.0
+        The momentum factor, ``>= 0``.
+    dampening : float, default 0.0
+        Dampening of the momentum.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient, ``>= 0``.
+    nesterov : bool, default False
+        Nesterov momentum (needs ``momentum > 0`` and ``dampening == 0``).
+    maximize : bool, default False
+        Step up the gradient instead of down.
+    """
 
     lr: float
     momentum: float = 0.0
@@ -45,9 +61,28 @@ class SGDOptions(NamedTuple):
 
 class AdamOptions(NamedTuple):
     """The options of one Adam/AdamW param group, checked (``torch.optim.Adam``'s rules, plus
-    finiteness); ``decoupled`` is AdamW's weight decay (``w *= 1 - lr * weight_decay``).
+    finiteness).
 
-    Fields in the order the native ``AdamOptions`` takes them; read them by name."""
+    Fields in the order the native ``AdamOptions`` takes them; read them by name. A group's
+    ``betas`` pair is ``beta1``, ``beta2`` here.
+
+    Parameters
+    ----------
+    lr : float
+        The learning rate, ``>= 0``.
+    beta1, beta2 : float, default 0.9, 0.999
+        The moments' decay rates, each in ``[0, 1)``.
+    eps : float, default 1e-8
+        Added to the denominator after the square root, ``>= 0``.
+    weight_decay : float, default 0.0
+        Weight decay, ``>= 0``: added to the gradient, or decoupled.
+    amsgrad : bool, default False
+        Use the running maximum of the second moment.
+    maximize : bool, default False
+        Step up the gradient instead of down.
+    decoupled : bool, default False
+        AdamW's weight decay, ``w *= 1 - lr * weight_decay`` before the update.
+    """
 
     lr: float
     beta1: float = 0.9
@@ -66,11 +101,19 @@ Options = Union[SGDOptions, AdamOptions]
 class Rounding(NamedTuple):
     """How a step stores float16/bfloat16 results (float32/float64 tensors ignore it).
 
-    ``stochastic``: round each stored result stochastically (else to nearest even), with the
-    random bits of (``seed``, ``step``, the tensor's key, the element's index within its param):
-    never of how elements are sliced over threads, ranks or buckets. ``step`` is the rounding
-    step: the optimizer's applied steps before this one. ``seed`` defaults to
-    :data:`minimalsgd.DEFAULT_SEED`. A NamedTuple: it unpacks as ``(stochastic, seed, step)``."""
+    A NamedTuple: it unpacks as ``(stochastic, seed, step)``.
+
+    Parameters
+    ----------
+    stochastic : bool, default False
+        Round each stored result stochastically (else to nearest even), with the random bits of
+        (``seed``, ``step``, the tensor's key, the element's index within its param): never of
+        how elements are sliced over threads, ranks or buckets.
+    seed : int, default DEFAULT_SEED
+        An int in ``[0, 2**64)`` (:data:`minimalsgd.DEFAULT_SEED` by default).
+    step : int, default 0
+        The rounding step: the optimizer's applied steps before this one.
+    """
 
     stochastic: bool = False
     seed: int = DEFAULT_SEED
@@ -86,26 +129,38 @@ class Batch:
     ``options[group_of[i]]``. A caller validates everything (shapes, dtypes, writeable, no
     overlap, options) before it builds a batch: :meth:`Formula.apply` writes.
 
-    Attributes:
-        labels: each tensor's name for messages (``"params['w']"``, ``"values[3]"``).
-        values, grads: the arrays, one per tensor.
-        state: state field -> one array (or None) per tensor, for every field of the formula.
-        born: whether each tensor's state was created for this step (a first step: SGD's momentum
-            buffer is then set to the gradient, its old contents never read).
-        steps: the steps applied to each tensor before this one (Adam's bias corrections use
-            ``steps[i] + 1``).
-        group_of: each tensor's index into ``options``.
-        options: one set per group (:class:`SGDOptions`, :class:`AdamOptions`).
-        keys: each tensor's stochastic-rounding key (the 64-bit key of its param's name), or None:
-            each tensor's position. Only float16/bfloat16 tensors read it.
-        offsets: the index of each tensor's first element within its param (a piece of a larger
-            param -- a rank's slice, an offloaded bucket -- rounds bit for bit as the whole), or
-            None: 0 for every tensor. Only float16/bfloat16 tensors read it.
-        rounding: the step's :class:`Rounding`.
-        grad_scale: multiplies every gradient (a clip coefficient); finite and >= 0.
-        backend: ``"auto"`` (native where the kernel can serve a tensor, NumPy elsewhere),
-            ``"native"`` (an error where it cannot) or ``"numpy"``; already resolved from
-            ``MINIMALSGD_BACKEND`` (see ``minimalsgd._router.check_backend``).
+    Parameters
+    ----------
+    labels : sequence of str
+        Each tensor's name for messages (``"params['w']"``, ``"values[3]"``).
+    values, grads : sequence of ndarray
+        The arrays, one per tensor.
+    state : mapping of str to sequence of (ndarray or None)
+        State field -> one array (or None) per tensor, for every field of the formula.
+    born : sequence of bool
+        Whether each tensor's state was created for this step (a first step: SGD's momentum
+        buffer is then set to the gradient, its old contents never read).
+    steps : sequence of int
+        The steps applied to each tensor before this one (Adam's bias corrections use
+        ``steps[i] + 1``).
+    group_of : sequence of int
+        Each tensor's index into ``options``.
+    options : sequence
+        One options tuple per group (:class:`SGDOptions`, :class:`AdamOptions`).
+    keys : sequence of int, optional
+        Each tensor's stochastic-rounding key (the 64-bit key of its param's name); None: each
+        tensor's position. Only float16/bfloat16 tensors read it.
+    offsets : sequence of int, optional
+        The index of each tensor's first element within its param (a piece of a larger param --
+        a rank's slice, an offloaded bucket -- rounds bit for bit as the whole); None: 0 for
+        every tensor. Only float16/bfloat16 tensors read it.
+    rounding : Rounding, optional
+        The step's :class:`Rounding` (default: round to nearest).
+    grad_scale : float, default 1.0
+        Multiplies every gradient (a clip coefficient); finite and ``>= 0``.
+    backend : {"auto", "native", "numpy"}, default "auto"
+        ``"auto"``: native where the kernel can serve a tensor, NumPy elsewhere; ``"native"``:
+        an error where it cannot; ``"numpy"``. Already resolved from ``MINIMALSGD_BACKEND``.
     """
 
     labels: Sequence[str]
@@ -127,16 +182,22 @@ class Batch:
 
 
 @runtime_checkable
-class Formula(Protocol):
+class Formula(Protocol):  # numpydoc ignore=PR01
     """What an optimizer is: its options, its state, its checks and its update.
 
-    Attributes:
-        name: the formula's name (``"sgd"``, ``"adam"``, ``"adamw"``).
-        options_type: the NamedTuple of one group's options (:class:`SGDOptions`, ...).
-        hyperparameters: the per-group keys of ``param_groups``, ``"lr"`` first.
-        state_fields: the arrays it keeps per param (besides the ``"step"`` count).
-        native_plan: the name of its cached native plan class in ``_core`` (``"SgdPlan"``), or
-            None: steps of its optimizers never take a cached native plan.
+    Attributes
+    ----------
+    name : str
+        The formula's name (``"sgd"``, ``"adam"``, ``"adamw"``).
+    options_type : type
+        The NamedTuple of one group's options (:class:`SGDOptions`, ...).
+    hyperparameters : tuple of str
+        The per-group keys of ``param_groups``, ``"lr"`` first.
+    state_fields : tuple of str
+        The arrays it keeps per param (besides the ``"step"`` count).
+    native_plan : str or None
+        The name of its cached native plan class in ``_core`` (``"SgdPlan"``), or None: steps of
+        its optimizers never take a cached native plan.
     """
 
     name: str
@@ -146,31 +207,87 @@ class Formula(Protocol):
     native_plan: Optional[str]
 
     def options(self, hyper: Mapping[str, Any]) -> Any:
-        """One group's hyperparameters (``hyper["lr"]`` a number) checked by the formula's rules,
-        as its options; TypeError/ValueError naming the hyperparameter."""
+        """One group's hyperparameters checked by the formula's rules.
+
+        Parameters
+        ----------
+        hyper : mapping
+            The group's hyperparameters by name (``hyper["lr"]`` a number).
+
+        Returns
+        -------
+        options_type
+            The options; TypeError/ValueError naming the hyperparameter otherwise.
+        """
         ...
 
     def fields_needed(self, options: Any) -> tuple[str, ...]:
-        """The state fields that a tensor stepped with ``options`` uses."""
+        """The state fields that a tensor stepped with these options uses.
+
+        Parameters
+        ----------
+        options : options_type
+            One group's options.
+
+        Returns
+        -------
+        tuple of str
+            A subset of ``state_fields``.
+        """
         ...
 
     def init_state(self, field: str, array: np.ndarray) -> None:
-        """Give ``array``, allocated for ``field`` of a tensor whose state is born this step, its
-        initial contents in place (Adam: zeros; SGD: nothing, the born flag says its contents
-        are not read)."""
+        """Give a state array born this step its initial contents, in place.
+
+        Parameters
+        ----------
+        field : str
+            The state field.
+        array : ndarray
+            The new array (Adam: zeros; SGD: nothing, the born flag says its contents are not read).
+        """
         ...
 
     def new_state(self, field: str, value: np.ndarray, dtype: Any = None) -> np.ndarray:
-        """A new, initialized state array for ``value``: its shape and memory order, native byte
-        order, ``dtype`` (None: the value's)."""
+        """A new, initialized state array for a value.
+
+        Parameters
+        ----------
+        field : str
+            The state field.
+        value : ndarray
+            The value: the array has its shape and memory order, native byte order.
+        dtype : dtype, optional
+            The array's dtype (None: the value's).
+
+        Returns
+        -------
+        ndarray
+            The array.
+        """
         ...
 
     def apply(self, batch: Batch) -> None:
-        """The update over every tensor of ``batch``, in place, through the one router."""
+        """The update over every tensor of a batch, in place, through the one router.
+
+        Parameters
+        ----------
+        batch : Batch
+            The validated tensors of the step.
+        """
         ...
 
     def prepare(self, batch: Batch) -> Callable[[float, int], None]:
-        """``apply`` with the tensors bound, for a cached plan that repeats one validated step
-        (no state born): ``run(grad_scale, applied)``, ``applied`` being the steps that ``run``
-        made before (``batch.steps`` are those before the first)."""
+        """``apply`` with the tensors bound, for a cached plan that repeats one validated step.
+
+        Parameters
+        ----------
+        batch : Batch
+            The step's tensors, none born; ``batch.steps`` are the steps before the first run.
+
+        Returns
+        -------
+        callable
+            ``run(grad_scale, applied)``, ``applied`` being the steps that ``run`` made before.
+        """
         ...

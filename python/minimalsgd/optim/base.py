@@ -60,10 +60,13 @@ _APPLIED, _SKIPPED = PlanStatus.APPLIED, PlanStatus.SKIPPED
 
 
 class BaseFormula:
-    """What this package's formulas share: :meth:`new_state` (allocate, then :meth:`init_state`)
-    and a generic :meth:`prepare` (:meth:`apply` with the steps advanced). A formula subclasses
-    it and gives ``name``, ``options_type``, ``hyperparameters``, ``state_fields``,
-    ``native_plan``, :meth:`options` and :meth:`apply` (see :class:`~minimalsgd.protocol.Formula`)."""
+    """What this package's formulas share: ``new_state`` (allocate, then ``init_state``) and a
+    generic ``prepare`` (``apply`` with the steps advanced).
+
+    A formula subclasses it and gives ``name``, ``options_type``, ``hyperparameters``,
+    ``state_fields``, ``native_plan``, ``options`` and ``apply`` (see
+    :class:`minimalsgd.protocol.Formula`).
+    """
 
     name: str = ""
     options_type: type = tuple
@@ -346,7 +349,7 @@ class Optimizer(PrivateAPI):
         Raises
         ------
         TypeError, ValueError
-            As :meth:`step` would, naming the group; nothing changes then.
+            As :meth:`minimalsgd.SGD.step` would, naming the group; nothing changes then.
         """
         count = self.applied_steps
         formula = self.formula
@@ -378,7 +381,7 @@ class Optimizer(PrivateAPI):
         self.add_param_groups([param_group])
 
     def add_param_groups(self, param_groups: Sequence[Mapping[str, Any]]) -> None:
-        """Add several param groups, as :meth:`add_param_group` adds one.
+        """Add several param groups, as :meth:`minimalsgd.SGD.add_param_group` adds one.
 
         Parameters
         ----------
@@ -388,7 +391,7 @@ class Optimizer(PrivateAPI):
         Raises
         ------
         TypeError, ValueError
-            As :meth:`add_param_group`; nothing changes then.
+            As :meth:`minimalsgd.SGD.add_param_group`; nothing changes then.
         """
         ready = new_groups(self.formula, self.defaults, self.param_groups, param_groups, self.global_settings)
         for full in ready:
@@ -423,7 +426,7 @@ class Optimizer(PrivateAPI):
             Multiplies every gradient (finite, ``>= 0``): a scale computed elsewhere, such as a
             clip coefficient from a norm measured over several processes or buckets, or the
             inverse of a loss scale. The optimizer's own clipping and non-finite check apply to
-            the scaled gradients (:meth:`GradientPolicy.decide`). A step with a scale other than
+            the scaled gradients (``GradientPolicy.decide``). A step with a scale other than
             1 takes the checked path.
 
         Returns
@@ -702,7 +705,7 @@ class Optimizer(PrivateAPI):
         Parameters
         ----------
         loaded : Checkpoint
-            From ``checkpoint.read(self, state_dict)`` (what :meth:`load_state_dict` does), or
+            From ``checkpoint.read(self, state_dict)`` (what :meth:`minimalsgd.SGD.load_state_dict` does), or
             built for this optimizer by a caller that holds the state elsewhere (the sharded
             optimizer gives each rank's inner optimizer its slices of a full checkpoint). The
             caller vouches that it fits (``read`` checks it).

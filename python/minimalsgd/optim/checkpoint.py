@@ -42,16 +42,21 @@ GROUP_PREFIX = "groups/"
 
 
 class Checkpoint(NamedTuple):
-    """The contents of a state dict, validated against an optimizer by :func:`read`.
+    """The contents of a state dict, validated against an optimizer by :func:`minimalsgd.optim.checkpoint.read`.
 
-    Attributes:
-        settings: global and storage settings by name (None for an unset clip or state dtype).
-        hyperparameters: per group, its hyperparameters by name (a saved schedule: the
-            optimizer's own schedule).
-        state: param name -> ``{"step": int, <field>: ndarray, ...}`` (the arrays as given:
-            validated in shape and dtype, not copied).
-        applied_steps, skipped_steps: the counters.
-        last_grad_norm: the norm of the latest measured step, or None.
+    Parameters
+    ----------
+    settings : dict
+        Global and storage settings by name (None for an unset clip or state dtype).
+    hyperparameters : list of dict
+        Per group, its hyperparameters by name (a saved schedule: the optimizer's own schedule).
+    state : dict
+        Param name -> ``{"step": int, <field>: ndarray, ...}`` (the arrays as given: validated in
+        shape and dtype, not copied).
+    applied_steps, skipped_steps : int
+        The counters.
+    last_grad_norm : float or None
+        The norm of the latest measured step.
     """
 
     settings: dict[str, Any]
@@ -63,8 +68,20 @@ class Checkpoint(NamedTuple):
 
 
 def state_dict(opt: Any, state: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """``opt``'s state dict (see the module docstring), with the per-param ``state``
-    (default ``opt.state``: name -> ``{"step": int, <field>: ndarray}``); arrays are copied."""
+    """An optimizer's state dict, with per-param state that may be held elsewhere.
+
+    Parameters
+    ----------
+    opt : Optimizer
+        The optimizer: its class name, formula, settings, groups and counters.
+    state : mapping, optional
+        Param name -> ``{"step": int, <field>: ndarray}`` (default ``opt.state``).
+
+    Returns
+    -------
+    dict
+        The state dict (see the module docstring); arrays are copied.
+    """
     if state is None:
         state = opt.state
     sd: dict[str, Any] = {"format": STATE_DICT_FORMAT, "optimizer": type(opt).__name__}
@@ -99,11 +116,24 @@ def state_dict(opt: Any, state: Mapping[str, Mapping[str, Any]] | None = None) -
 
 
 def read(opt: Any, state_dict: Mapping[str, Any]) -> Checkpoint:
-    """The contents of ``state_dict`` if it fits ``opt``: the same optimizer, as many groups
-    holding the same names, every state name a param of ``opt``, every state array of its value's
-    shape and dtype (float32 for a 16-bit value with ``state_dtype=float32``), every setting and
-    hyperparameter valid. Otherwise a ValueError/TypeError says what does not fit. Changes nothing.
-    A group saved with a schedule needs a schedule in ``opt`` (it is kept)."""
+    """The contents of a state dict that fits an optimizer; changes nothing.
+
+    Parameters
+    ----------
+    opt : Optimizer
+        The optimizer it is for.
+    state_dict : mapping
+        A state dict (format 2, or 1), as saved or as ``dict(np.load(file))`` gives it back.
+
+    Returns
+    -------
+    Checkpoint
+        Its contents, if it fits: the same optimizer, as many groups holding the same names,
+        every state name a param of ``opt``, every state array of its value's shape and dtype
+        (float32 for a 16-bit value with ``state_dtype=float32``), every setting and
+        hyperparameter valid; otherwise a ValueError/TypeError says what does not fit. A group
+        saved with a schedule needs a schedule in ``opt`` (it is kept).
+    """
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
     formula = opt.formula

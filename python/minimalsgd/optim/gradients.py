@@ -28,7 +28,20 @@ CLIP_EPS = 1e-12
 
 
 def clip_scale(total_norm: float, max_norm: float | None) -> float:
-    """The grad_scale that clips to ``max_norm``: ``max_norm / (total + 1e-12)`` when the total exceeds it."""
+    """The gradient scale that clips to a global norm.
+
+    Parameters
+    ----------
+    total_norm : float
+        The global norm of the gradients.
+    max_norm : float or None
+        The limit (None: no clipping).
+
+    Returns
+    -------
+    float
+        ``max_norm / (total_norm + 1e-12)`` when ``total_norm`` exceeds ``max_norm``, else 1.
+    """
     if max_norm is not None and total_norm > max_norm:
         return max_norm / (total_norm + CLIP_EPS)
     return 1.0
@@ -37,9 +50,15 @@ def clip_scale(total_norm: float, max_norm: float | None) -> float:
 class GradientDecision(NamedTuple):
     """What the gradient policy decided for one step.
 
-    ``norm``: the global norm of the gradients the step uses (NaN when not measured);
-    ``scale``: the gradient scale of the step (every gradient is used as ``grad * scale``);
-    ``skipped``: the step writes nothing (a non-finite gradient with ``skip_nonfinite``)."""
+    Parameters
+    ----------
+    norm : float
+        The global norm of the gradients the step uses (NaN when not measured).
+    scale : float
+        The gradient scale of the step: every gradient is used as ``grad * scale``.
+    skipped : bool
+        The step writes nothing (a non-finite gradient with ``skip_nonfinite``).
+    """
 
     norm: float
     scale: float
@@ -47,16 +66,35 @@ class GradientDecision(NamedTuple):
 
 
 class GradientPolicy(NamedTuple):
-    """``clip`` (a global-norm limit, or None) and ``skip_nonfinite``: what a step does with the
-    global norm of its gradients. Build it checked with :meth:`checked`."""
+    """What a step does with the global norm of its gradients (:meth:`GradientPolicy.checked` builds it).
+
+    Parameters
+    ----------
+    clip : float or None, default None
+        The global-norm limit (finite, ``> 0``), or None: no clipping.
+    skip_nonfinite : bool, default False
+        Skip a step whose gradients hold a NaN or an infinity.
+    """
 
     clip: float | None = None
     skip_nonfinite: bool = False
 
     @classmethod
     def checked(cls, clip_grad_norm: Any, skip_nonfinite: Any) -> GradientPolicy:
-        """The policy of an optimizer's settings: TypeError/ValueError naming the setting unless
-        ``clip_grad_norm`` is None or a finite number > 0 and ``skip_nonfinite`` a bool."""
+        """The policy of an optimizer's settings, checked.
+
+        Parameters
+        ----------
+        clip_grad_norm : float or None
+            None, or a finite number ``> 0``.
+        skip_nonfinite : bool
+            A bool.
+
+        Returns
+        -------
+        GradientPolicy
+            The policy; TypeError/ValueError naming the setting when one is not valid.
+        """
         clip = None if clip_grad_norm is None else check_real("clip_grad_norm", clip_grad_norm, positive=True)
         return cls(clip, check_bool("skip_nonfinite", skip_nonfinite))
 
@@ -66,15 +104,27 @@ class GradientPolicy(NamedTuple):
         return self.clip is not None or self.skip_nonfinite
 
     def decide(self, norm: float, all_finite: Callable[[], bool], grad_scale: float = 1.0) -> GradientDecision:
-        """The decision for gradients whose global L2 norm (float64 sum of squares, then the
-        square root) is ``norm``.
+        """The decision for gradients of a given global norm.
 
-        Skipped, with ``skip_nonfinite``, when ``norm`` is NaN, or infinite and ``all_finite()``
-        (called only then) says a gradient holds a NaN or an infinity -- an infinite norm of finite
-        grads is a float64 overflow of their squares, not a bad gradient. Otherwise the scale is
-        ``grad_scale * clip_scale(grad_scale * norm, clip)``: ``grad_scale`` (1 unless the caller
-        computed a scale elsewhere, see ``Optimizer.step``) applies first, so the norm, the clip
-        and ``GradientDecision.norm`` are those of the gradients as used.
+        Parameters
+        ----------
+        norm : float
+            The global L2 norm of the gradients as given (float64 sum of squares, then the
+            square root), measured over every process or bucket of the step.
+        all_finite : callable
+            ``all_finite()`` says whether every gradient is finite; called only when ``norm`` is
+            infinite (an infinite norm of finite grads is a float64 overflow of their squares,
+            not a bad gradient).
+        grad_scale : float, default 1.0
+            A scale computed elsewhere (see ``Optimizer.step``), applied first: the norm, the clip
+            and the decision's ``norm`` are those of the gradients as used.
+
+        Returns
+        -------
+        GradientDecision
+            Skipped, with ``skip_nonfinite``, when ``norm`` is NaN, or infinite with a gradient
+            that is not finite; otherwise the scale ``grad_scale * clip_scale(grad_scale * norm,
+            clip)``.
         """
         if self.skip_nonfinite and not math.isfinite(norm) and (math.isnan(norm) or not all_finite()):
             return GradientDecision(norm, 0.0, True)
@@ -85,8 +135,24 @@ class GradientPolicy(NamedTuple):
 
     def measure(self, labels: Sequence[str], grads: Sequence[np.ndarray], backend: str,
                 grad_scale: float = 1.0) -> GradientDecision:
-        """:meth:`decide` for these grads, their norm measured in one pass (through the router);
-        without clip or skip, nothing is measured (``norm`` NaN, ``scale`` ``grad_scale``)."""
+        """:meth:`decide` for these grads, their norm measured in one pass (through the router).
+
+        Parameters
+        ----------
+        labels : sequence of str
+            The grads' names, for messages.
+        grads : sequence of ndarray
+            The gradients, validated.
+        backend : {"auto", "native", "numpy"}
+            The resolved backend.
+        grad_scale : float, default 1.0
+            As in :meth:`decide`.
+
+        Returns
+        -------
+        GradientDecision
+            Without clip or skip nothing is measured: ``norm`` NaN, ``scale`` ``grad_scale``.
+        """
         if not self.measures:
             return GradientDecision(math.nan, grad_scale, False)
         norm = _router.norm(labels, grads, backend)

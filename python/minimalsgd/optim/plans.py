@@ -32,7 +32,7 @@ from .gradients import GradientPolicy
 __all__ = ["Offset", "PlanCache", "PlanStatus", "PythonPlan"]
 
 
-class PlanStatus(enum.IntEnum):
+class PlanStatus(enum.IntEnum):  # numpydoc ignore=PR01
     """What a cached plan's ``step()`` did (the native plan returns the same numbers)."""
 
     #: Something changed since the plan was built: nothing written; take the full path.

@@ -33,7 +33,18 @@ _KEYS: dict[Any, int] = {}
 
 
 def name_keys(names: Sequence[Any]) -> list[int]:
-    """The stochastic-rounding key of each param name: FNV-1a over its UTF-8 (cached)."""
+    """The stochastic-rounding key of each param name.
+
+    Parameters
+    ----------
+    names : sequence
+        Param names (``str(name)`` is hashed).
+
+    Returns
+    -------
+    list of int
+        The 64-bit FNV-1a hash of each name's UTF-8 (cached).
+    """
     keys = _KEYS
     out = []
     for n in names:
@@ -47,7 +58,18 @@ def name_keys(names: Sequence[Any]) -> list[int]:
 
 
 def check_state_dtype(x: Any) -> np.dtype | None:
-    """None (state arrays of the value's dtype) or float32 (for 16-bit values); else an error."""
+    """The ``state_dtype`` setting, checked.
+
+    Parameters
+    ----------
+    x : dtype or None
+        None (state arrays of the value's dtype) or float32 (for 16-bit values).
+
+    Returns
+    -------
+    dtype or None
+        The dtype; TypeError/ValueError otherwise.
+    """
     if x is None:
         return None
     try:
@@ -60,7 +82,17 @@ def check_state_dtype(x: Any) -> np.dtype | None:
 
 
 class Storage(NamedTuple):
-    """An optimizer's 16-bit storage settings, checked (:meth:`checked`)."""
+    """An optimizer's 16-bit storage settings (:meth:`Storage.checked` builds them).
+
+    Parameters
+    ----------
+    stochastic_rounding : bool, default False
+        Round float16/bfloat16 results stochastically (else to nearest even).
+    seed : int, default 0
+        The rounding seed, in ``[0, 2**64)``.
+    state_dtype : dtype or None, default None
+        float32: state arrays of 16-bit values in float32; None: of the value's dtype.
+    """
 
     stochastic_rounding: bool = False
     seed: int = 0
@@ -68,31 +100,96 @@ class Storage(NamedTuple):
 
     @classmethod
     def checked(cls, stochastic_rounding: Any, seed: Any, state_dtype: Any) -> Storage:
-        """TypeError/ValueError naming the setting unless ``stochastic_rounding`` is a bool,
-        ``seed`` an int in [0, 2**64) and ``state_dtype`` None or float32."""
+        """The settings, checked.
+
+        Parameters
+        ----------
+        stochastic_rounding : bool
+            A bool.
+        seed : int
+            An int in ``[0, 2**64)``.
+        state_dtype : dtype or None
+            None or float32.
+
+        Returns
+        -------
+        Storage
+            The settings; TypeError/ValueError naming the setting when one is not valid.
+        """
         sr, seed, _ = check_rounding(stochastic_rounding, seed)
         return cls(sr, seed, check_state_dtype(state_dtype))
 
     def rounding(self, step: int) -> Rounding:
-        """The :class:`~minimalsgd.protocol.Rounding` of the step with ``step`` applied steps
-        before it (an int >= 0: a count)."""
+        """The rounding of one step.
+
+        Parameters
+        ----------
+        step : int
+            The applied steps before it (a count, ``>= 0``).
+
+        Returns
+        -------
+        Rounding
+            ``Rounding(stochastic_rounding, seed, step)``.
+        """
         return Rounding(self.stochastic_rounding, self.seed, step)
 
     def dtype_for(self, value: np.ndarray) -> np.dtype:
-        """The dtype of a state array of ``value``: float32 for a 16-bit value with
-        ``state_dtype=float32``, else the value's (native byte order)."""
+        """The dtype of a state array of a value.
+
+        Parameters
+        ----------
+        value : ndarray
+            The value.
+
+        Returns
+        -------
+        dtype
+            float32 for a 16-bit value with ``state_dtype=float32``, else the value's (native
+            byte order).
+        """
         if self.state_dtype is not None and _half.is_half(value.dtype):
             return _FLOAT32
         return value.dtype.newbyteorder("=")
 
     def new_state(self, formula: Formula, field: str, value: np.ndarray) -> np.ndarray:
-        """A new state array of ``field`` for ``value``, initialized by the formula."""
+        """A new state array for a value, initialized by the formula.
+
+        Parameters
+        ----------
+        formula : Formula
+            The formula whose state it is.
+        field : str
+            The state field.
+        value : ndarray
+            The value.
+
+        Returns
+        -------
+        ndarray
+            The array: the value's shape and memory order, :meth:`dtype_for` the value.
+        """
         return formula.new_state(field, value, self.dtype_for(value))
 
     def new_states(self, formula: Formula, field: str, values: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """New state arrays of ``field``, one per value, each in its value's memory order and
-        initialized by the formula. Packed params (``pack_params``) of the value's dtype get slices
-        of one flat array laid out like their arena, so the cached plan steps them in one span."""
+        """New state arrays, one per value, initialized by the formula.
+
+        Parameters
+        ----------
+        formula : Formula
+            The formula whose state they are.
+        field : str
+            The state field.
+        values : sequence of ndarray
+            The values.
+
+        Returns
+        -------
+        list of ndarray
+            Each in its value's memory order. Packed params (``pack_params``) of the value's dtype
+            get slices of one flat array laid out like their arena, so the cached plan steps them
+            in one span.
+        """
         if self.state_dtype is not None and any(_half.is_half(v.dtype) for v in values):
             return [self.new_state(formula, field, v) for v in values]
         arrays = new_buffers(values)
