@@ -62,10 +62,10 @@ MINIMALSGD_DTYPES(MINIMALSGD_DTYPE_ALIAS)
 
 template <class T>
 struct KindOf;
-#define MINIMALSGD_KIND_OF(name, type)                    \
-    template <>                                           \
-    struct KindOf<type> {                                 \
-        static constexpr Kind value = Kind::name;         \
+#define MINIMALSGD_KIND_OF(name, type)            \
+    template <>                                   \
+    struct KindOf<type> {                         \
+        static constexpr Kind value = Kind::name; \
     };
 MINIMALSGD_DTYPES(MINIMALSGD_KIND_OF)
 #undef MINIMALSGD_KIND_OF
@@ -112,6 +112,11 @@ constexpr std::size_t index_of() {
     return i;
 }
 
+template <class K, class... Ks>
+constexpr std::size_t count_of() {
+    return (std::size_t{0} + ... + (std::is_same_v<K, Ks> ? 1 : 0));
+}
+
 template <class Op, class L>
 struct Select;
 template <class Op, class... K>
@@ -145,6 +150,8 @@ template <class L>
 class Table;
 template <class... K>
 class Table<KernelList<K...>> {
+    static_assert(((detail::count_of<K, K...>() == 1) && ...), "a kernel list has a row twice");
+
   public:
     constexpr explicit Table(typename K::Fn... fns) : fns_(fns...) {}
 
