@@ -17,7 +17,7 @@ namespace py = pybind11;
 
 namespace minimalsgd_python {
 
-// Runs every row of a batch of spans (an SgdBatch's or AdamBatch's) that has tensors, in the
+// Runs every row of a batch of spans (a Batch's or an AdamBatch's) that has tensors, in the
 // list's order, with the kernels of the chosen instruction set (GIL released by the caller);
 // each span refers to one of the `n_groups` options sets.
 template <class Op>
