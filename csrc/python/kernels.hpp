@@ -62,7 +62,7 @@ struct adam {
     template <class S, class B>
     using Span = minimalsgd::AdamSpan<S>;
     template <class S, class B>
-    using Scale = S;
+    using Scale = minimalsgd::compute_t<S>;
     template <class S, class B>
     using Fn = void (*)(const Span<S, B>*, std::size_t, const Options*, std::size_t, Scale<S, B>,
                         const minimalsgd::Parallel&);
