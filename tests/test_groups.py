@@ -609,7 +609,7 @@ def test_random_groups_plan_numpy_and_oracle(assign, hypers, scheduled, clip, dt
 
 
 def test_core_groups_entry_refuses_bad_input_and_writes_nothing():
-    core = minimalsgd._functional._core
+    core = minimalsgd._router._core
     if core is None:
         pytest.skip("needs the native backend")
     v = [np.zeros(3, np.float32), np.zeros(4, np.float32)]

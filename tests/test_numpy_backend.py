@@ -170,7 +170,7 @@ def test_zero_d_and_empty_tensors():
 
 
 # ---------------------------------------------------------------------------------------------
-# SGD.step()'s cached plan for steps with NumPy tensors (minimalsgd._pyplan.PythonPlan)
+# SGD.step()'s cached plan for steps with NumPy tensors (minimalsgd.optim.plans.PythonPlan)
 
 
 def _params(seed=0, n=3, half=False):
@@ -201,7 +201,7 @@ PLAN_MUTATIONS = {
 @pytest.mark.parametrize("backend,half", [("numpy", False), ("auto", True)])
 @pytest.mark.parametrize("kw", [dict(lr=0.1), dict(lr=0.1, momentum=0.9, nesterov=True, clip_grad_norm=1.0)])
 def test_python_plan_notices_changes(mutation, backend, half, kw):
-    from minimalsgd._pyplan import PythonPlan
+    from minimalsgd.optim.plans import PythonPlan
 
     pa, pb = _params(half=half), _params(half=half)
     oa = minimalsgd.SGD(pa, backend=backend, **kw)
@@ -305,7 +305,7 @@ def test_python_plan_adam_step_counts(cls):
         ob._drop_plan()
         ob.step()
         if step >= 1:
-            from minimalsgd._pyplan import PythonPlan
+            from minimalsgd.optim.plans import PythonPlan
             assert isinstance(oa._plan, PythonPlan)
         for k in pa:
             assert pa[k]["value"].tobytes() == pb[k]["value"].tobytes(), (step, k)

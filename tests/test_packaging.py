@@ -70,7 +70,7 @@ def test_installed_package_is_the_one_tested():
         pytest.skip("MINIMALSGD_TEST_INSTALLED_PREFIX not set (only the wheel run sets it)")
     here = Path(minimalsgd.__file__).resolve()
     assert here.is_relative_to(Path(prefix).resolve()), here
-    assert Path(minimalsgd._functional._core.__file__).resolve().is_relative_to(Path(prefix).resolve())
+    assert Path(minimalsgd._router._core.__file__).resolve().is_relative_to(Path(prefix).resolve())
 
 
 def test_backend_info_names_the_processor_and_its_kernels():

@@ -12,12 +12,11 @@ from __future__ import annotations
 from . import schedules
 from ._arena import Arena, pack_params
 from ._config import backend_info, get_num_threads, set_num_threads, show_config
-from ._functional import adam_step, global_grad_norm, sgd_step
 from ._half import DEFAULT_SEED
 from ._paths import get_cmake_dir, get_include
 from ._version import __version__
-from .adam import Adam, AdamW
-from .optim import SGD
+from .functional import adam_step, global_grad_norm, sgd_step
+from .optim import SGD, Adam, AdamW
 
 
 def __getattr__(name: str) -> object:

@@ -6,7 +6,7 @@ import os
 import platform
 from typing import Any
 
-from . import _functional as F
+from . import _router as R
 from ._version import __version__
 
 __all__ = ["backend_info", "show_config", "get_num_threads", "set_num_threads"]
@@ -43,15 +43,15 @@ def backend_info() -> dict[str, Any]:
     >>> info["backend"] in ("native", "numpy"), info["version"] == minimalsgd.__version__
     (True, True)
     """
-    core = F._core
+    core = R._core
     info: dict[str, Any] = {
         "version": __version__,
-        "backend": "numpy" if core is None or F.DEFAULT_BACKEND == "numpy" else "native",
+        "backend": "numpy" if core is None or R.DEFAULT_BACKEND == "numpy" else "native",
         "native_available": core is not None,
         "MINIMALSGD_BACKEND": os.environ.get("MINIMALSGD_BACKEND"),
     }
     if core is None:
-        info["native_import_error"] = F._CORE_IMPORT_ERROR
+        info["native_import_error"] = R.CORE_IMPORT_ERROR
         info.update(processor=platform.machine().lower(), isa=None, simd=None, supported_isas=[], openmp=False,
                     num_threads=1)
         return info
@@ -99,7 +99,7 @@ def get_num_threads() -> int:
     int
         The thread count (1 without the native extension or without OpenMP).
     """
-    return F._core.get_num_threads() if F._core is not None else 1
+    return R._core.get_num_threads() if R._core is not None else 1
 
 
 def set_num_threads(n: int) -> None:
@@ -132,5 +132,5 @@ def set_num_threads(n: int) -> None:
         raise TypeError(f"n must be an int, got {type(n).__name__}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if F._core is not None:
-        F._core.set_num_threads(n)
+    if R._core is not None:
+        R._core.set_num_threads(n)

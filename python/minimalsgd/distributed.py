@@ -1139,7 +1139,7 @@ class ShardedOptimizer:
                 for f in needed[group_of[i]]:
                     has[f][i] = True
         object.__setattr__(opt, "_applied", opt._applied + 1)
-        opt.last_lrs = [float(o[0]) for o in options]
+        opt.last_lrs = [float(o.lr) for o in options]
         return True
 
     def zero_grad(self, set_to_none: bool = False) -> None:

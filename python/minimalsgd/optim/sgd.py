@@ -1,19 +1,48 @@
-"""The param-dict SGD: ``SGD(params, ...)`` on the shared optimizer machinery (``_optimizer``)."""
+"""SGD: its formula (:data:`SGD_FORMULA`, ``torch.optim.SGD``'s rules and the fused SGD kernel)
+and the param-dict optimizer :class:`SGD` that names it."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import partial
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
+from .. import _router
+from .._router import Backend
+from .._validation import check_sgd_options
+from ..protocol import Batch, SGDOptions
+from .base import BaseFormula, Optimizer, ParamsOrGroups, Schedule
+
+__all__ = ["SGD", "SGDFormula", "SGD_FORMULA"]
 
 
-from . import _functional as F
-from . import _half
-from ._optimizer import STATE_DICT_FORMAT, Optimizer, ParamsOrGroups, Schedule
+class SGDFormula(BaseFormula):
+    """SGD's update (see :func:`minimalsgd.sgd_step`): options :class:`SGDOptions`, one state
+    field, the momentum buffer, used when the momentum is not 0 and set to the gradient on the
+    step that creates it (its born contents are never read)."""
 
-__all__ = ["SGD", "STATE_DICT_FORMAT"]
+    name = "sgd"
+    options_type = SGDOptions
+    hyperparameters = SGDOptions._fields
+    state_fields = ("momentum_buffer",)
+    native_plan = "SgdPlan"
+
+    def options(self, hyper: Mapping[str, Any]) -> SGDOptions:
+        return check_sgd_options(hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["weight_decay"],
+                                 hyper["nesterov"], hyper["maximize"])
+
+    def fields_needed(self, options: SGDOptions) -> tuple[str, ...]:
+        return self.state_fields if options.momentum != 0 else ()
+
+    def apply(self, batch: Batch) -> None:
+        _router.sgd(batch)
+
+    def prepare(self, batch: Batch) -> Callable[[float, int], None]:
+        call = _router.prepare_sgd(batch)
+        return lambda grad_scale, applied: call(grad_scale)
+
+
+#: The SGD formula (``minimalsgd.SGD.formula``).
+SGD_FORMULA = SGDFormula()
 
 
 class SGD(Optimizer):
@@ -123,9 +152,7 @@ class SGD(Optimizer):
     [0.1, 0.1]
     """
 
-    hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-    state_fields = ("momentum_buffer",)
-    _plan_class = "SgdPlan"
+    formula = SGD_FORMULA
 
     def __init__(
         self,
@@ -139,7 +166,7 @@ class SGD(Optimizer):
         dampening: float = 0.0,
         maximize: bool = False,
         skip_nonfinite: bool = False,
-        backend: F.Backend = "auto",
+        backend: Backend = "auto",
         stochastic_rounding: bool = False,
         seed: int | None = None,
         state_dtype: Any = None,
@@ -148,65 +175,3 @@ class SGD(Optimizer):
                         nesterov=nesterov, maximize=maximize)
         super().__init__(params, defaults, clip_grad_norm=clip_grad_norm, skip_nonfinite=skip_nonfinite, backend=backend,
                          stochastic_rounding=stochastic_rounding, seed=seed, state_dtype=state_dtype)
-
-    # The formula: torch.optim.SGD's rules and the fused SGD kernel.
-
-    def _check_options(self, hyper: Mapping[str, Any]) -> tuple[float, float, float, float, bool, bool]:
-        lr, momentum, dampening, weight_decay, nesterov, maximize = F.check_hyperparameters(
-            hyper["lr"], hyper["momentum"], hyper["dampening"], hyper["weight_decay"], hyper["nesterov"], hyper["maximize"]
-        )
-        return lr, momentum, dampening, weight_decay, nesterov, maximize
-
-    def _fields_needed(self, options: tuple[Any, ...]) -> tuple[str, ...]:
-        return self.state_fields if options[1] != 0 else ()
-
-    def _run(
-        self,
-        labels: list[str],
-        values: list[np.ndarray],
-        grads: list[np.ndarray],
-        states: list[list[np.ndarray | None]],
-        born: list[bool],
-        steps: list[int],
-        group_of: list[int],
-        options: list[tuple[Any, ...]],
-        grad_scale: float,
-        backend: str,
-        rounding_keys: Sequence[int] | None = None,
-        rounding_offsets: Sequence[int] | None = None,
-    ) -> None:
-        # SGD's one state field is the momentum buffer; a buffer born this step is a first step.
-        buffers = [s[0] for s in states]
-        keys = rounding_keys
-        if keys is None and any(_half.is_half(v.dtype) for v in values):
-            keys = self._rounding_keys(labels)
-        F.run_step(labels, values, grads, buffers, born, group_of, options, grad_scale, backend, self._rounding(),
-                   keys, rounding_offsets)
-
-    def _plan_runner(self, labels, values, grads, states, options, backend):  # type: ignore[no-untyped-def]
-        # The routing of a cached Python plan, fixed with the layouts: one call per backend.
-        with_buffer = options[1] != 0
-        buffers = [s[0] for s in states]
-        native: list[int] = []
-        other: list[int] = []
-        for i in range(len(values)):
-            buf = buffers[i] if with_buffer else None
-            (native if backend != "numpy" and F.native_reason(values[i], grads[i], buf) is None else other).append(i)
-        calls = []
-        if native:
-            assert F._core is not None
-            bufs = [buffers[i] for i in native] if with_buffer else None
-            calls.append(partial(F._core.sgd_step, [values[i] for i in native], [grads[i] for i in native], bufs, False,
-                                 *options, check_overlap=False))
-        if other:
-            bufs = [buffers[i] for i in other] if with_buffer else None
-            calls.append(F._numpy.prepare_sgd_step([values[i] for i in other], [grads[i] for i in other], bufs, *options))
-        if len(calls) == 1:
-            call = calls[0]
-            return lambda grad_scale, applied: call(grad_scale)
-
-        def run(grad_scale: float, applied: int) -> None:
-            for call in calls:
-                call(grad_scale)
-
-        return run
