@@ -53,9 +53,18 @@
 #include <type_traits>
 
 #include "config.hpp"
+#include "simd.hpp"
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__F16C__) || defined(__AVX512BF16__))
+#if MINIMALSGD_X86_64 && (defined(__F16C__) || defined(__AVX512BF16__))
 #include <immintrin.h>
+#endif
+
+// GCC 12's AVX-512 intrinsics start from a self-initialized "undefined" vector, which its
+// -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#if MINIMALSGD_X86_64 && defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#define MINIMALSGD_HALF_GCC12_AVX512 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 
 namespace minimalsgd {
@@ -275,23 +284,109 @@ inline float16_t round_stochastic<float16_t>(float f, std::uint32_t r) {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------------
-// Block conversions: n <= a few hundred elements between storage and float scratch arrays.
-// Plain loops over the scalar functions above (vectorized by the compiler), replaced by the
-// conversion instructions where this translation unit's flags enable them. Every variant gives
-// the same bits.
+// Lane versions of the conversions above, over simd::U32 (simd.hpp: 16, 8 or 4 lanes of 32 bits,
+// by the translation unit's flags): the same definitions in integer arithmetic, branch-free. Each
+// takes float bits and gives the 16-bit result in the low half of its lane.
+
+#if MINIMALSGD_SIMD_U32
+using Lanes = simd::U32;
+using LaneVec = Lanes::V;
+
+/// fmix32, lane by lane.
+inline LaneVec fmix32_lanes(LaneVec h) {
+    h = Lanes::xor_(h, Lanes::srl<16>(h));
+    h = Lanes::mul(h, Lanes::set1(0x85EBCA6Bu));
+    h = Lanes::xor_(h, Lanes::srl<13>(h));
+    h = Lanes::mul(h, Lanes::set1(0xC2B2AE35u));
+    return Lanes::xor_(h, Lanes::srl<16>(h));
+}
+
+/// f32_to_bf16_rne.
+inline LaneVec bf16_rne_lanes(LaneVec u) {
+    const LaneVec hi = Lanes::srl<16>(u);
+    const LaneVec rounded =
+        Lanes::srl<16>(Lanes::add(Lanes::add(u, Lanes::set1(0x7fffu)), Lanes::and_(hi, Lanes::set1(1u))));
+    const LaneVec nan = Lanes::or_(Lanes::and_(hi, Lanes::set1(0x8000u)), Lanes::set1(0x7fc0u));
+    return Lanes::select(Lanes::gt_s(Lanes::and_(u, Lanes::set1(0x7fffffffu)), Lanes::set1(0x7f800000u)), nan, rounded);
+}
+
+/// f32_to_bf16_sr: the high half plus one where r < (u & 0xffff) << 16.
+inline LaneVec bf16_sr_lanes(LaneVec u, LaneVec r) {
+    const LaneVec hi = Lanes::srl<16>(u);
+    const LaneVec rounded = Lanes::inc(hi, Lanes::lt_u(r, Lanes::sll<16>(u)));
+    const LaneVec nan = Lanes::or_(Lanes::and_(hi, Lanes::set1(0x8000u)), Lanes::set1(0x7fc0u));
+    return Lanes::select(Lanes::gt_s(Lanes::and_(u, Lanes::set1(0x7fffffffu)), Lanes::set1(0x7f800000u)), nan, rounded);
+}
+
+/// The float16 NaN of f32_to_f16_rne/_sr for a float NaN: sign | 0x7c00 + max(payload >> 13, 1).
+inline LaneVec f16_nan_lanes(LaneVec u) {
+    const LaneVec q = Lanes::max_u(Lanes::srl<13>(Lanes::and_(u, Lanes::set1(0x007fffffu))), Lanes::set1(1u));
+    return Lanes::or_(Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)), Lanes::add(q, Lanes::set1(0x7c00u)));
+}
+
+/// f32_to_f16_sr in one formula for the normal and the subnormal range: with e the float exponent
+/// clamped to [1, 113] (113 and above: the normal float16 range, 13 dropped bits; below: 126 - e
+/// dropped bits) and x the magnitude's bits less (e - 1) << 23 (the significand with its leading
+/// bit where e <= 112; exponent and significand above), the neighbour toward zero is x >> (126 - e)
+/// and the dropped bits scaled to 2^32 are the low 32 bits of (x << 32) >> (126 - e) -- which is
+/// f32_to_f16_sr's high/low pair. Infinities and magnitudes >= 65536 are first clamped to 65536
+/// (the result 0x7c00, nothing dropped); NaNs to 65536 * (1 + q 2^-10) with q = max(payload >> 13, 1),
+/// which gives 0x7c00 + q, the NaN of f32_to_f16_rne.
+inline LaneVec f16_sr_lanes(LaneVec u, LaneVec r) {
+    const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
+    const Lanes::M nan = Lanes::gt_s(a, Lanes::set1(0x7f800000u));
+    const LaneVec payload = Lanes::max_u(Lanes::and_(a, Lanes::set1(0x007fe000u)), Lanes::set1(0x2000u));
+    const LaneVec c = Lanes::or_(Lanes::min_s(a, Lanes::set1(0x47800000u)), Lanes::keep(nan, payload));
+    const LaneVec e = Lanes::min_s(Lanes::max_s(Lanes::srl<23>(c), Lanes::set1(1u)), Lanes::set1(113u));
+    const LaneVec x = Lanes::sub(Lanes::add(c, Lanes::set1(1u << 23)), Lanes::sll<23>(e));
+    const LaneVec low = Lanes::shr(x, Lanes::sub(Lanes::set1(126u), e));
+    const LaneVec dropped = Lanes::shl(x, Lanes::sub(e, Lanes::set1(94u)));  // << (32 - (126 - e))
+    const LaneVec out = Lanes::inc(low, Lanes::lt_u(r, dropped));
+    return Lanes::or_(out, Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)));
+}
+
+/// Stochastic rounding to S, lane by lane.
+template <class S>
+inline LaneVec round_stochastic_lanes(LaneVec u, LaneVec r) {
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
+        return bf16_sr_lanes(u, r);
+    } else {
+        return f16_sr_lanes(u, r);
+    }
+}
+
+/// random_half, lane by lane.
+template <bool Buffer>
+inline LaneVec random_half_lanes(LaneVec h) {
+    return Buffer ? Lanes::sll<16>(h) : Lanes::and_(h, Lanes::set1(0xffff0000u));
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Block conversions: n <= a few hundred elements between storage and float scratch arrays: the
+// whole vectors in the lanes above or the conversion instructions where this translation unit's
+// flags enable them (F16C's vcvtph2ps/vcvtps2ph, AVX-512 BF16's vcvtneps2bf16, exact where used),
+// the rest -- everything where no vector unit is enabled -- in plain loops over the scalar
+// functions (vectorized by the compiler). Every variant gives the same bits.
 
 inline void load_block(const bfloat16_t* MINIMALSGD_RESTRICT src, float* MINIMALSGD_RESTRICT dst, std::size_t n) {
     const std::uint16_t* s = reinterpret_cast<const std::uint16_t*>(src);
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store(dst + i, Lanes::sll<16>(Lanes::load16(s + i)));
+    }
+#endif
     MINIMALSGD_SIMD
-    for (std::size_t i = 0; i < n; ++i) {
-        dst[i] = bits_float(bf16_to_f32_bits(s[i]));
+    for (std::size_t j = i; j < n; ++j) {
+        dst[j] = bits_float(bf16_to_f32_bits(s[j]));
     }
 }
 
 inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALSGD_RESTRICT dst, std::size_t n) {
     const std::uint16_t* s = reinterpret_cast<const std::uint16_t*>(src);
     std::size_t i = 0;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__F16C__)
+#if MINIMALSGD_X86_64 && defined(__F16C__)
     // vcvtph2ps: exact, subnormals included (it does not flush them).
 #if defined(__AVX512F__)
     for (; i + 16 <= n; i += 16) {
@@ -313,25 +408,22 @@ inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALS
 inline void store_nearest(const float* MINIMALSGD_RESTRICT src, bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
     std::size_t i = 0;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512BF16__) && defined(__AVX512F__)
+#if MINIMALSGD_X86_64 && defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512DQ__) && \
+    defined(__AVX512BW__) && defined(__AVX512VL__)
     // vcvtneps2bf16 rounds to nearest even but flushes subnormal inputs to zero and keeps NaN
-    // payloads: those lanes (exponent all zeros or all ones with a payload) take the exact code.
+    // payloads: vectors with such lanes (vfpclassps: NaN or subnormal) take the lanes' code there.
     for (; i + 16 <= n; i += 16) {
         const __m512 x = _mm512_loadu_ps(src + i);
-        const __m256i hw = (__m256i)_mm512_cvtneps_pbh(x);
-        const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-        const __mmask16 subnormal = _mm512_mask_cmpneq_epi32_mask(
-            _mm512_cmpeq_epi32_mask(_mm512_and_si512(a, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512()), a,
-            _mm512_setzero_si512());
-        const __mmask16 special = subnormal | _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
+        __m256i hw = (__m256i)_mm512_cvtneps_pbh(x);
+        const __mmask16 special = _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80);  // QNaN, denormal, SNaN
         if (special) {
-            for (unsigned j = 0; j < 16; ++j) {
-                if (special & (1u << j)) {
-                    d[i + j] = f32_to_bf16_rne(float_bits(src[i + j]));
-                }
-            }
+            hw = _mm256_mask_blend_epi16(special, hw, _mm512_cvtepi32_epi16(bf16_rne_lanes(_mm512_castps_si512(x))));
         }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
+    }
+#elif MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store16(d + i, bf16_rne_lanes(Lanes::load(src + i)));
     }
 #endif
     MINIMALSGD_SIMD
@@ -343,22 +435,18 @@ inline void store_nearest(const float* MINIMALSGD_RESTRICT src, bfloat16_t* MINI
 inline void store_nearest(const float* MINIMALSGD_RESTRICT src, float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
     std::size_t i = 0;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__F16C__)
+#if MINIMALSGD_X86_64 && defined(__F16C__)
     // vcvtps2ph with an explicit round-to-nearest-even: exact for every finite and infinite input
     // (subnormal results included); NaN lanes take the exact code (NumPy keeps signalling payloads).
-#if defined(__AVX512F__)
+#if MINIMALSGD_SIMD_U32 == 16 && defined(__AVX512DQ__) && defined(__AVX512VL__)
     for (; i + 16 <= n; i += 16) {
         const __m512 x = _mm512_loadu_ps(src + i);
-        const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        __m256i hw = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+        const __mmask16 nan = _mm512_fpclass_ps_mask(x, 0x01 | 0x80);  // QNaN, SNaN
         if (nan) {
-            for (unsigned j = 0; j < 16; ++j) {
-                if (nan & (1u << j)) {
-                    d[i + j] = f32_to_f16_rne(float_bits(src[i + j]));
-                }
-            }
+            hw = _mm256_mask_blend_epi16(nan, hw, _mm512_cvtepi32_epi16(f16_nan_lanes(_mm512_castps_si512(x))));
         }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
     }
 #endif
     for (; i + 8 <= n; i += 8) {
@@ -387,19 +475,9 @@ inline std::uint32_t random_half(std::uint32_t h) {
     return Buffer ? h << 16 : h & 0xffff0000u;
 }
 
-// Stochastic rounding of a block; element j uses random_half<Buffer>(rnd[j]).
-template <bool Buffer>
-void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
-                      bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
-    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
-    MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n; ++j) {
-        d[j] = f32_to_bf16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
-    }
-}
-
 // float16 stochastic rounding without the subnormal range (|x| >= 2^-14, zero, Inf, NaN): the
-// same bits as f32_to_f16_sr there, without its 64-bit shifts.
+// same bits as f32_to_f16_sr there, without its 64-bit shifts; for the plain loops, which take it
+// for blocks without a float16-subnormal result (the lanes' code needs no such split).
 // (Signed 31-bit compares throughout: one instruction each in every vector instruction set.)
 inline std::uint16_t f32_to_f16_sr_normal(std::uint32_t u, std::uint32_t r) {
     const std::uint32_t sign = (u >> 16) & 0x8000u;
@@ -415,27 +493,44 @@ inline std::uint16_t f32_to_f16_sr_normal(std::uint32_t u, std::uint32_t r) {
     return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(out));
 }
 
-template <bool Buffer>
-void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
-                      float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
-    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
-    // Blocks without a float16-subnormal result (the usual case) take the cheaper code.
-    std::uint32_t subnormal = 0;
-    MINIMALSGD_SIMD_SUM(subnormal)
+// Whether any of x[0..n) rounds to a float16 subnormal (nonzero, below 2^-14).
+inline bool any_f16_subnormal(const float* MINIMALSGD_RESTRICT x, std::size_t n) {
+    std::uint32_t count = 0;
+    MINIMALSGD_SIMD_SUM(count)
     for (std::size_t j = 0; j < n; ++j) {
-        const std::uint32_t a = float_bits(src[j]) & 0x7fffffffu;
-        subnormal += (a != 0 && a < 0x38800000u) ? 1u : 0u;
+        const std::uint32_t a = float_bits(x[j]) & 0x7fffffffu;
+        count += (a != 0 && a < 0x38800000u) ? 1u : 0u;
     }
-    if (subnormal == 0) {
+    return count != 0;
+}
+
+// Stochastic rounding of a block; element j uses random_half<Buffer>(rnd[j]).
+template <bool Buffer, class S>
+void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
+                      S* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        const LaneVec r = random_half_lanes<Buffer>(Lanes::load(rnd + i));
+        Lanes::store16(d + i, round_stochastic_lanes<S>(Lanes::load(src + i), r));
+    }
+#endif
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
         MINIMALSGD_SIMD
-        for (std::size_t j = 0; j < n; ++j) {
+        for (std::size_t j = i; j < n; ++j) {
+            d[j] = f32_to_bf16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+        }
+    } else if (!any_f16_subnormal(src + i, n - i)) {  // the usual case: the cheaper code
+        MINIMALSGD_SIMD
+        for (std::size_t j = i; j < n; ++j) {
             d[j] = f32_to_f16_sr_normal(float_bits(src[j]), random_half<Buffer>(rnd[j]));
         }
-        return;
-    }
-    MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n; ++j) {
-        d[j] = f32_to_f16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+    } else {
+        MINIMALSGD_SIMD
+        for (std::size_t j = i; j < n; ++j) {
+            d[j] = f32_to_f16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+        }
     }
 }
 
@@ -461,8 +556,9 @@ inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint32_t* M
 }
 
 // Stochastic rounding of a block of values (and, with Pair, of momentum buffers) with the random
-// bits generated in the same loop: the bits of rounding_bits(k, index0 + j), without a pass over
-// a scratch array. `scratch` (n words) serves the rare block across a 2^32 boundary of the index.
+// bits generated in the same loop: the bits of rounding_bits(k, index0 + j) (index0: the element
+// index of wf[0] in its tensor), without a pass over a scratch array. `scratch` (n words) serves
+// the rare block across a 2^32 boundary of the index.
 template <bool Pair, class S>
 void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MINIMALSGD_RESTRICT vf,
                             std::uint64_t k, std::uint64_t index0, S* MINIMALSGD_RESTRICT w,
@@ -476,48 +572,52 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
         }
         return;
     }
+    // Element j's hash input: base + mul * j (wrapping), with base that of element 0.
     const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
     const std::uint32_t base =
         mul * lo0 + static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * static_cast<std::uint32_t>(index0 >> 32);
     std::uint16_t* dw = reinterpret_cast<std::uint16_t*>(w);
     std::uint16_t* dv = reinterpret_cast<std::uint16_t*>(v);
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32
+    {
+        LaneVec x = Lanes::add(Lanes::set1(base), Lanes::mul(Lanes::iota(), Lanes::set1(mul)));
+        const LaneVec stride = Lanes::set1(mul * static_cast<std::uint32_t>(Lanes::N));
+        for (; i + Lanes::N <= n; i += Lanes::N) {
+            const LaneVec h = fmix32_lanes(x);
+            x = Lanes::add(x, stride);
+            Lanes::store16(dw + i, round_stochastic_lanes<S>(Lanes::load(wf + i), random_half_lanes<false>(h)));
+            if constexpr (Pair) {
+                Lanes::store16(dv + i, round_stochastic_lanes<S>(Lanes::load(vf + i), random_half_lanes<true>(h)));
+            }
+        }
+    }
+#endif
     if constexpr (std::is_same<S, bfloat16_t>::value) {
         MINIMALSGD_SIMD
-        for (std::size_t j = 0; j < n; ++j) {
+        for (std::size_t j = i; j < n; ++j) {
             const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
             dw[j] = f32_to_bf16_sr(float_bits(wf[j]), random_half<false>(h));
             if constexpr (Pair) {
                 dv[j] = f32_to_bf16_sr(float_bits(vf[j]), random_half<true>(h));
             }
         }
-    } else {
-        std::uint32_t subnormal = 0;
-        MINIMALSGD_SIMD_SUM(subnormal)
-        for (std::size_t j = 0; j < n; ++j) {
-            const std::uint32_t a = float_bits(wf[j]) & 0x7fffffffu;
-            subnormal += (a != 0 && a < 0x38800000u) ? 1u : 0u;
+    } else if (!any_f16_subnormal(wf + i, n - i) && !(Pair && any_f16_subnormal(vf + i, n - i))) {
+        MINIMALSGD_SIMD
+        for (std::size_t j = i; j < n; ++j) {
+            const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+            dw[j] = f32_to_f16_sr_normal(float_bits(wf[j]), random_half<false>(h));
             if constexpr (Pair) {
-                const std::uint32_t b = float_bits(vf[j]) & 0x7fffffffu;
-                subnormal += (b != 0 && b < 0x38800000u) ? 1u : 0u;
+                dv[j] = f32_to_f16_sr_normal(float_bits(vf[j]), random_half<true>(h));
             }
         }
-        if (subnormal == 0) {
-            MINIMALSGD_SIMD
-            for (std::size_t j = 0; j < n; ++j) {
-                const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
-                dw[j] = f32_to_f16_sr_normal(float_bits(wf[j]), random_half<false>(h));
-                if constexpr (Pair) {
-                    dv[j] = f32_to_f16_sr_normal(float_bits(vf[j]), random_half<true>(h));
-                }
-            }
-        } else {
-            MINIMALSGD_SIMD
-            for (std::size_t j = 0; j < n; ++j) {
-                const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
-                dw[j] = f32_to_f16_sr(float_bits(wf[j]), random_half<false>(h));
-                if constexpr (Pair) {
-                    dv[j] = f32_to_f16_sr(float_bits(vf[j]), random_half<true>(h));
-                }
+    } else {
+        MINIMALSGD_SIMD
+        for (std::size_t j = i; j < n; ++j) {
+            const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+            dw[j] = f32_to_f16_sr(float_bits(wf[j]), random_half<false>(h));
+            if constexpr (Pair) {
+                dv[j] = f32_to_f16_sr(float_bits(vf[j]), random_half<true>(h));
             }
         }
     }
@@ -526,3 +626,8 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
 }  // namespace detail
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 }  // namespace minimalsgd
+
+#if defined(MINIMALSGD_HALF_GCC12_AVX512)
+#pragma GCC diagnostic pop
+#undef MINIMALSGD_HALF_GCC12_AVX512
+#endif
