@@ -304,7 +304,8 @@ TEST_CASE(version_macros) {
 }
 
 // --digest: a hash of the bits the kernels produce on fixed inputs (SGD: every option set and
-// size, float and double, one and two threads, three steps each, and the sums of squares; Adam
+// size, float and double, one and two threads, three steps each, and the sums of squares; the
+// 16-bit SGD kernels, both roundings; Adam
 // and AdamW with and without AMSGrad and weight decay). The inputs
 // are made from integers only, so they are the same bits on every processor; .ci/aarch64.sh
 // compares this digest from an x86-64 build with one from an aarch64 build run under qemu: the
@@ -384,6 +385,52 @@ void digest_of(Fnv1a& f) {
     }
 }
 
+// The 16-bit kernels (bfloat16 and float16 values, buffers of the same type or float; rounding to
+// nearest and stochastic): inputs of exact_inputs() rounded to the type, every fourth one scaled
+// by 2^-20 (float16's subnormal range, where both roundings take their own code). No infinity or
+// NaN: a NaN made by arithmetic (inf - inf) has a different sign on x86 and ARM.
+template <class S, class B>
+void digest_half(Fnv1a& f) {
+    std::mt19937_64 rng(2025);
+    const auto inputs = [&](std::size_t n) {
+        std::vector<float> x = exact_inputs<float>(n, rng);
+        for (std::size_t i = 0; i < n; i += 4) x[i] = std::ldexp(x[i], -20);
+        return x;
+    };
+    const std::size_t sizes[] = {0, 1, 2, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 255, 256, 257, 1000, 4099};
+    for (const SgdOptions& base : all_options()) {
+        for (bool sr : {false, true}) {
+            SgdOptions o = base;
+            o.stochastic_rounding = sr;
+            o.seed = 7;
+            for (std::size_t n : sizes) {
+                for (int threads : {1, 2}) {
+                    Parallel par;
+                    par.num_threads = threads;
+                    par.grain = 64;
+                    std::vector<S> w(n);
+                    std::vector<B> v(n);
+                    const std::vector<float> w0 = inputs(n);
+                    for (std::size_t i = 0; i < n; ++i) w[i] = minimalsgd::round_nearest<S>(w0[i]);
+                    for (int step = 0; step < 3; ++step) {
+                        const std::vector<float> g0 = inputs(n);
+                        std::vector<S> g(n);
+                        for (std::size_t i = 0; i < n; ++i) g[i] = minimalsgd::round_nearest<S>(g0[i]);
+                        o.step = static_cast<std::uint64_t>(step);
+                        const minimalsgd::TensorSpan<S, B> span{w.data(), g.data(), v.data(), n, step == 0, 0, 5};
+                        minimalsgd::multi_tensor_sgd_step(&span, 1, o, 0.75f, par);
+                        const minimalsgd::ConstSpan<S> gs{g.data(), n};
+                        const double ss = minimalsgd::multi_tensor_sum_of_squares(&gs, 1, par);
+                        f.add(&ss, 1);
+                    }
+                    f.add(w.data(), n);
+                    f.add(v.data(), n);
+                }
+            }
+        }
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -391,6 +438,10 @@ int main(int argc, char** argv) {
         Fnv1a f;
         digest_of<float>(f);
         digest_of<double>(f);
+        digest_half<minimalsgd::bfloat16_t, minimalsgd::bfloat16_t>(f);
+        digest_half<minimalsgd::bfloat16_t, float>(f);
+        digest_half<minimalsgd::float16_t, minimalsgd::float16_t>(f);
+        digest_half<minimalsgd::float16_t, float>(f);
         std::printf("%016llx\n", static_cast<unsigned long long>(f.h));
         return 0;
     }

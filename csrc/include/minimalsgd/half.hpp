@@ -65,6 +65,7 @@
 #define MINIMALSGD_HALF_GCC12_AVX512 1
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace minimalsgd {
@@ -345,6 +346,32 @@ inline LaneVec f16_sr_lanes(LaneVec u, LaneVec r) {
     return Lanes::or_(out, Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)));
 }
 
+/// f16_to_f32_bits of the lanes' low 16 bits: the normal range rebiased (the infinity/NaN exponent
+/// twice), the subnormal range as (2^-14 + m 2^-24) - 2^-14 in float (exact).
+inline LaneVec f16_to_f32_lanes(LaneVec h) {
+    const LaneVec shifted = Lanes::sll<13>(Lanes::and_(h, Lanes::set1(0x7fffu)));
+    const LaneVec exp = Lanes::and_(shifted, Lanes::set1(0x0f800000u));
+    LaneVec normal = Lanes::add(shifted, Lanes::set1(112u << 23));
+    normal = Lanes::add(normal, Lanes::keep(Lanes::eq(exp, Lanes::set1(0x0f800000u)), Lanes::set1(112u << 23)));
+    const LaneVec sub = Lanes::sub_f32(Lanes::or_(shifted, Lanes::set1(113u << 23)), Lanes::set1(113u << 23));
+    const LaneVec out = Lanes::select(Lanes::eq(exp, Lanes::set1(0u)), sub, normal);
+    return Lanes::or_(out, Lanes::sll<16>(Lanes::and_(h, Lanes::set1(0x8000u))));
+}
+
+/// f32_to_f16_rne: magnitudes >= 65536 and infinities clamped to 65536 (which rounds to 0x7c00),
+/// NaNs to 65536 * (1 + q 2^-10) as in f16_sr_lanes; below 2^-14 the float addition of 0.5.
+inline LaneVec f16_rne_lanes(LaneVec u) {
+    const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
+    const Lanes::M nan = Lanes::gt_s(a, Lanes::set1(0x7f800000u));
+    const LaneVec payload = Lanes::max_u(Lanes::and_(a, Lanes::set1(0x007fe000u)), Lanes::set1(0x2000u));
+    const LaneVec c = Lanes::or_(Lanes::min_s(a, Lanes::set1(0x47800000u)), Lanes::keep(nan, payload));
+    const LaneVec normal = Lanes::srl<13>(
+        Lanes::add(Lanes::add(c, Lanes::set1(0xc8000fffu)), Lanes::and_(Lanes::srl<13>(c), Lanes::set1(1u))));
+    const LaneVec subnormal = Lanes::sub(Lanes::add_f32(a, Lanes::set1(0x3f000000u)), Lanes::set1(0x3f000000u));
+    const LaneVec out = Lanes::select(Lanes::gt_s(Lanes::set1(0x38800000u), a), subnormal, normal);
+    return Lanes::or_(out, Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)));
+}
+
 /// Stochastic rounding to S, lane by lane.
 template <class S>
 inline LaneVec round_stochastic_lanes(LaneVec u, LaneVec r) {
@@ -397,6 +424,10 @@ inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALS
     for (; i + 8 <= n; i += 8) {
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+    }
+#elif MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store(dst + i, f16_to_f32_lanes(Lanes::load16(s + i)));
     }
 #endif
     MINIMALSGD_SIMD
@@ -460,6 +491,10 @@ inline void store_nearest(const float* MINIMALSGD_RESTRICT src, float16_t* MINIM
                 }
             }
         }
+    }
+#elif MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store16(d + i, f16_rne_lanes(Lanes::load(src + i)));
     }
 #endif
     MINIMALSGD_SIMD

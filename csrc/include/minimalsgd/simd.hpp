@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "config.hpp"
 
@@ -24,8 +25,7 @@
 #elif MINIMALSGD_X86_64 && defined(__AVX2__)
 #include <immintrin.h>
 #define MINIMALSGD_SIMD_U32 8
-#elif MINIMALSGD_AARCH64 && (defined(__ARM_NEON) || defined(_M_ARM64)) && (defined(__GNUC__) || defined(__clang__))
-#include <arm_neon.h>
+#elif MINIMALSGD_AARCH64 && defined(__ARM_NEON) && (defined(__GNUC__) || defined(__clang__))
 #define MINIMALSGD_SIMD_U32 4
 #else
 #define MINIMALSGD_SIMD_U32 0
@@ -56,6 +56,13 @@ struct U32 {
     }
 
     static V add(V a, V b) { return _mm512_add_epi32(a, b); }
+    // Float addition and subtraction of lanes holding float bits (IEEE, round to nearest even).
+    static V add_f32(V a, V b) {
+        return _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b)));
+    }
+    static V sub_f32(V a, V b) {
+        return _mm512_castps_si512(_mm512_sub_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b)));
+    }
     static V sub(V a, V b) { return _mm512_sub_epi32(a, b); }
     static V mul(V a, V b) { return _mm512_mullo_epi32(a, b); }  // low 32 bits
     static V and_(V a, V b) { return _mm512_and_si512(a, b); }
@@ -109,6 +116,12 @@ struct U32 {
     }
 
     static V add(V a, V b) { return _mm256_add_epi32(a, b); }
+    static V add_f32(V a, V b) {
+        return _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b)));
+    }
+    static V sub_f32(V a, V b) {
+        return _mm256_castps_si256(_mm256_sub_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b)));
+    }
     static V sub(V a, V b) { return _mm256_sub_epi32(a, b); }
     static V mul(V a, V b) { return _mm256_mullo_epi32(a, b); }
     static V and_(V a, V b) { return _mm256_and_si256(a, b); }
@@ -143,50 +156,78 @@ struct U32 {
 
 #elif MINIMALSGD_SIMD_U32 == 4
 
+// GCC/Clang vector extensions, not <arm_neon.h>: that header declares ::bfloat16_t and
+// ::float16_t, which would make minimalsgd's names ambiguous under `using namespace minimalsgd`.
+// The compilers map these operations onto NEON one to one, except the variable shifts (USHL by a
+// negated count and a select: the language leaves counts >= 32 undefined, so they are clamped).
 struct U32 {
-    using V = uint32x4_t;
-    using M = uint32x4_t;
+    typedef std::uint32_t V __attribute__((vector_size(16)));
+    typedef std::int32_t S __attribute__((vector_size(16)));
+    typedef std::uint16_t H __attribute__((vector_size(8)));
+    typedef float F __attribute__((vector_size(16)));
+    using M = V;
     static constexpr std::size_t N = 4;
 
-    static V set1(std::uint32_t x) { return vdupq_n_u32(x); }
-    static V iota() {
-        static const std::uint32_t k[4] = {0, 1, 2, 3};
-        return vld1q_u32(k);
+    static V set1(std::uint32_t x) { return V{x, x, x, x}; }
+    static V iota() { return V{0, 1, 2, 3}; }
+    static V load(const float* p) {
+        V v;
+        std::memcpy(&v, p, sizeof v);
+        return v;
     }
-    static V load(const float* p) { return vreinterpretq_u32_f32(vld1q_f32(p)); }
-    static V load(const std::uint32_t* p) { return vld1q_u32(p); }
-    static void store(float* p, V x) { vst1q_f32(p, vreinterpretq_f32_u32(x)); }
-    static V load16(const std::uint16_t* p) { return vmovl_u16(vld1_u16(p)); }
-    static void store16(std::uint16_t* p, V x) { vst1_u16(p, vmovn_u32(x)); }
+    static V load(const std::uint32_t* p) {
+        V v;
+        std::memcpy(&v, p, sizeof v);
+        return v;
+    }
+    static void store(float* p, V x) { std::memcpy(p, &x, sizeof x); }
+    static V load16(const std::uint16_t* p) {
+        H h;
+        std::memcpy(&h, p, sizeof h);
+        return __builtin_convertvector(h, V);
+    }
+    static void store16(std::uint16_t* p, V x) {
+        const H h = __builtin_convertvector(x, H);
+        std::memcpy(p, &h, sizeof h);
+    }
 
-    static V add(V a, V b) { return vaddq_u32(a, b); }
-    static V sub(V a, V b) { return vsubq_u32(a, b); }
-    static V mul(V a, V b) { return vmulq_u32(a, b); }
-    static V and_(V a, V b) { return vandq_u32(a, b); }
-    static V or_(V a, V b) { return vorrq_u32(a, b); }
-    static V xor_(V a, V b) { return veorq_u32(a, b); }
-    static V max_u(V a, V b) { return vmaxq_u32(a, b); }
-    static V max_s(V a, V b) { return vreinterpretq_u32_s32(vmaxq_s32(vreinterpretq_s32_u32(a), vreinterpretq_s32_u32(b))); }
-    static V min_s(V a, V b) { return vreinterpretq_u32_s32(vminq_s32(vreinterpretq_s32_u32(a), vreinterpretq_s32_u32(b))); }
+    static V add(V a, V b) { return a + b; }
+    static V add_f32(V a, V b) { return reinterpret_cast<V>(reinterpret_cast<F>(a) + reinterpret_cast<F>(b)); }
+    static V sub_f32(V a, V b) { return reinterpret_cast<V>(reinterpret_cast<F>(a) - reinterpret_cast<F>(b)); }
+    static V sub(V a, V b) { return a - b; }
+    static V mul(V a, V b) { return a * b; }
+    static V and_(V a, V b) { return a & b; }
+    static V or_(V a, V b) { return a | b; }
+    static V xor_(V a, V b) { return a ^ b; }
+    static V max_u(V a, V b) { return a > b ? a : b; }
+    static V max_s(V a, V b) {
+        const S x = reinterpret_cast<S>(a), y = reinterpret_cast<S>(b);
+        return reinterpret_cast<V>(x > y ? x : y);
+    }
+    static V min_s(V a, V b) {
+        const S x = reinterpret_cast<S>(a), y = reinterpret_cast<S>(b);
+        return reinterpret_cast<V>(x < y ? x : y);
+    }
     template <int K>
     static V srl(V a) {
-        return vshrq_n_u32(a, K);
+        return a >> K;
     }
     template <int K>
     static V sll(V a) {
-        return vshlq_n_u32(a, K);
+        return a << K;
     }
-    // USHL: a left shift by a signed count, a right shift when negative; 0 when |c| >= 32 (the
-    // count is the lane's low byte as int8: every count used here is within [-127, 127]).
-    static V shl(V a, V c) { return vshlq_u32(a, vreinterpretq_s32_u32(c)); }
-    static V shr(V a, V c) { return vshlq_u32(a, vnegq_s32(vreinterpretq_s32_u32(c))); }
+    static V shr(V a, V c) { return c < 32u ? a >> (c & 31u) : V{}; }
+    static V shl(V a, V c) {
+        const V left = c < 32u ? a << (c & 31u) : V{};
+        return reinterpret_cast<S>(c) >= 0 ? left : shr(a, -c);
+    }
 
-    static M gt_s(V a, V b) { return vcgtq_s32(vreinterpretq_s32_u32(a), vreinterpretq_s32_u32(b)); }
-    static M lt_u(V a, V b) { return vcltq_u32(a, b); }
-    static M eq(V a, V b) { return vceqq_u32(a, b); }
-    static V select(M m, V a, V b) { return vbslq_u32(m, a, b); }
-    static V inc(V a, M m) { return vsubq_u32(a, m); }
-    static V keep(M m, V a) { return vandq_u32(m, a); }
+    static M gt_s(V a, V b) { return reinterpret_cast<M>(reinterpret_cast<S>(a) > reinterpret_cast<S>(b)); }
+    static M lt_u(V a, V b) { return reinterpret_cast<M>(a < b); }
+    static M eq(V a, V b) { return reinterpret_cast<M>(a == b); }
+    static V select(M m, V a, V b) { return m ? a : b; }
+    static V inc(V a, M m) { return a - m; }
+    static V keep(M m, V a) { return m & a; }
 };
 
 #endif
