@@ -325,25 +325,29 @@ inline LaneVec f16_nan_lanes(LaneVec u) {
     return Lanes::or_(Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)), Lanes::add(q, Lanes::set1(0x7c00u)));
 }
 
-/// f32_to_f16_sr in one formula for the normal and the subnormal range: with e the float exponent
-/// clamped to [1, 113] (113 and above: the normal float16 range, 13 dropped bits; below: 126 - e
-/// dropped bits) and x the magnitude's bits less (e - 1) << 23 (the significand with its leading
-/// bit where e <= 112; exponent and significand above), the neighbour toward zero is x >> (126 - e)
-/// and the dropped bits scaled to 2^32 are the low 32 bits of (x << 32) >> (126 - e) -- which is
-/// f32_to_f16_sr's high/low pair. Infinities and magnitudes >= 65536 are first clamped to 65536
-/// (the result 0x7c00, nothing dropped); NaNs to 65536 * (1 + q 2^-10) with q = max(payload >> 13, 1),
-/// which gives 0x7c00 + q, the NaN of f32_to_f16_rne.
+/// f32_to_f16_sr in one formula for the normal and the subnormal range. Infinities and magnitudes
+/// >= 65536 are first clamped to 65536 (the result 0x7c00, nothing dropped); NaNs to
+/// 65536 * (1 + q 2^-10), q = max(payload >> 13, 1), which gives 0x7c00 + q, f32_to_f16_rne's NaN.
+/// Then with d = min(e - 1, 112) for the float exponent e and x the bits less d << 23 -- the
+/// exponent and significand above 2^-14 (113 <= e), the significand with its leading bit below
+/// (d = e - 1), the significand alone for a float subnormal (d = -1: x = m + 2^23, but all its
+/// bits are dropped) -- 125 - d bits are dropped: 13 in float16's normal range, more below. The
+/// neighbour toward zero is x >> (125 - d) and the dropped bits scaled to 2^32 are the low 32
+/// bits of x << (d - 93) (a right shift when d < 93): f32_to_f16_sr's normal result and its
+/// subnormal high/low pair, without a branch. Shifts by 32 or more give 0 (simd.hpp).
 inline LaneVec f16_sr_lanes(LaneVec u, LaneVec r) {
+    const LaneVec sign_bit = Lanes::set1(0x80000000u);
     const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
     const Lanes::M nan = Lanes::gt_s(a, Lanes::set1(0x7f800000u));
     const LaneVec payload = Lanes::max_u(Lanes::and_(a, Lanes::set1(0x007fe000u)), Lanes::set1(0x2000u));
     const LaneVec c = Lanes::or_(Lanes::min_s(a, Lanes::set1(0x47800000u)), Lanes::keep(nan, payload));
-    const LaneVec e = Lanes::min_s(Lanes::max_s(Lanes::srl<23>(c), Lanes::set1(1u)), Lanes::set1(113u));
-    const LaneVec x = Lanes::sub(Lanes::add(c, Lanes::set1(1u << 23)), Lanes::sll<23>(e));
-    const LaneVec low = Lanes::shr(x, Lanes::sub(Lanes::set1(126u), e));
-    const LaneVec dropped = Lanes::shl(x, Lanes::sub(e, Lanes::set1(94u)));  // << (32 - (126 - e))
+    const LaneVec d = Lanes::min_s(Lanes::sub(Lanes::srl<23>(c), Lanes::set1(1u)), Lanes::set1(112u));
+    const LaneVec x = Lanes::sub(c, Lanes::sll<23>(d));
+    const LaneVec s = Lanes::sub(Lanes::set1(125u), d);
+    const LaneVec low = Lanes::shr(x, s);
+    const LaneVec dropped = Lanes::shl(x, Lanes::sub(Lanes::set1(32u), s));  // << (32 - s)
     const LaneVec out = Lanes::inc(low, Lanes::lt_u(r, dropped));
-    return Lanes::or_(out, Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)));
+    return Lanes::or_(out, Lanes::srl<16>(Lanes::and_(u, sign_bit)));
 }
 
 /// f16_to_f32_bits of the lanes' low 16 bits: the normal range rebiased (the infinity/NaN exponent
@@ -569,37 +573,50 @@ void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t*
     }
 }
 
-// The random bits of elements [index0, index0 + n) of the tensor whose key is k (n <= 2^32).
+// out[j] = fmix32(x0 + mul * j) for j in [0, n) (wrapping).
+inline void hash_run(std::uint32_t x0, std::uint32_t mul, std::uint32_t* MINIMALSGD_RESTRICT out, std::size_t n) {
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32
+    LaneVec x = Lanes::add(Lanes::set1(x0), Lanes::mul(Lanes::iota(), Lanes::set1(mul)));
+    const LaneVec stride = Lanes::set1(mul * static_cast<std::uint32_t>(Lanes::N));
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store(out + i, fmix32_lanes(x));
+        x = Lanes::add(x, stride);
+    }
+#endif
+    MINIMALSGD_SIMD
+    for (std::size_t j = i; j < n; ++j) {
+        out[j] = fmix32(x0 + mul * static_cast<std::uint32_t>(j));
+    }
+}
+
+// The random bits of elements [index0, index0 + n) of the tensor whose key is k (n <= 2^32):
+// rounding_bits(k, index0 + j), the hash input growing by lo32(k) | 1 per element and by
+// 0x9E3779B9 more where the low 32 bits of the index wrap.
 inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint32_t* MINIMALSGD_RESTRICT out,
                          std::size_t n) {
     const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
     const std::uint32_t lo0 = static_cast<std::uint32_t>(index0);
     const std::uint32_t hi0 = static_cast<std::uint32_t>(index0 >> 32);
     const std::uint32_t add0 = static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * hi0;
-    // Where the low 32 bits of the index wrap, the high part grows by one.
     const std::uint64_t until_wrap = (std::uint64_t(1) << 32) - lo0;
     const std::size_t n0 = until_wrap < n ? static_cast<std::size_t>(until_wrap) : n;
-    MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n0; ++j) {
-        out[j] = fmix32(mul * (lo0 + static_cast<std::uint32_t>(j)) + add0);
-    }
-    const std::uint32_t add1 = add0 + 0x9E3779B9u;
-    MINIMALSGD_SIMD
-    for (std::size_t j = n0; j < n; ++j) {
-        out[j] = fmix32(mul * static_cast<std::uint32_t>(j - n0) + add1);
-    }
+    hash_run(mul * lo0 + add0, mul, out, n0);
+    hash_run(add0 + 0x9E3779B9u, mul, out + n0, n - n0);
 }
 
 // Stochastic rounding of a block of values (and, with Pair, of momentum buffers) with the random
-// bits generated in the same loop: the bits of rounding_bits(k, index0 + j) (index0: the element
-// index of wf[0] in its tensor), without a pass over a scratch array. `scratch` (n words) serves
-// the rare block across a 2^32 boundary of the index.
+// bits of rounding_bits(k, index0 + j) (index0: the element index of wf[0] in its tensor).
+// `scratch` holds n words: with vector lanes, the block's random bits (a pass of the hash, then
+// one of each store: three short loops keep fewer constants live than one); without, the plain
+// loops below hash in the same loop and need it only for a block across a 2^32 boundary of the
+// index.
 template <bool Pair, class S>
 void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MINIMALSGD_RESTRICT vf,
                             std::uint64_t k, std::uint64_t index0, S* MINIMALSGD_RESTRICT w,
                             S* MINIMALSGD_RESTRICT v, std::size_t n, std::uint32_t* MINIMALSGD_RESTRICT scratch) {
     const std::uint32_t lo0 = static_cast<std::uint32_t>(index0);
-    if (static_cast<std::uint64_t>(lo0) + n > (std::uint64_t(1) << 32)) {
+    if (MINIMALSGD_SIMD_U32 != 0 || static_cast<std::uint64_t>(lo0) + n > (std::uint64_t(1) << 32)) {
         random_block(k, index0, scratch, n);
         store_stochastic<false>(wf, scratch, w, n);
         if constexpr (Pair) {
@@ -613,33 +630,18 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
         mul * lo0 + static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * static_cast<std::uint32_t>(index0 >> 32);
     std::uint16_t* dw = reinterpret_cast<std::uint16_t*>(w);
     std::uint16_t* dv = reinterpret_cast<std::uint16_t*>(v);
-    std::size_t i = 0;
-#if MINIMALSGD_SIMD_U32
-    {
-        LaneVec x = Lanes::add(Lanes::set1(base), Lanes::mul(Lanes::iota(), Lanes::set1(mul)));
-        const LaneVec stride = Lanes::set1(mul * static_cast<std::uint32_t>(Lanes::N));
-        for (; i + Lanes::N <= n; i += Lanes::N) {
-            const LaneVec h = fmix32_lanes(x);
-            x = Lanes::add(x, stride);
-            Lanes::store16(dw + i, round_stochastic_lanes<S>(Lanes::load(wf + i), random_half_lanes<false>(h)));
-            if constexpr (Pair) {
-                Lanes::store16(dv + i, round_stochastic_lanes<S>(Lanes::load(vf + i), random_half_lanes<true>(h)));
-            }
-        }
-    }
-#endif
     if constexpr (std::is_same<S, bfloat16_t>::value) {
         MINIMALSGD_SIMD
-        for (std::size_t j = i; j < n; ++j) {
+        for (std::size_t j = 0; j < n; ++j) {
             const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
             dw[j] = f32_to_bf16_sr(float_bits(wf[j]), random_half<false>(h));
             if constexpr (Pair) {
                 dv[j] = f32_to_bf16_sr(float_bits(vf[j]), random_half<true>(h));
             }
         }
-    } else if (!any_f16_subnormal(wf + i, n - i) && !(Pair && any_f16_subnormal(vf + i, n - i))) {
+    } else if (!any_f16_subnormal(wf, n) && !(Pair && any_f16_subnormal(vf, n))) {
         MINIMALSGD_SIMD
-        for (std::size_t j = i; j < n; ++j) {
+        for (std::size_t j = 0; j < n; ++j) {
             const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
             dw[j] = f32_to_f16_sr_normal(float_bits(wf[j]), random_half<false>(h));
             if constexpr (Pair) {
@@ -648,7 +650,7 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
         }
     } else {
         MINIMALSGD_SIMD
-        for (std::size_t j = i; j < n; ++j) {
+        for (std::size_t j = 0; j < n; ++j) {
             const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
             dw[j] = f32_to_f16_sr(float_bits(wf[j]), random_half<false>(h));
             if constexpr (Pair) {

@@ -47,6 +47,7 @@ struct U32 {
     static V load(const float* p) { return _mm512_castps_si512(_mm512_loadu_ps(p)); }
     static V load(const std::uint32_t* p) { return _mm512_loadu_si512(p); }
     static void store(float* p, V x) { _mm512_storeu_ps(p, _mm512_castsi512_ps(x)); }
+    static void store(std::uint32_t* p, V x) { _mm512_storeu_si512(p, x); }
     // 16-bit memory <-> lanes: zero-extended loads; stores of lanes holding values < 2^16.
     static V load16(const std::uint16_t* p) {
         return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -106,6 +107,7 @@ struct U32 {
     static V load(const float* p) { return _mm256_castps_si256(_mm256_loadu_ps(p)); }
     static V load(const std::uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
     static void store(float* p, V x) { _mm256_storeu_ps(p, _mm256_castsi256_ps(x)); }
+    static void store(std::uint32_t* p, V x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
     static V load16(const std::uint16_t* p) {
         return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     }
@@ -181,6 +183,7 @@ struct U32 {
         return v;
     }
     static void store(float* p, V x) { std::memcpy(p, &x, sizeof x); }
+    static void store(std::uint32_t* p, V x) { std::memcpy(p, &x, sizeof x); }
     static V load16(const std::uint16_t* p) {
         H h;
         std::memcpy(&h, p, sizeof h);
