@@ -393,6 +393,61 @@ inline LaneVec random_half_lanes(LaneVec h) {
 }
 #endif
 
+#if MINIMALSGD_SIMD_U32 == 8
+// bfloat16 on AVX2, 16 results at a time in 16-bit lanes (half the instructions of the 32-bit
+// lanes): the high and low halves of two float vectors packed side by side, in the lane order of
+// _mm256_packus_epi32 (elements 0-3, 8-11 | 4-7, 12-15), which one permute puts back at the end.
+// With hi the high half and lo the low half of each float: nearest is hi + (lo > 0x8000 - (hi & 1)),
+// stochastic hi + (r < lo) for the 16 random bits r; unsigned 16-bit compares as signed ones on
+// operands biased by 0x8000; NaN lanes (an unordered compare of the floats) sign | 0x7fc0.
+struct Bf16Halves {
+    __m256i hi, lo;  // lo biased by 0x8000
+    __m256 x0, x1;
+};
+
+inline Bf16Halves bf16_halves(const float* src) {
+    const __m256 x0 = _mm256_loadu_ps(src), x1 = _mm256_loadu_ps(src + 8);
+    const __m256i u0 = _mm256_castps_si256(x0), u1 = _mm256_castps_si256(x1);
+    const __m256i low = _mm256_set1_epi32(0xffff);
+    const __m256i hi = _mm256_packus_epi32(_mm256_srli_epi32(u0, 16), _mm256_srli_epi32(u1, 16));
+    const __m256i lo = _mm256_packus_epi32(_mm256_and_si256(u0, low), _mm256_and_si256(u1, low));
+    return {hi, _mm256_xor_si256(lo, _mm256_set1_epi16(static_cast<short>(0x8000))), x0, x1};
+}
+
+inline void bf16_store_halves(std::uint16_t* dst, const Bf16Halves& h, __m256i out) {
+    const __m256i nan = _mm256_packs_epi32(_mm256_castps_si256(_mm256_cmp_ps(h.x0, h.x0, _CMP_UNORD_Q)),
+                                           _mm256_castps_si256(_mm256_cmp_ps(h.x1, h.x1, _CMP_UNORD_Q)));
+    const __m256i nan_bits = _mm256_or_si256(_mm256_and_si256(h.hi, _mm256_set1_epi16(static_cast<short>(0x8000))),
+                                             _mm256_set1_epi16(0x7fc0));
+    out = _mm256_blendv_epi8(out, nan_bits, nan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permute4x64_epi64(out, 0xd8));
+}
+
+// f32_to_bf16_rne of src[0..16).
+inline void bf16_rne_16(const float* src, std::uint16_t* dst) {
+    const Bf16Halves h = bf16_halves(src);
+    const __m256i neg_lsb = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_and_si256(h.hi, _mm256_set1_epi16(1)));
+    bf16_store_halves(dst, h, _mm256_sub_epi16(h.hi, _mm256_cmpgt_epi16(h.lo, neg_lsb)));
+}
+
+// f32_to_bf16_sr of src[0..16) with random_half<Buffer>(rnd[j]).
+template <bool Buffer>
+inline void bf16_sr_16(const float* src, const std::uint32_t* rnd, std::uint16_t* dst) {
+    const Bf16Halves h = bf16_halves(src);
+    const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rnd));
+    const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rnd + 8));
+    __m256i r;
+    if (Buffer) {
+        const __m256i low = _mm256_set1_epi32(0xffff);
+        r = _mm256_packus_epi32(_mm256_and_si256(h0, low), _mm256_and_si256(h1, low));
+    } else {
+        r = _mm256_packus_epi32(_mm256_srli_epi32(h0, 16), _mm256_srli_epi32(h1, 16));
+    }
+    r = _mm256_xor_si256(r, _mm256_set1_epi16(static_cast<short>(0x8000)));
+    bf16_store_halves(dst, h, _mm256_sub_epi16(h.hi, _mm256_cmpgt_epi16(h.lo, r)));
+}
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // Block conversions: n <= a few hundred elements between storage and float scratch arrays: the
 // whole vectors in the lanes above or the conversion instructions where this translation unit's
@@ -457,6 +512,11 @@ inline void store_nearest(const float* MINIMALSGD_RESTRICT src, bfloat16_t* MINI
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
     }
 #elif MINIMALSGD_SIMD_U32
+#if MINIMALSGD_SIMD_U32 == 8
+    for (; i + 16 <= n; i += 16) {
+        bf16_rne_16(src + i, d + i);
+    }
+#endif
     for (; i + Lanes::N <= n; i += Lanes::N) {
         Lanes::store16(d + i, bf16_rne_lanes(Lanes::load(src + i)));
     }
@@ -549,6 +609,13 @@ void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t*
                       S* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
     std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32 == 8
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
+        for (; i + 16 <= n; i += 16) {
+            bf16_sr_16<Buffer>(src + i, rnd + i, d + i);
+        }
+    }
+#endif
 #if MINIMALSGD_SIMD_U32
     for (; i + Lanes::N <= n; i += Lanes::N) {
         const LaneVec r = random_half_lanes<Buffer>(Lanes::load(rnd + i));
