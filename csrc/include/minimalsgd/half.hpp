@@ -350,6 +350,13 @@ inline LaneVec f16_sr_lanes(LaneVec u, LaneVec r) {
     return Lanes::or_(out, Lanes::srl<16>(Lanes::and_(u, sign_bit)));
 }
 
+/// The dropped bits of f32_to_f16_sr scaled to 2^32 (f16_sr_lanes' `dropped`) for magnitudes
+/// a < 65536 (a: float bits without the sign).
+inline LaneVec f16_dropped_lanes(LaneVec a) {
+    const LaneVec d = Lanes::min_s(Lanes::sub(Lanes::srl<23>(a), Lanes::set1(1u)), Lanes::set1(112u));
+    return Lanes::shl(Lanes::sub(a, Lanes::sll<23>(d)), Lanes::sub(d, Lanes::set1(93u)));
+}
+
 /// f16_to_f32_bits of the lanes' low 16 bits: the normal range rebiased (the infinity/NaN exponent
 /// twice), the subnormal range as (2^-14 + m 2^-24) - 2^-14 in float (exact).
 inline LaneVec f16_to_f32_lanes(LaneVec h) {
@@ -603,6 +610,41 @@ inline bool any_f16_subnormal(const float* MINIMALSGD_RESTRICT x, std::size_t n)
     return count != 0;
 }
 
+#if MINIMALSGD_X86_64 && defined(__F16C__) && MINIMALSGD_SIMD_U32
+// float16 stochastic rounding with F16C: vcvtps2ph toward zero gives the neighbour toward zero,
+// sign and packing of every finite magnitude below 65536 (subnormal results included), plus one
+// where r < the dropped bits (f16_dropped_lanes). Vectors with a magnitude >= 65536, an infinity
+// or a NaN (rare: only after a divergence) take the scalar code in those lanes.
+inline void f16_sr_f16c(const float* src, LaneVec r, std::uint16_t* dst) {
+    const LaneVec u = Lanes::load(src);
+    const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
+    const LaneVec dropped = f16_dropped_lanes(a);
+#if MINIMALSGD_SIMD_U32 == 16
+    const __m512 x = _mm512_castsi512_ps(u);
+    __m256i t = _mm512_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    t = _mm256_mask_sub_epi16(t, Lanes::lt_u(r, dropped), t, _mm256_set1_epi16(-1));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), t);
+    const unsigned big = Lanes::gt_s(a, Lanes::set1(0x477fffffu));
+#else
+    const __m256 x = _mm256_castsi256_ps(u);
+    __m128i t = _mm256_cvtps_ph(x, _MM_FROUND_TO_ZERO);
+    const __m256i up = Lanes::lt_u(r, dropped);
+    t = _mm_sub_epi16(t, _mm_packs_epi32(_mm256_castsi256_si128(up), _mm256_extracti128_si256(up, 1)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), t);
+    const unsigned big = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(Lanes::gt_s(a, Lanes::set1(0x477fffffu)))));
+#endif
+    if (big) {
+        alignas(64) std::uint32_t rb[Lanes::N];
+        Lanes::store(rb, r);
+        for (unsigned j = 0; j < Lanes::N; ++j) {
+            if (big & (1u << j)) {
+                dst[j] = f32_to_f16_sr(float_bits(src[j]), rb[j]);
+            }
+        }
+    }
+}
+#endif
+
 // Stochastic rounding of a block; element j uses random_half<Buffer>(rnd[j]).
 template <bool Buffer, class S>
 void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
@@ -613,6 +655,13 @@ void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t*
     if constexpr (std::is_same<S, bfloat16_t>::value) {
         for (; i + 16 <= n; i += 16) {
             bf16_sr_16<Buffer>(src + i, rnd + i, d + i);
+        }
+    }
+#endif
+#if MINIMALSGD_X86_64 && defined(__F16C__) && MINIMALSGD_SIMD_U32
+    if constexpr (std::is_same<S, float16_t>::value) {
+        for (; i + Lanes::N <= n; i += Lanes::N) {
+            f16_sr_f16c(src + i, random_half_lanes<Buffer>(Lanes::load(rnd + i)), d + i);
         }
     }
 #endif
