@@ -41,10 +41,14 @@
 // float16 subnormal result by less than 2^-16 of a unit. A pure function of (seed, step, key, i):
 // the same bits for any thread count, chunking, instruction set and backend. No global state.
 //
-// Code compiled under instruction-set flags lives in the per-target namespace (see config.hpp);
-// the x86 conversion instructions (F16C vcvtps2ph/vcvtph2ps, AVX-512 BF16 vcvtneps2bf16) are used
-// only where the translation unit's own flags enable them (__F16C__, __AVX512BF16__), so the header
-// builds for any architecture and the baseline code runs on any x86-64.
+// Code compiled under instruction-set flags lives in the per-target namespace (see config.hpp).
+// The block conversions of the kernels (namespace detail, below) run whole vectors in 32-bit
+// integer lanes (simd.hpp: AVX-512, AVX2, NEON; the same integer arithmetic as the scalar
+// definitions, so the same bits) and the x86 conversion instructions (F16C vcvtps2ph/vcvtph2ps,
+// AVX-512 BF16 vcvtneps2bf16) where the translation unit's own flags enable them (__AVX2__,
+// __F16C__, __AVX512BF16__, ...); the rest, and every build without a vector unit (the x86-64
+// baseline), in plain loops over the scalar definitions. So the header builds for any
+// architecture and the baseline code runs on any x86-64.
 #pragma once
 
 #include <cstddef>
@@ -325,36 +329,37 @@ inline LaneVec f16_nan_lanes(LaneVec u) {
     return Lanes::or_(Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)), Lanes::add(q, Lanes::set1(0x7c00u)));
 }
 
-/// f32_to_f16_sr in one formula for the normal and the subnormal range. Infinities and magnitudes
+/// f32_to_f16_sr's split of a magnitude c (float bits without the sign, below 2^31) into what is
+/// kept and what is dropped: with d = min(e - 1, 112) for the float exponent e and x = c - d << 23
+/// -- the exponent and significand above 2^-14 (113 <= e), the significand with its leading bit
+/// below (d = e - 1), the significand alone for a float subnormal (d = -1: x = m + 2^23, but all
+/// its bits are dropped) -- 125 - d bits are dropped: 13 in float16's normal range, more below.
+/// The neighbour toward zero is x >> (125 - d) and the dropped bits scaled to 2^32 are the low 32
+/// bits of x << (d - 93) (a right shift when d < 93): f32_to_f16_sr's normal result and its
+/// subnormal high/low pair, without a branch. (Shifts by 32 or more give 0: simd.hpp.)
+struct F16Split {
+    LaneVec x, d;
+};
+
+inline F16Split f16_split_lanes(LaneVec c) {
+    const LaneVec d = Lanes::min_s(Lanes::sub(Lanes::srl<23>(c), Lanes::set1(1u)), Lanes::set1(112u));
+    return {Lanes::sub(c, Lanes::sll<23>(d)), d};
+}
+
+inline LaneVec f16_dropped_lanes(const F16Split& s) { return Lanes::shl(s.x, Lanes::sub(s.d, Lanes::set1(93u))); }
+
+/// f32_to_f16_sr in one formula for both ranges (f16_split_lanes). Infinities and magnitudes
 /// >= 65536 are first clamped to 65536 (the result 0x7c00, nothing dropped); NaNs to
 /// 65536 * (1 + q 2^-10), q = max(payload >> 13, 1), which gives 0x7c00 + q, f32_to_f16_rne's NaN.
-/// Then with d = min(e - 1, 112) for the float exponent e and x the bits less d << 23 -- the
-/// exponent and significand above 2^-14 (113 <= e), the significand with its leading bit below
-/// (d = e - 1), the significand alone for a float subnormal (d = -1: x = m + 2^23, but all its
-/// bits are dropped) -- 125 - d bits are dropped: 13 in float16's normal range, more below. The
-/// neighbour toward zero is x >> (125 - d) and the dropped bits scaled to 2^32 are the low 32
-/// bits of x << (d - 93) (a right shift when d < 93): f32_to_f16_sr's normal result and its
-/// subnormal high/low pair, without a branch. Shifts by 32 or more give 0 (simd.hpp).
 inline LaneVec f16_sr_lanes(LaneVec u, LaneVec r) {
-    const LaneVec sign_bit = Lanes::set1(0x80000000u);
     const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
     const Lanes::M nan = Lanes::gt_s(a, Lanes::set1(0x7f800000u));
     const LaneVec payload = Lanes::max_u(Lanes::and_(a, Lanes::set1(0x007fe000u)), Lanes::set1(0x2000u));
     const LaneVec c = Lanes::or_(Lanes::min_s(a, Lanes::set1(0x47800000u)), Lanes::keep(nan, payload));
-    const LaneVec d = Lanes::min_s(Lanes::sub(Lanes::srl<23>(c), Lanes::set1(1u)), Lanes::set1(112u));
-    const LaneVec x = Lanes::sub(c, Lanes::sll<23>(d));
-    const LaneVec s = Lanes::sub(Lanes::set1(125u), d);
-    const LaneVec low = Lanes::shr(x, s);
-    const LaneVec dropped = Lanes::shl(x, Lanes::sub(Lanes::set1(32u), s));  // << (32 - s)
-    const LaneVec out = Lanes::inc(low, Lanes::lt_u(r, dropped));
-    return Lanes::or_(out, Lanes::srl<16>(Lanes::and_(u, sign_bit)));
-}
-
-/// The dropped bits of f32_to_f16_sr scaled to 2^32 (f16_sr_lanes' `dropped`) for magnitudes
-/// a < 65536 (a: float bits without the sign).
-inline LaneVec f16_dropped_lanes(LaneVec a) {
-    const LaneVec d = Lanes::min_s(Lanes::sub(Lanes::srl<23>(a), Lanes::set1(1u)), Lanes::set1(112u));
-    return Lanes::shl(Lanes::sub(a, Lanes::sll<23>(d)), Lanes::sub(d, Lanes::set1(93u)));
+    const F16Split split = f16_split_lanes(c);
+    const LaneVec low = Lanes::shr(split.x, Lanes::sub(Lanes::set1(125u), split.d));
+    const LaneVec out = Lanes::inc(low, Lanes::lt_u(r, f16_dropped_lanes(split)));
+    return Lanes::or_(out, Lanes::srl<16>(Lanes::and_(u, Lanes::set1(0x80000000u))));
 }
 
 /// f16_to_f32_bits of the lanes' low 16 bits: the normal range rebiased (the infinity/NaN exponent
@@ -618,7 +623,7 @@ inline bool any_f16_subnormal(const float* MINIMALSGD_RESTRICT x, std::size_t n)
 inline void f16_sr_f16c(const float* src, LaneVec r, std::uint16_t* dst) {
     const LaneVec u = Lanes::load(src);
     const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
-    const LaneVec dropped = f16_dropped_lanes(a);
+    const LaneVec dropped = f16_dropped_lanes(f16_split_lanes(a));
 #if MINIMALSGD_SIMD_U32 == 16
     const __m512 x = _mm512_castsi512_ps(u);
     __m256i t = _mm512_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);

@@ -202,15 +202,11 @@ struct U32 {
     static V and_(V a, V b) { return a & b; }
     static V or_(V a, V b) { return a | b; }
     static V xor_(V a, V b) { return a ^ b; }
-    static V max_u(V a, V b) { return a > b ? a : b; }
-    static V max_s(V a, V b) {
-        const S x = reinterpret_cast<S>(a), y = reinterpret_cast<S>(b);
-        return reinterpret_cast<V>(x > y ? x : y);
-    }
-    static V min_s(V a, V b) {
-        const S x = reinterpret_cast<S>(a), y = reinterpret_cast<S>(b);
-        return reinterpret_cast<V>(x < y ? x : y);
-    }
+    // Comparisons give all-ones lanes; selects are bitwise (no vector ?:, which older compilers lack).
+    static V select(M m, V a, V b) { return (a & m) | (b & ~m); }
+    static V max_u(V a, V b) { return select(reinterpret_cast<M>(a > b), a, b); }
+    static V max_s(V a, V b) { return select(gt_s(a, b), a, b); }
+    static V min_s(V a, V b) { return select(gt_s(b, a), a, b); }
     template <int K>
     static V srl(V a) {
         return a >> K;
@@ -219,16 +215,15 @@ struct U32 {
     static V sll(V a) {
         return a << K;
     }
-    static V shr(V a, V c) { return c < 32u ? a >> (c & 31u) : V{}; }
+    static V shr(V a, V c) { return (a >> (c & 31u)) & reinterpret_cast<M>(c < 32u); }
     static V shl(V a, V c) {
-        const V left = c < 32u ? a << (c & 31u) : V{};
-        return reinterpret_cast<S>(c) >= 0 ? left : shr(a, -c);
+        const V left = (a << (c & 31u)) & reinterpret_cast<M>(c < 32u);
+        return select(reinterpret_cast<M>(reinterpret_cast<S>(c) >= 0), left, shr(a, -c));
     }
 
     static M gt_s(V a, V b) { return reinterpret_cast<M>(reinterpret_cast<S>(a) > reinterpret_cast<S>(b)); }
     static M lt_u(V a, V b) { return reinterpret_cast<M>(a < b); }
     static M eq(V a, V b) { return reinterpret_cast<M>(a == b); }
-    static V select(M m, V a, V b) { return m ? a : b; }
     static V inc(V a, M m) { return a - m; }
     static V keep(M m, V a) { return m & a; }
 };
