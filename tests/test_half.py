@@ -150,6 +150,57 @@ def test_nearest_conversion_wide_sweep(dtype):
             core.set_isa(core.supported_isas()[-1])
 
 
+@pytest.mark.skipif(core is None, reason="native extension missing")
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_edge_values_every_isa_and_length(dtype):
+    """The vector code of every ISA (16, 8 or 4 lanes, the conversion instructions) and its
+    tails: edge values (subnormal results, the rounding boundaries, the float16 overflow
+    threshold, infinities) rounded to nearest and stochastically, as value and as 16-bit buffer,
+    at lengths around every vector width and offsets into the random stream, equal the oracle.
+    With maximize, lr 1, momentum 1: v = buf - grad in float32 and w = 0 - v, each rounded."""
+    specials = np.array(
+        [0.0, -0.0, 1e-45, -1e-45, 1e-40, 2.0**-126, 2.0**-24, -(2.0**-24), 2.0**-25, 3 * 2.0**-26, 5 * 2.0**-26,
+         2.0**-14 - 2.0**-30, 2.0**-14, 2.0**-33, 3 * 2.0**-40, 65504.0, 65519.0, 65520.0, 65535.9, 65536.0,
+         70000.0, -70000.0, 3.3e38, 3.4e38, np.inf, -np.inf, 1.0 + 2.0**-8, 1.0 + 3 * 2.0**-9, 1.0 + 2.0**-11,
+         1.0 + 3 * 2.0**-12, -(1.0 + 2.0**-8), 1e-6, -1e-7, 5.96e-8, 1e-30, 0.1, -2.5],
+        dtype=np.float32)
+    rng = np.random.default_rng(17)
+    tiny = (rng.standard_normal(64) * 2.0**-20).astype(np.float32)  # float16's subnormal range
+    x_all = np.concatenate([specials, tiny, rng.standard_normal(64).astype(np.float32)])
+    opts = dict(lr=1.0, momentum=1.0, maximize=True)
+    saved = core.get_isa()
+    try:
+        for isa in core.supported_isas():
+            core.set_isa(isa)
+            for n in (1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, x_all.size):
+                x = np.roll(x_all, 3 * n)[:n]
+                with np.errstate(over="ignore", invalid="ignore"):
+                    buf = x.astype(dtype)
+                    g = (np.roll(x, 1) * np.float32(2.0**-9)).astype(dtype)  # v = buf - g: off the grid
+                w = np.zeros(n, dtype)
+                results = []
+                for sr in (False, True):
+                    kw = dict(stochastic_rounding=sr, seed=5, rounding_step=n, rounding_keys=[n])
+                    ref = dict(first=False, stochastic=sr, seed=5, step=n, key=n, **opts)
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        got_w, got_v = run(w, g, buf, opts, "native", **kw)
+                        want_w, want_v = oracle_step_half(w, g, buf, **ref)
+                    finite = ~np.isnan(want_w.astype(np.float32))
+                    assert_same_bits(got_w[finite], want_w[finite])
+                    assert_same_bits(got_v[finite], want_v[finite])
+                    assert np.isnan(got_w[~finite].astype(np.float32)).all()
+                    results.append(bits16(got_v))
+                    # A float32 buffer holding x and no grad: w is -x rounded once.
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        got_w, _ = run(w, np.zeros(n, dtype), x.copy(), opts, "native", **kw)
+                        want_w, _ = oracle_step_half(w, np.zeros(n, dtype), x.copy(), **ref)
+                    assert_same_bits(got_w, want_w)
+                if n == x_all.size:
+                    assert (results[0] != results[1]).sum() > 10  # the two roundings were both exercised
+    finally:
+        core.set_isa(saved)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stochastic rounding is unbiased
 

@@ -41,10 +41,14 @@
 // float16 subnormal result by less than 2^-16 of a unit. A pure function of (seed, step, key, i):
 // the same bits for any thread count, chunking, instruction set and backend. No global state.
 //
-// Code compiled under instruction-set flags lives in the per-target namespace (see config.hpp);
-// the x86 conversion instructions (F16C vcvtps2ph/vcvtph2ps, AVX-512 BF16 vcvtneps2bf16) are used
-// only where the translation unit's own flags enable them (__F16C__, __AVX512BF16__), so the header
-// builds for any architecture and the baseline code runs on any x86-64.
+// Code compiled under instruction-set flags lives in the per-target namespace (see config.hpp).
+// The block conversions of the kernels (namespace detail, below) run whole vectors in 32-bit
+// integer lanes (simd.hpp: AVX-512, AVX2, NEON; the same integer arithmetic as the scalar
+// definitions, so the same bits) and the x86 conversion instructions (F16C vcvtps2ph/vcvtph2ps,
+// AVX-512 BF16 vcvtneps2bf16) where the translation unit's own flags enable them (__AVX2__,
+// __F16C__, __AVX512BF16__, ...); the rest, and every build without a vector unit (the x86-64
+// baseline), in plain loops over the scalar definitions. So the header builds for any
+// architecture and the baseline code runs on any x86-64.
 #pragma once
 
 #include <cstddef>
@@ -53,9 +57,19 @@
 #include <type_traits>
 
 #include "config.hpp"
+#include "simd.hpp"
 
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__F16C__) || defined(__AVX512BF16__))
+#if MINIMALSGD_X86_64 && (defined(__F16C__) || defined(__AVX512BF16__))
 #include <immintrin.h>
+#endif
+
+// GCC 12's AVX-512 intrinsics start from a self-initialized "undefined" vector, which its
+// -Wmaybe-uninitialized reports wherever they are inlined (GCC bug 105593, fixed in GCC 13).
+#if MINIMALSGD_X86_64 && defined(__AVX512F__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+#define MINIMALSGD_HALF_GCC12_AVX512 1
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace minimalsgd {
@@ -275,23 +289,202 @@ inline float16_t round_stochastic<float16_t>(float f, std::uint32_t r) {
 namespace detail {
 
 // ---------------------------------------------------------------------------------------------
-// Block conversions: n <= a few hundred elements between storage and float scratch arrays.
-// Plain loops over the scalar functions above (vectorized by the compiler), replaced by the
-// conversion instructions where this translation unit's flags enable them. Every variant gives
-// the same bits.
+// Lane versions of the conversions above, over simd::U32 (simd.hpp: 16, 8 or 4 lanes of 32 bits,
+// by the translation unit's flags): the same definitions in integer arithmetic, branch-free. Each
+// takes float bits and gives the 16-bit result in the low half of its lane.
+
+#if MINIMALSGD_SIMD_U32
+using Lanes = simd::U32;
+using LaneVec = Lanes::V;
+
+/// fmix32, lane by lane.
+inline LaneVec fmix32_lanes(LaneVec h) {
+    h = Lanes::xor_(h, Lanes::srl<16>(h));
+    h = Lanes::mul(h, Lanes::set1(0x85EBCA6Bu));
+    h = Lanes::xor_(h, Lanes::srl<13>(h));
+    h = Lanes::mul(h, Lanes::set1(0xC2B2AE35u));
+    return Lanes::xor_(h, Lanes::srl<16>(h));
+}
+
+/// f32_to_bf16_rne.
+inline LaneVec bf16_rne_lanes(LaneVec u) {
+    const LaneVec hi = Lanes::srl<16>(u);
+    const LaneVec rounded =
+        Lanes::srl<16>(Lanes::add(Lanes::add(u, Lanes::set1(0x7fffu)), Lanes::and_(hi, Lanes::set1(1u))));
+    const LaneVec nan = Lanes::or_(Lanes::and_(hi, Lanes::set1(0x8000u)), Lanes::set1(0x7fc0u));
+    return Lanes::select(Lanes::gt_s(Lanes::and_(u, Lanes::set1(0x7fffffffu)), Lanes::set1(0x7f800000u)), nan, rounded);
+}
+
+/// f32_to_bf16_sr: the high half plus one where r < (u & 0xffff) << 16.
+inline LaneVec bf16_sr_lanes(LaneVec u, LaneVec r) {
+    const LaneVec hi = Lanes::srl<16>(u);
+    const LaneVec rounded = Lanes::inc(hi, Lanes::lt_u(r, Lanes::sll<16>(u)));
+    const LaneVec nan = Lanes::or_(Lanes::and_(hi, Lanes::set1(0x8000u)), Lanes::set1(0x7fc0u));
+    return Lanes::select(Lanes::gt_s(Lanes::and_(u, Lanes::set1(0x7fffffffu)), Lanes::set1(0x7f800000u)), nan, rounded);
+}
+
+/// The float16 NaN of f32_to_f16_rne/_sr for a float NaN: sign | 0x7c00 + max(payload >> 13, 1).
+inline LaneVec f16_nan_lanes(LaneVec u) {
+    const LaneVec q = Lanes::max_u(Lanes::srl<13>(Lanes::and_(u, Lanes::set1(0x007fffffu))), Lanes::set1(1u));
+    return Lanes::or_(Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)), Lanes::add(q, Lanes::set1(0x7c00u)));
+}
+
+/// f32_to_f16_sr's split of a magnitude c (float bits without the sign, below 2^31) into what is
+/// kept and what is dropped: with d = min(e - 1, 112) for the float exponent e and x = c - d << 23
+/// -- the exponent and significand above 2^-14 (113 <= e), the significand with its leading bit
+/// below (d = e - 1), the significand alone for a float subnormal (d = -1: x = m + 2^23, but all
+/// its bits are dropped) -- 125 - d bits are dropped: 13 in float16's normal range, more below.
+/// The neighbour toward zero is x >> (125 - d) and the dropped bits scaled to 2^32 are the low 32
+/// bits of x << (d - 93) (a right shift when d < 93): f32_to_f16_sr's normal result and its
+/// subnormal high/low pair, without a branch. (Shifts by 32 or more give 0: simd.hpp.)
+struct F16Split {
+    LaneVec x, d;
+};
+
+inline F16Split f16_split_lanes(LaneVec c) {
+    const LaneVec d = Lanes::min_s(Lanes::sub(Lanes::srl<23>(c), Lanes::set1(1u)), Lanes::set1(112u));
+    return {Lanes::sub(c, Lanes::sll<23>(d)), d};
+}
+
+inline LaneVec f16_dropped_lanes(const F16Split& s) { return Lanes::shl(s.x, Lanes::sub(s.d, Lanes::set1(93u))); }
+
+/// f32_to_f16_sr in one formula for both ranges (f16_split_lanes). Infinities and magnitudes
+/// >= 65536 are first clamped to 65536 (the result 0x7c00, nothing dropped); NaNs to
+/// 65536 * (1 + q 2^-10), q = max(payload >> 13, 1), which gives 0x7c00 + q, f32_to_f16_rne's NaN.
+inline LaneVec f16_sr_lanes(LaneVec u, LaneVec r) {
+    const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
+    const Lanes::M nan = Lanes::gt_s(a, Lanes::set1(0x7f800000u));
+    const LaneVec payload = Lanes::max_u(Lanes::and_(a, Lanes::set1(0x007fe000u)), Lanes::set1(0x2000u));
+    const LaneVec c = Lanes::or_(Lanes::min_s(a, Lanes::set1(0x47800000u)), Lanes::keep(nan, payload));
+    const F16Split split = f16_split_lanes(c);
+    const LaneVec low = Lanes::shr(split.x, Lanes::sub(Lanes::set1(125u), split.d));
+    const LaneVec out = Lanes::inc(low, Lanes::lt_u(r, f16_dropped_lanes(split)));
+    return Lanes::or_(out, Lanes::srl<16>(Lanes::and_(u, Lanes::set1(0x80000000u))));
+}
+
+/// f16_to_f32_bits of the lanes' low 16 bits: the normal range rebiased (the infinity/NaN exponent
+/// twice), the subnormal range as (2^-14 + m 2^-24) - 2^-14 in float (exact).
+inline LaneVec f16_to_f32_lanes(LaneVec h) {
+    const LaneVec shifted = Lanes::sll<13>(Lanes::and_(h, Lanes::set1(0x7fffu)));
+    const LaneVec exp = Lanes::and_(shifted, Lanes::set1(0x0f800000u));
+    LaneVec normal = Lanes::add(shifted, Lanes::set1(112u << 23));
+    normal = Lanes::add(normal, Lanes::keep(Lanes::eq(exp, Lanes::set1(0x0f800000u)), Lanes::set1(112u << 23)));
+    const LaneVec sub = Lanes::sub_f32(Lanes::or_(shifted, Lanes::set1(113u << 23)), Lanes::set1(113u << 23));
+    const LaneVec out = Lanes::select(Lanes::eq(exp, Lanes::set1(0u)), sub, normal);
+    return Lanes::or_(out, Lanes::sll<16>(Lanes::and_(h, Lanes::set1(0x8000u))));
+}
+
+/// f32_to_f16_rne: magnitudes >= 65536 and infinities clamped to 65536 (which rounds to 0x7c00),
+/// NaNs to 65536 * (1 + q 2^-10) as in f16_sr_lanes; below 2^-14 the float addition of 0.5.
+inline LaneVec f16_rne_lanes(LaneVec u) {
+    const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
+    const Lanes::M nan = Lanes::gt_s(a, Lanes::set1(0x7f800000u));
+    const LaneVec payload = Lanes::max_u(Lanes::and_(a, Lanes::set1(0x007fe000u)), Lanes::set1(0x2000u));
+    const LaneVec c = Lanes::or_(Lanes::min_s(a, Lanes::set1(0x47800000u)), Lanes::keep(nan, payload));
+    const LaneVec normal = Lanes::srl<13>(
+        Lanes::add(Lanes::add(c, Lanes::set1(0xc8000fffu)), Lanes::and_(Lanes::srl<13>(c), Lanes::set1(1u))));
+    const LaneVec subnormal = Lanes::sub(Lanes::add_f32(a, Lanes::set1(0x3f000000u)), Lanes::set1(0x3f000000u));
+    const LaneVec out = Lanes::select(Lanes::gt_s(Lanes::set1(0x38800000u), a), subnormal, normal);
+    return Lanes::or_(out, Lanes::and_(Lanes::srl<16>(u), Lanes::set1(0x8000u)));
+}
+
+/// Stochastic rounding to S, lane by lane.
+template <class S>
+inline LaneVec round_stochastic_lanes(LaneVec u, LaneVec r) {
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
+        return bf16_sr_lanes(u, r);
+    } else {
+        return f16_sr_lanes(u, r);
+    }
+}
+
+/// random_half, lane by lane.
+template <bool Buffer>
+inline LaneVec random_half_lanes(LaneVec h) {
+    return Buffer ? Lanes::sll<16>(h) : Lanes::and_(h, Lanes::set1(0xffff0000u));
+}
+#endif
+
+#if MINIMALSGD_SIMD_U32 == 8
+// bfloat16 on AVX2, 16 results at a time in 16-bit lanes (half the instructions of the 32-bit
+// lanes): the high and low halves of two float vectors packed side by side, in the lane order of
+// _mm256_packus_epi32 (elements 0-3, 8-11 | 4-7, 12-15), which one permute puts back at the end.
+// With hi the high half and lo the low half of each float: nearest is hi + (lo > 0x8000 - (hi & 1)),
+// stochastic hi + (r < lo) for the 16 random bits r; unsigned 16-bit compares as signed ones on
+// operands biased by 0x8000; NaN lanes (an unordered compare of the floats) sign | 0x7fc0.
+struct Bf16Halves {
+    __m256i hi, lo;  // lo biased by 0x8000
+    __m256 x0, x1;
+};
+
+inline Bf16Halves bf16_halves(const float* src) {
+    const __m256 x0 = _mm256_loadu_ps(src), x1 = _mm256_loadu_ps(src + 8);
+    const __m256i u0 = _mm256_castps_si256(x0), u1 = _mm256_castps_si256(x1);
+    const __m256i low = _mm256_set1_epi32(0xffff);
+    const __m256i hi = _mm256_packus_epi32(_mm256_srli_epi32(u0, 16), _mm256_srli_epi32(u1, 16));
+    const __m256i lo = _mm256_packus_epi32(_mm256_and_si256(u0, low), _mm256_and_si256(u1, low));
+    return {hi, _mm256_xor_si256(lo, _mm256_set1_epi16(static_cast<short>(0x8000))), x0, x1};
+}
+
+inline void bf16_store_halves(std::uint16_t* dst, const Bf16Halves& h, __m256i out) {
+    const __m256i nan = _mm256_packs_epi32(_mm256_castps_si256(_mm256_cmp_ps(h.x0, h.x0, _CMP_UNORD_Q)),
+                                           _mm256_castps_si256(_mm256_cmp_ps(h.x1, h.x1, _CMP_UNORD_Q)));
+    const __m256i nan_bits = _mm256_or_si256(_mm256_and_si256(h.hi, _mm256_set1_epi16(static_cast<short>(0x8000))),
+                                             _mm256_set1_epi16(0x7fc0));
+    out = _mm256_blendv_epi8(out, nan_bits, nan);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_permute4x64_epi64(out, 0xd8));
+}
+
+// f32_to_bf16_rne of src[0..16).
+inline void bf16_rne_16(const float* src, std::uint16_t* dst) {
+    const Bf16Halves h = bf16_halves(src);
+    const __m256i neg_lsb = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_and_si256(h.hi, _mm256_set1_epi16(1)));
+    bf16_store_halves(dst, h, _mm256_sub_epi16(h.hi, _mm256_cmpgt_epi16(h.lo, neg_lsb)));
+}
+
+// f32_to_bf16_sr of src[0..16) with random_half<Buffer>(rnd[j]).
+template <bool Buffer>
+inline void bf16_sr_16(const float* src, const std::uint32_t* rnd, std::uint16_t* dst) {
+    const Bf16Halves h = bf16_halves(src);
+    const __m256i h0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rnd));
+    const __m256i h1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rnd + 8));
+    __m256i r;
+    if (Buffer) {
+        const __m256i low = _mm256_set1_epi32(0xffff);
+        r = _mm256_packus_epi32(_mm256_and_si256(h0, low), _mm256_and_si256(h1, low));
+    } else {
+        r = _mm256_packus_epi32(_mm256_srli_epi32(h0, 16), _mm256_srli_epi32(h1, 16));
+    }
+    r = _mm256_xor_si256(r, _mm256_set1_epi16(static_cast<short>(0x8000)));
+    bf16_store_halves(dst, h, _mm256_sub_epi16(h.hi, _mm256_cmpgt_epi16(h.lo, r)));
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Block conversions: n <= a few hundred elements between storage and float scratch arrays: the
+// whole vectors in the lanes above or the conversion instructions where this translation unit's
+// flags enable them (F16C's vcvtph2ps/vcvtps2ph, AVX-512 BF16's vcvtneps2bf16, exact where used),
+// the rest -- everything where no vector unit is enabled -- in plain loops over the scalar
+// functions (vectorized by the compiler). Every variant gives the same bits.
 
 inline void load_block(const bfloat16_t* MINIMALSGD_RESTRICT src, float* MINIMALSGD_RESTRICT dst, std::size_t n) {
     const std::uint16_t* s = reinterpret_cast<const std::uint16_t*>(src);
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store(dst + i, Lanes::sll<16>(Lanes::load16(s + i)));
+    }
+#endif
     MINIMALSGD_SIMD
-    for (std::size_t i = 0; i < n; ++i) {
-        dst[i] = bits_float(bf16_to_f32_bits(s[i]));
+    for (std::size_t j = i; j < n; ++j) {
+        dst[j] = bits_float(bf16_to_f32_bits(s[j]));
     }
 }
 
 inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALSGD_RESTRICT dst, std::size_t n) {
     const std::uint16_t* s = reinterpret_cast<const std::uint16_t*>(src);
     std::size_t i = 0;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__F16C__)
+#if MINIMALSGD_X86_64 && defined(__F16C__)
     // vcvtph2ps: exact, subnormals included (it does not flush them).
 #if defined(__AVX512F__)
     for (; i + 16 <= n; i += 16) {
@@ -303,6 +496,10 @@ inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALS
         const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i));
         _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
     }
+#elif MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store(dst + i, f16_to_f32_lanes(Lanes::load16(s + i)));
+    }
 #endif
     MINIMALSGD_SIMD
     for (std::size_t j = i; j < n; ++j) {
@@ -313,25 +510,27 @@ inline void load_block(const float16_t* MINIMALSGD_RESTRICT src, float* MINIMALS
 inline void store_nearest(const float* MINIMALSGD_RESTRICT src, bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
     std::size_t i = 0;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX512BF16__) && defined(__AVX512F__)
+#if MINIMALSGD_X86_64 && defined(__AVX512BF16__) && defined(__AVX512F__) && defined(__AVX512DQ__) && \
+    defined(__AVX512BW__) && defined(__AVX512VL__)
     // vcvtneps2bf16 rounds to nearest even but flushes subnormal inputs to zero and keeps NaN
-    // payloads: those lanes (exponent all zeros or all ones with a payload) take the exact code.
+    // payloads: vectors with such lanes (vfpclassps: NaN or subnormal) take the lanes' code there.
     for (; i + 16 <= n; i += 16) {
         const __m512 x = _mm512_loadu_ps(src + i);
-        const __m256i hw = (__m256i)_mm512_cvtneps_pbh(x);
-        const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-        const __mmask16 subnormal = _mm512_mask_cmpneq_epi32_mask(
-            _mm512_cmpeq_epi32_mask(_mm512_and_si512(a, _mm512_set1_epi32(0x7f800000)), _mm512_setzero_si512()), a,
-            _mm512_setzero_si512());
-        const __mmask16 special = subnormal | _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
+        __m256i hw = (__m256i)_mm512_cvtneps_pbh(x);
+        const __mmask16 special = _mm512_fpclass_ps_mask(x, 0x01 | 0x20 | 0x80);  // QNaN, denormal, SNaN
         if (special) {
-            for (unsigned j = 0; j < 16; ++j) {
-                if (special & (1u << j)) {
-                    d[i + j] = f32_to_bf16_rne(float_bits(src[i + j]));
-                }
-            }
+            hw = _mm256_mask_blend_epi16(special, hw, _mm512_cvtepi32_epi16(bf16_rne_lanes(_mm512_castps_si512(x))));
         }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
+    }
+#elif MINIMALSGD_SIMD_U32
+#if MINIMALSGD_SIMD_U32 == 8
+    for (; i + 16 <= n; i += 16) {
+        bf16_rne_16(src + i, d + i);
+    }
+#endif
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store16(d + i, bf16_rne_lanes(Lanes::load(src + i)));
     }
 #endif
     MINIMALSGD_SIMD
@@ -343,22 +542,18 @@ inline void store_nearest(const float* MINIMALSGD_RESTRICT src, bfloat16_t* MINI
 inline void store_nearest(const float* MINIMALSGD_RESTRICT src, float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
     std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
     std::size_t i = 0;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__F16C__)
+#if MINIMALSGD_X86_64 && defined(__F16C__)
     // vcvtps2ph with an explicit round-to-nearest-even: exact for every finite and infinite input
     // (subnormal results included); NaN lanes take the exact code (NumPy keeps signalling payloads).
-#if defined(__AVX512F__)
+#if MINIMALSGD_SIMD_U32 == 16 && defined(__AVX512DQ__) && defined(__AVX512VL__)
     for (; i + 16 <= n; i += 16) {
         const __m512 x = _mm512_loadu_ps(src + i);
-        const __m512i a = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fffffff));
-        const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7f800000));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+        __m256i hw = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+        const __mmask16 nan = _mm512_fpclass_ps_mask(x, 0x01 | 0x80);  // QNaN, SNaN
         if (nan) {
-            for (unsigned j = 0; j < 16; ++j) {
-                if (nan & (1u << j)) {
-                    d[i + j] = f32_to_f16_rne(float_bits(src[i + j]));
-                }
-            }
+            hw = _mm256_mask_blend_epi16(nan, hw, _mm512_cvtepi32_epi16(f16_nan_lanes(_mm512_castps_si512(x))));
         }
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + i), hw);
     }
 #endif
     for (; i + 8 <= n; i += 8) {
@@ -372,6 +567,10 @@ inline void store_nearest(const float* MINIMALSGD_RESTRICT src, float16_t* MINIM
                 }
             }
         }
+    }
+#elif MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store16(d + i, f16_rne_lanes(Lanes::load(src + i)));
     }
 #endif
     MINIMALSGD_SIMD
@@ -387,19 +586,9 @@ inline std::uint32_t random_half(std::uint32_t h) {
     return Buffer ? h << 16 : h & 0xffff0000u;
 }
 
-// Stochastic rounding of a block; element j uses random_half<Buffer>(rnd[j]).
-template <bool Buffer>
-void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
-                      bfloat16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
-    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
-    MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n; ++j) {
-        d[j] = f32_to_bf16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
-    }
-}
-
 // float16 stochastic rounding without the subnormal range (|x| >= 2^-14, zero, Inf, NaN): the
-// same bits as f32_to_f16_sr there, without its 64-bit shifts.
+// same bits as f32_to_f16_sr there, without its 64-bit shifts; for the plain loops, which take it
+// for blocks without a float16-subnormal result (the lanes' code needs no such split).
 // (Signed 31-bit compares throughout: one instruction each in every vector instruction set.)
 inline std::uint16_t f32_to_f16_sr_normal(std::uint32_t u, std::uint32_t r) {
     const std::uint32_t sign = (u >> 16) & 0x8000u;
@@ -415,60 +604,140 @@ inline std::uint16_t f32_to_f16_sr_normal(std::uint32_t u, std::uint32_t r) {
     return static_cast<std::uint16_t>(sign | static_cast<std::uint32_t>(out));
 }
 
-template <bool Buffer>
-void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
-                      float16_t* MINIMALSGD_RESTRICT dst, std::size_t n) {
-    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
-    // Blocks without a float16-subnormal result (the usual case) take the cheaper code.
-    std::uint32_t subnormal = 0;
-    MINIMALSGD_SIMD_SUM(subnormal)
+// Whether any of x[0..n) rounds to a float16 subnormal (nonzero, below 2^-14).
+inline bool any_f16_subnormal(const float* MINIMALSGD_RESTRICT x, std::size_t n) {
+    std::uint32_t count = 0;
+    MINIMALSGD_SIMD_SUM(count)
     for (std::size_t j = 0; j < n; ++j) {
-        const std::uint32_t a = float_bits(src[j]) & 0x7fffffffu;
-        subnormal += (a != 0 && a < 0x38800000u) ? 1u : 0u;
+        const std::uint32_t a = float_bits(x[j]) & 0x7fffffffu;
+        count += (a != 0 && a < 0x38800000u) ? 1u : 0u;
     }
-    if (subnormal == 0) {
+    return count != 0;
+}
+
+#if MINIMALSGD_X86_64 && defined(__F16C__) && MINIMALSGD_SIMD_U32
+// float16 stochastic rounding with F16C: vcvtps2ph toward zero gives the neighbour toward zero,
+// sign and packing of every finite magnitude below 65536 (subnormal results included), plus one
+// where r < the dropped bits (f16_dropped_lanes). Vectors with a magnitude >= 65536, an infinity
+// or a NaN (rare: only after a divergence) take the scalar code in those lanes.
+inline void f16_sr_f16c(const float* src, LaneVec r, std::uint16_t* dst) {
+    const LaneVec u = Lanes::load(src);
+    const LaneVec a = Lanes::and_(u, Lanes::set1(0x7fffffffu));
+    const LaneVec dropped = f16_dropped_lanes(f16_split_lanes(a));
+#if MINIMALSGD_SIMD_U32 == 16
+    const __m512 x = _mm512_castsi512_ps(u);
+    __m256i t = _mm512_cvtps_ph(x, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    t = _mm256_mask_sub_epi16(t, Lanes::lt_u(r, dropped), t, _mm256_set1_epi16(-1));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), t);
+    const unsigned big = Lanes::gt_s(a, Lanes::set1(0x477fffffu));
+#else
+    const __m256 x = _mm256_castsi256_ps(u);
+    __m128i t = _mm256_cvtps_ph(x, _MM_FROUND_TO_ZERO);
+    const __m256i up = Lanes::lt_u(r, dropped);
+    t = _mm_sub_epi16(t, _mm_packs_epi32(_mm256_castsi256_si128(up), _mm256_extracti128_si256(up, 1)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), t);
+    const unsigned big = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(Lanes::gt_s(a, Lanes::set1(0x477fffffu)))));
+#endif
+    if (big) {
+        alignas(64) std::uint32_t rb[Lanes::N];
+        Lanes::store(rb, r);
+        for (unsigned j = 0; j < Lanes::N; ++j) {
+            if (big & (1u << j)) {
+                dst[j] = f32_to_f16_sr(float_bits(src[j]), rb[j]);
+            }
+        }
+    }
+}
+#endif
+
+// Stochastic rounding of a block; element j uses random_half<Buffer>(rnd[j]).
+template <bool Buffer, class S>
+void store_stochastic(const float* MINIMALSGD_RESTRICT src, const std::uint32_t* MINIMALSGD_RESTRICT rnd,
+                      S* MINIMALSGD_RESTRICT dst, std::size_t n) {
+    std::uint16_t* d = reinterpret_cast<std::uint16_t*>(dst);
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32 == 8
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
+        for (; i + 16 <= n; i += 16) {
+            bf16_sr_16<Buffer>(src + i, rnd + i, d + i);
+        }
+    }
+#endif
+#if MINIMALSGD_X86_64 && defined(__F16C__) && MINIMALSGD_SIMD_U32
+    if constexpr (std::is_same<S, float16_t>::value) {
+        for (; i + Lanes::N <= n; i += Lanes::N) {
+            f16_sr_f16c(src + i, random_half_lanes<Buffer>(Lanes::load(rnd + i)), d + i);
+        }
+    }
+#endif
+#if MINIMALSGD_SIMD_U32
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        const LaneVec r = random_half_lanes<Buffer>(Lanes::load(rnd + i));
+        Lanes::store16(d + i, round_stochastic_lanes<S>(Lanes::load(src + i), r));
+    }
+#endif
+    if constexpr (std::is_same<S, bfloat16_t>::value) {
         MINIMALSGD_SIMD
-        for (std::size_t j = 0; j < n; ++j) {
+        for (std::size_t j = i; j < n; ++j) {
+            d[j] = f32_to_bf16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+        }
+    } else if (!any_f16_subnormal(src + i, n - i)) {  // the usual case: the cheaper code
+        MINIMALSGD_SIMD
+        for (std::size_t j = i; j < n; ++j) {
             d[j] = f32_to_f16_sr_normal(float_bits(src[j]), random_half<Buffer>(rnd[j]));
         }
-        return;
-    }
-    MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n; ++j) {
-        d[j] = f32_to_f16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+    } else {
+        MINIMALSGD_SIMD
+        for (std::size_t j = i; j < n; ++j) {
+            d[j] = f32_to_f16_sr(float_bits(src[j]), random_half<Buffer>(rnd[j]));
+        }
     }
 }
 
-// The random bits of elements [index0, index0 + n) of the tensor whose key is k (n <= 2^32).
+// out[j] = fmix32(x0 + mul * j) for j in [0, n) (wrapping).
+inline void hash_run(std::uint32_t x0, std::uint32_t mul, std::uint32_t* MINIMALSGD_RESTRICT out, std::size_t n) {
+    std::size_t i = 0;
+#if MINIMALSGD_SIMD_U32
+    LaneVec x = Lanes::add(Lanes::set1(x0), Lanes::mul(Lanes::iota(), Lanes::set1(mul)));
+    const LaneVec stride = Lanes::set1(mul * static_cast<std::uint32_t>(Lanes::N));
+    for (; i + Lanes::N <= n; i += Lanes::N) {
+        Lanes::store(out + i, fmix32_lanes(x));
+        x = Lanes::add(x, stride);
+    }
+#endif
+    MINIMALSGD_SIMD
+    for (std::size_t j = i; j < n; ++j) {
+        out[j] = fmix32(x0 + mul * static_cast<std::uint32_t>(j));
+    }
+}
+
+// The random bits of elements [index0, index0 + n) of the tensor whose key is k (n <= 2^32):
+// rounding_bits(k, index0 + j), the hash input growing by lo32(k) | 1 per element and by
+// 0x9E3779B9 more where the low 32 bits of the index wrap.
 inline void random_block(std::uint64_t k, std::uint64_t index0, std::uint32_t* MINIMALSGD_RESTRICT out,
                          std::size_t n) {
     const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
     const std::uint32_t lo0 = static_cast<std::uint32_t>(index0);
     const std::uint32_t hi0 = static_cast<std::uint32_t>(index0 >> 32);
     const std::uint32_t add0 = static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * hi0;
-    // Where the low 32 bits of the index wrap, the high part grows by one.
     const std::uint64_t until_wrap = (std::uint64_t(1) << 32) - lo0;
     const std::size_t n0 = until_wrap < n ? static_cast<std::size_t>(until_wrap) : n;
-    MINIMALSGD_SIMD
-    for (std::size_t j = 0; j < n0; ++j) {
-        out[j] = fmix32(mul * (lo0 + static_cast<std::uint32_t>(j)) + add0);
-    }
-    const std::uint32_t add1 = add0 + 0x9E3779B9u;
-    MINIMALSGD_SIMD
-    for (std::size_t j = n0; j < n; ++j) {
-        out[j] = fmix32(mul * static_cast<std::uint32_t>(j - n0) + add1);
-    }
+    hash_run(mul * lo0 + add0, mul, out, n0);
+    hash_run(add0 + 0x9E3779B9u, mul, out + n0, n - n0);
 }
 
 // Stochastic rounding of a block of values (and, with Pair, of momentum buffers) with the random
-// bits generated in the same loop: the bits of rounding_bits(k, index0 + j), without a pass over
-// a scratch array. `scratch` (n words) serves the rare block across a 2^32 boundary of the index.
+// bits of rounding_bits(k, index0 + j) (index0: the element index of wf[0] in its tensor).
+// `scratch` holds n words: with vector lanes, the block's random bits (a pass of the hash, then
+// one of each store: three short loops keep fewer constants live than one); without, the plain
+// loops below hash in the same loop and need it only for a block across a 2^32 boundary of the
+// index.
 template <bool Pair, class S>
 void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MINIMALSGD_RESTRICT vf,
                             std::uint64_t k, std::uint64_t index0, S* MINIMALSGD_RESTRICT w,
                             S* MINIMALSGD_RESTRICT v, std::size_t n, std::uint32_t* MINIMALSGD_RESTRICT scratch) {
     const std::uint32_t lo0 = static_cast<std::uint32_t>(index0);
-    if (static_cast<std::uint64_t>(lo0) + n > (std::uint64_t(1) << 32)) {
+    if (MINIMALSGD_SIMD_U32 != 0 || static_cast<std::uint64_t>(lo0) + n > (std::uint64_t(1) << 32)) {
         random_block(k, index0, scratch, n);
         store_stochastic<false>(wf, scratch, w, n);
         if constexpr (Pair) {
@@ -476,6 +745,7 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
         }
         return;
     }
+    // Element j's hash input: base + mul * j (wrapping), with base that of element 0.
     const std::uint32_t mul = static_cast<std::uint32_t>(k) | 1u;
     const std::uint32_t base =
         mul * lo0 + static_cast<std::uint32_t>(k >> 32) + 0x9E3779B9u * static_cast<std::uint32_t>(index0 >> 32);
@@ -490,34 +760,22 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
                 dv[j] = f32_to_bf16_sr(float_bits(vf[j]), random_half<true>(h));
             }
         }
-    } else {
-        std::uint32_t subnormal = 0;
-        MINIMALSGD_SIMD_SUM(subnormal)
+    } else if (!any_f16_subnormal(wf, n) && !(Pair && any_f16_subnormal(vf, n))) {
+        MINIMALSGD_SIMD
         for (std::size_t j = 0; j < n; ++j) {
-            const std::uint32_t a = float_bits(wf[j]) & 0x7fffffffu;
-            subnormal += (a != 0 && a < 0x38800000u) ? 1u : 0u;
+            const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+            dw[j] = f32_to_f16_sr_normal(float_bits(wf[j]), random_half<false>(h));
             if constexpr (Pair) {
-                const std::uint32_t b = float_bits(vf[j]) & 0x7fffffffu;
-                subnormal += (b != 0 && b < 0x38800000u) ? 1u : 0u;
+                dv[j] = f32_to_f16_sr_normal(float_bits(vf[j]), random_half<true>(h));
             }
         }
-        if (subnormal == 0) {
-            MINIMALSGD_SIMD
-            for (std::size_t j = 0; j < n; ++j) {
-                const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
-                dw[j] = f32_to_f16_sr_normal(float_bits(wf[j]), random_half<false>(h));
-                if constexpr (Pair) {
-                    dv[j] = f32_to_f16_sr_normal(float_bits(vf[j]), random_half<true>(h));
-                }
-            }
-        } else {
-            MINIMALSGD_SIMD
-            for (std::size_t j = 0; j < n; ++j) {
-                const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
-                dw[j] = f32_to_f16_sr(float_bits(wf[j]), random_half<false>(h));
-                if constexpr (Pair) {
-                    dv[j] = f32_to_f16_sr(float_bits(vf[j]), random_half<true>(h));
-                }
+    } else {
+        MINIMALSGD_SIMD
+        for (std::size_t j = 0; j < n; ++j) {
+            const std::uint32_t h = fmix32(base + mul * static_cast<std::uint32_t>(j));
+            dw[j] = f32_to_f16_sr(float_bits(wf[j]), random_half<false>(h));
+            if constexpr (Pair) {
+                dv[j] = f32_to_f16_sr(float_bits(vf[j]), random_half<true>(h));
             }
         }
     }
@@ -526,3 +784,8 @@ void store_stochastic_fused(const float* MINIMALSGD_RESTRICT wf, const float* MI
 }  // namespace detail
 }  // namespace MINIMALSGD_TARGET_NAMESPACE
 }  // namespace minimalsgd
+
+#if defined(MINIMALSGD_HALF_GCC12_AVX512)
+#pragma GCC diagnostic pop
+#undef MINIMALSGD_HALF_GCC12_AVX512
+#endif
