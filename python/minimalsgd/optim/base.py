@@ -35,7 +35,6 @@ from .._router import Backend, check_backend
 from .._validation import check_companion, check_no_overlap, check_real, check_tensor
 from ..protocol import Batch, Formula
 from . import checkpoint
-from ._legacy import PrivateAPI
 from .gradients import GradientPolicy
 from .groups import (
     ParamGroup,
@@ -128,7 +127,7 @@ def _setting(name: str) -> property:
     return property(get, set, doc=_SETTING_DOCS[name] + " Checked at the next step; setting it drops the plan.")
 
 
-class Optimizer(PrivateAPI):
+class Optimizer:
     """The shared machinery of minimalsgd's param-dict optimizers (see the module docstring).
 
     A subclass names its formula (the class attribute ``formula``) and its constructor arguments,
@@ -319,6 +318,28 @@ class Optimizer(PrivateAPI):
         :class:`~minimalsgd.protocol.Rounding` of the next step."""
         s = self._settings
         return Storage.checked(s["stochastic_rounding"], s["seed"], s["state_dtype"])
+
+    def record_step(self, lrs: Sequence[float]) -> None:
+        """Count one step that a caller applied to this optimizer's params itself.
+
+        For a caller that steps the params through other objects while this optimizer keeps the
+        settings, groups and counters: the sharded optimizer (:mod:`minimalsgd.distributed`)
+        steps each rank's slice with an inner optimizer and counts the step here, so that
+        ``applied_steps`` (the count the schedules and the next rounding step get), ``last_lrs``
+        and :meth:`state_dict` are those of the plain optimizer that made the step.
+
+        Parameters
+        ----------
+        lrs : sequence of float
+            The lr each group used in that step (``[o.lr for o in get_options()]``).
+
+        Notes
+        -----
+        ``applied_steps`` advances by one and ``last_lrs`` becomes ``lrs``; nothing else changes
+        (no state, no per-param step count: the caller keeps those).
+        """
+        self._drop_plan()
+        self._plans.record([float(x) for x in lrs])
 
     def get_lr(self) -> list[float]:
         """The lr each group will use at the next step (schedules evaluated at ``applied_steps``).
