@@ -6,9 +6,10 @@
 #     tests/run_all.sh; under qemu it would cost about a minute more);
 #  3. checks bit-for-bit agreement across processors: the tests' --digest (a hash of the kernels'
 #     results on fixed inputs) from the aarch64 builds must equal the x86-64 build's;
-#  4. cross-builds the Python extension minimalsgd._core for aarch64 (compile and link only: no
-#     aarch64 Python runs here) and checks the result: an AArch64 object, no x86 kernel source
-#     compiled, NEON vector code in it and no fused multiply-add (-ffp-contract=off).
+#  4. cross-builds the Python extensions minimalsgd._core and minimalsgd._bench_core for aarch64
+#     (compile and link only: no aarch64 Python runs here) and checks the results: AArch64
+#     objects, no x86 kernel source compiled, NEON vector code in each and no fused multiply-add
+#     (-ffp-contract=off).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=build/aarch64-ci
@@ -66,26 +67,30 @@ done
 echo "aarch64: kernel results bit for bit as on x86-64 (digest $x86)"
 t_digest=$((SECONDS - t0))
 
-# --- 4. the Python extension, cross-built (compile and link only) -------------------------------
+# --- 4. the Python extensions, cross-built (compile and link only) -------------------------------
 pyinc=$(python -c "import sysconfig; print(sysconfig.get_paths()['include'])")
 soabi=$(python -c "import sys; print(f'cpython-{sys.version_info[0]}{sys.version_info[1]}-aarch64-linux-gnu')")
 cmake -S . -B $B/python --toolchain cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
   -DMINIMALSGD_BUILD_PYTHON=ON -DMINIMALSGD_BUILD_TESTS=OFF -DMINIMALSGD_INSTALL=OFF \
   -DPython_INCLUDE_DIR="$pyinc" -DPython_SOABI="$soabi" -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" >$B.python.log
 cmake --build $B/python -j 2 >>$B.python.log
-so=$(ls $B/python/_core.*.so)
-aarch64-linux-gnu-readelf -h "$so" | grep -q "Machine:.*AArch64" || { echo "aarch64: $so is not an AArch64 object" >&2; exit 1; }
-if grep -q "kernels_avx" $B/python/CMakeFiles/_core.dir/build.make; then
+if grep -q "avx" $B/python/CMakeFiles/_core.dir/build.make $B/python/CMakeFiles/_bench_core.dir/build.make; then
   echo "aarch64: an x86-only kernel source was compiled for aarch64" >&2
   exit 1
 fi
-dis=$(aarch64-linux-gnu-objdump -d "$so")
-n_neon=$(grep -cE $'\t''f(mul|add|sub)'$'\t''v[0-9]+\.(4s|2d)' <<<"$dis" || true)
-n_fma=$(grep -cE $'\t''f(n?mla|n?mls|n?madd|n?msub)'$'\t' <<<"$dis" || true)
-if [ "$n_neon" -eq 0 ] || [ "$n_fma" -ne 0 ]; then
-  echo "aarch64: expected NEON vector arithmetic and no fused multiply-add; got $n_neon and $n_fma" >&2
-  exit 1
-fi
+summary=""
+for module in _core _bench_core; do
+  so=$(ls $B/python/$module.*.so)
+  aarch64-linux-gnu-readelf -h "$so" | grep -q "Machine:.*AArch64" || { echo "aarch64: $so is not an AArch64 object" >&2; exit 1; }
+  dis=$(aarch64-linux-gnu-objdump -d "$so")
+  n_neon=$(grep -cE $'\t''f(mul|add|sub)'$'\t''v[0-9]+\.(4s|2d)' <<<"$dis" || true)
+  n_fma=$(grep -cE $'\t''f(n?mla|n?mls|n?madd|n?msub)'$'\t' <<<"$dis" || true)
+  if [ "$n_neon" -eq 0 ] || [ "$n_fma" -ne 0 ]; then
+    echo "aarch64: $module: expected NEON vector arithmetic and no fused multiply-add; got $n_neon and $n_fma" >&2
+    exit 1
+  fi
+  summary+="$(basename "$so") ($n_neon NEON float ops) "
+done
 t_python=$((SECONDS - t0))
-echo "aarch64: extension $(basename "$so") cross-built (AArch64, baseline kernel only, $n_neon NEON float ops, no FMA)"
+echo "aarch64: extensions cross-built: ${summary}(AArch64, baseline kernels only, no FMA)"
 echo "aarch64: timings (s, cumulative): tools $t_tools, C++ tests under qemu $t_tests, digest $t_digest, extension $t_python"

@@ -45,6 +45,7 @@ names = zipfile.ZipFile(sys.argv[1]).namelist()
 libs = [n for n in names if n.startswith("minimalsgd.libs/")]
 assert any("libgomp" in n for n in libs), f"libgomp is not vendored: {libs}"
 assert any(n.startswith("minimalsgd/_core.") for n in names), "no extension in the wheel"
+assert any(n.startswith("minimalsgd/_bench_core.") for n in names), "no bench extension in the wheel"
 assert any(n.endswith("LICENSE") for n in names), "no licence in the wheel"
 print("wheel: vendored", ", ".join(libs))
 PY

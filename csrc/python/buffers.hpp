@@ -8,12 +8,15 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <minimalsgd/adam.hpp>
 #include <minimalsgd/sgd.hpp>
 
+#include "kernels.hpp"
 
 namespace py = pybind11;
 
@@ -22,11 +25,23 @@ namespace minimalsgd_python {
 // ---------------------------------------------------------------------------------------------
 // Buffer checks: read the array struct directly (no temporaries, no conversion).
 
-enum class Kind { f32, f64, bf16, f16 };
+// Kind (the storage type of a buffer) is in dispatch.hpp, generated with the kernel lists' dtypes.
 
 // NumPy's type number of ml_dtypes.bfloat16 (a user dtype: known once ml_dtypes is imported), or
 // -1 when ml_dtypes is not available.
 inline int g_bf16_type_num = -1;
+
+// Looks ml_dtypes' bfloat16 up (at import): its type number exists once ml_dtypes is imported.
+// Without ml_dtypes there is no bfloat16 array to step (false), and float16 still works.
+inline bool init_bfloat16() {
+    try {
+        py::object bf16 = py::module_::import("ml_dtypes").attr("bfloat16");
+        g_bf16_type_num = py::dtype::from_args(bf16).num();
+        return true;
+    } catch (const py::error_already_set&) {
+        return false;
+    }
+}
 
 inline bool is_half(Kind k) { return k == Kind::bf16 || k == Kind::f16; }
 
@@ -133,13 +148,13 @@ inline bool buffer_fits(const View& w, const View& b) {
 
 inline std::size_t itemsize(Kind k) {
     switch (k) {
-        case Kind::f32:
-            return sizeof(float);
-        case Kind::f64:
-            return sizeof(double);
-        default:
-            return 2;
+#define MINIMALSGD_ITEMSIZE_CASE(name, type) \
+    case Kind::name:                         \
+        return sizeof(type);
+        MINIMALSGD_DTYPES(MINIMALSGD_ITEMSIZE_CASE)
+#undef MINIMALSGD_ITEMSIZE_CASE
     }
+    return 0;
 }
 
 struct Range {
@@ -205,26 +220,15 @@ struct Ranges {
     }
 };
 
-// The tensors of one SGD call, split by dtype into the kernels' spans, with their memory ranges.
+// The tensors of one SGD call, filed by storage and buffer type into the spans of the kernels of
+// the list (kernels.hpp), with their memory ranges.
 struct Batch : Ranges {
-    using bf16 = minimalsgd::bfloat16_t;
-    using f16 = minimalsgd::float16_t;
-    std::vector<minimalsgd::TensorSpan<float>> f32;
-    std::vector<minimalsgd::TensorSpan<double>> f64;
-    std::vector<minimalsgd::TensorSpan<bf16>> bf16s;
-    std::vector<minimalsgd::TensorSpan<bf16, float>> bf16_f32;
-    std::vector<minimalsgd::TensorSpan<f16>> f16s;
-    std::vector<minimalsgd::TensorSpan<f16, float>> f16_f32;
+    SpansOf<ops::sgd> spans;
 
     explicit Batch(std::size_t n) { ranges.reserve(3 * n); }
 
     void clear() {
-        f32.clear();
-        f64.clear();
-        bf16s.clear();
-        bf16_f32.clear();
-        f16s.clear();
-        f16_f32.clear();
+        spans.clear();
         ranges.clear();
     }
 
@@ -236,85 +240,29 @@ struct Batch : Ranges {
 
     // The same with the buffer's kind `bkind` (kind, or f32 for a 16-bit kind), the tensor's
     // stochastic-rounding key and the rounding index of its first element (TensorSpan::index0).
+    // A tensor without a buffer runs with the kernel of its own type.
     void add(Kind kind, char* w, const char* g, char* b, std::size_t size, bool first, std::size_t i,
              std::uint32_t group, Kind bkind, std::uint64_t key, std::uint64_t index0 = 0) {
         const std::size_t bytes = size * itemsize(kind);
         record(w, bytes, true, i);
         record(g, bytes, false, i);
         record(b, size * itemsize(bkind), true, i);
-        switch (kind) {
-            case Kind::f32:
-                f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g),
-                               reinterpret_cast<float*>(b), size, first, group, key, index0});
-                break;
-            case Kind::f64:
-                f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                               reinterpret_cast<double*>(b), size, first, group, key, index0});
-                break;
-            case Kind::bf16:
-                if (b != nullptr && bkind == Kind::f32) {
-                    bf16_f32.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
-                                        reinterpret_cast<float*>(b), size, first, group, key, index0});
-                } else {
-                    bf16s.push_back({reinterpret_cast<bf16*>(w), reinterpret_cast<const bf16*>(g),
-                                     reinterpret_cast<bf16*>(b), size, first, group, key, index0});
-                }
-                break;
-            case Kind::f16:
-                if (b != nullptr && bkind == Kind::f32) {
-                    f16_f32.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
-                                       reinterpret_cast<float*>(b), size, first, group, key, index0});
-                } else {
-                    f16s.push_back({reinterpret_cast<f16*>(w), reinterpret_cast<const f16*>(g),
-                                    reinterpret_cast<f16*>(b), size, first, group, key, index0});
-                }
-                break;
+        const bool known = spans.with(kind, b != nullptr ? bkind : kind, [&](auto& v) {
+            using Span = typename std::decay_t<decltype(v)>::value_type;
+            v.push_back(Span{reinterpret_cast<decltype(Span::value)>(w), reinterpret_cast<decltype(Span::grad)>(g),
+                             reinterpret_cast<decltype(Span::momentum_buffer)>(b), size, first, group, key, index0});
+        });
+        if (!known) {
+            throw std::invalid_argument("tensor " + std::to_string(i) + ": no SGD kernel for its value and buffer types");
         }
     }
 
-    // Points tensor `slot` of the spans of (kind, bkind) (as add() filed it) at a new grad.
-    void set_grad(Kind kind, Kind bkind, bool has_buffer, std::size_t slot, const char* g) {
-        const bool f32buf = has_buffer && bkind == Kind::f32;
-        switch (kind) {
-            case Kind::f32:
-                f32[slot].grad = reinterpret_cast<const float*>(g);
-                break;
-            case Kind::f64:
-                f64[slot].grad = reinterpret_cast<const double*>(g);
-                break;
-            case Kind::bf16:
-                (f32buf ? bf16_f32[slot].grad : bf16s[slot].grad) = reinterpret_cast<const bf16*>(g);
-                break;
-            case Kind::f16:
-                (f32buf ? f16_f32[slot].grad : f16s[slot].grad) = reinterpret_cast<const f16*>(g);
-                break;
-        }
-    }
-
-    // Where add() will file the next tensor of (kind, bkind).
-    std::size_t next_slot(Kind kind, Kind bkind, bool has_buffer) const {
-        const bool f32buf = has_buffer && bkind == Kind::f32;
-        switch (kind) {
-            case Kind::f32:
-                return f32.size();
-            case Kind::f64:
-                return f64.size();
-            case Kind::bf16:
-                return f32buf ? bf16_f32.size() : bf16s.size();
-            default:
-                return f32buf ? f16_f32.size() : f16s.size();
-        }
-    }
-
-    bool empty() const {
-        return f32.empty() && f64.empty() && bf16s.empty() && bf16_f32.empty() && f16s.empty() && f16_f32.empty();
-    }
+    bool empty() const { return spans.empty(); }
 };
 
 // The tensors of one Adam call: value, grad, exp_avg, exp_avg_sq and (amsgrad) max_exp_avg_sq.
 struct AdamBatch : Ranges {
-    std::vector<minimalsgd::AdamSpan<float>> f32;
-    std::vector<minimalsgd::AdamSpan<double>> f64;
+    SpansOf<ops::adam> spans;
 
     explicit AdamBatch(std::size_t n) { ranges.reserve(5 * n); }
 
@@ -327,13 +275,14 @@ struct AdamBatch : Ranges {
         record(m, bytes, true, i);
         record(v, bytes, true, i);
         record(vm, bytes, true, i);
-        if (kind == Kind::f32) {
-            f32.push_back({reinterpret_cast<float*>(w), reinterpret_cast<const float*>(g), reinterpret_cast<float*>(m),
-                           reinterpret_cast<float*>(v), reinterpret_cast<float*>(vm), size, step, group});
-        } else {
-            f64.push_back({reinterpret_cast<double*>(w), reinterpret_cast<const double*>(g),
-                           reinterpret_cast<double*>(m), reinterpret_cast<double*>(v), reinterpret_cast<double*>(vm),
-                           size, step, group});
+        const bool known = spans.with(kind, kind, [&](auto& spans_of_kind) {
+            using Span = typename std::decay_t<decltype(spans_of_kind)>::value_type;
+            using T = std::remove_pointer_t<decltype(Span::value)>;
+            spans_of_kind.push_back(Span{reinterpret_cast<T*>(w), reinterpret_cast<const T*>(g), reinterpret_cast<T*>(m),
+                                         reinterpret_cast<T*>(v), reinterpret_cast<T*>(vm), size, step, group});
+        });
+        if (!known) {
+            throw std::invalid_argument("tensor " + std::to_string(i) + ": no Adam kernel for its type");
         }
     }
 };

@@ -17,90 +17,36 @@ namespace py = pybind11;
 
 namespace minimalsgd_python {
 
-// The kernel-table entry of each span type: SGD's step or Adam's, float32 or float64.
-inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::TensorSpan<float>>& s,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.step_f32(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
-}
-inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::TensorSpan<double>>& s,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.step_f64(s.data(), s.size(), groups, n_groups, scale, par);
-}
-inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::AdamSpan<float>>& s,
-                        const minimalsgd::AdamOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.adam_f32(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
-}
-inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::AdamSpan<double>>& s,
-                        const minimalsgd::AdamOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.adam_f64(s.data(), s.size(), groups, n_groups, scale, par);
-}
-
-// 16-bit storage: value and grad bfloat16/float16, the buffer of their type or float32.
-inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::TensorSpan<minimalsgd::bfloat16_t>>& s,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.step_bf16(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
-}
-inline void call_kernel(const KernelTable& k,
-                        const std::vector<minimalsgd::TensorSpan<minimalsgd::bfloat16_t, float>>& s,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.step_bf16_f32(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
-}
-inline void call_kernel(const KernelTable& k, const std::vector<minimalsgd::TensorSpan<minimalsgd::float16_t>>& s,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.step_f16(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
-}
-inline void call_kernel(const KernelTable& k,
-                        const std::vector<minimalsgd::TensorSpan<minimalsgd::float16_t, float>>& s,
-                        const minimalsgd::SgdOptions* groups, std::size_t n_groups, double scale,
-                        const minimalsgd::Parallel& par) {
-    k.step_f16_f32(s.data(), s.size(), groups, n_groups, static_cast<float>(scale), par);
-}
-
-// Runs the spans of one call with the kernels of the chosen instruction set (GIL released by the
-// caller); each span refers to one of the `n_groups` options sets.
-template <class Span32, class Span64, class Options>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const Options* groups,
-                        std::size_t n_groups, double grad_scale) {
-    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+// Runs every row of a batch of spans (a Batch's or an AdamBatch's) that has tensors, in the
+// list's order, with the kernels of the chosen instruction set (GIL released by the caller);
+// each span refers to one of the `n_groups` options sets.
+template <class Op>
+inline void run_spans(const SpansOf<Op>& spans, const typename Op::Options* groups, std::size_t n_groups,
+                      double grad_scale) {
+    const KernelTable& k = current_table();
     const minimalsgd::Parallel par = parallel();
-    if (!f32.empty()) {
-        call_kernel(k, f32, groups, n_groups, grad_scale, par);
-    }
-    if (!f64.empty()) {
-        call_kernel(k, f64, groups, n_groups, grad_scale, par);
-    }
+    spans.for_each([&](auto kernel, const auto& v) {
+        using K = decltype(kernel);
+        if (!v.empty()) {
+            using Scale = typename Op::template Scale<typename K::storage, typename K::buffer>;
+            k.template get<Op, typename K::storage, typename K::buffer>()(v.data(), v.size(), groups, n_groups,
+                                                                          static_cast<Scale>(grad_scale), par);
+        }
+    });
 }
 
-// The same with one options set for every span.
-template <class Span32, class Span64, class Options>
-inline void run_kernels(const std::vector<Span32>& f32, const std::vector<Span64>& f64, const Options& opts,
-                        double grad_scale) {
-    run_kernels(f32, f64, &opts, 1, grad_scale);
-}
-
-// Every span of an SGD batch: float32, float64 and the 16-bit kinds.
+// Every span of an SGD batch.
 inline void run_batch(const Batch& b, const minimalsgd::SgdOptions* groups, std::size_t n_groups, double grad_scale) {
-    run_kernels(b.f32, b.f64, groups, n_groups, grad_scale);
-    if (b.bf16s.empty() && b.bf16_f32.empty() && b.f16s.empty() && b.f16_f32.empty()) {
-        return;
-    }
-    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
-    const minimalsgd::Parallel par = parallel();
-    if (!b.bf16s.empty()) call_kernel(k, b.bf16s, groups, n_groups, grad_scale, par);
-    if (!b.bf16_f32.empty()) call_kernel(k, b.bf16_f32, groups, n_groups, grad_scale, par);
-    if (!b.f16s.empty()) call_kernel(k, b.f16s, groups, n_groups, grad_scale, par);
-    if (!b.f16_f32.empty()) call_kernel(k, b.f16_f32, groups, n_groups, grad_scale, par);
+    run_spans<ops::sgd>(b.spans, groups, n_groups, grad_scale);
 }
 
 inline void run_batch(const Batch& b, const minimalsgd::SgdOptions& opts, double grad_scale) {
     run_batch(b, &opts, 1, grad_scale);
+}
+
+// Every span of an Adam batch, with one options set.
+inline void run_batch(const AdamBatch& b, const minimalsgd::AdamOptions& opts, double grad_scale) {
+    run_spans<ops::adam>(b.spans, &opts, 1, grad_scale);
 }
 
 // A Python int in [0, 2^64) as uint64 (false for anything else; no exception left set).
@@ -363,48 +309,33 @@ inline void sgd_step_groups(py::handle values, py::handle grads, py::handle mome
     run_batch(batch, opts.data(), opts.size(), grad_scale);
 }
 
+// The sum of squares of every array, in double: the per-type totals added in the list's order.
 inline double sum_of_squares(py::handle arrays) {
     const std::vector<PyObject*> xs = items(arrays, "grads");
-    std::vector<minimalsgd::ConstSpan<float>> f32;
-    std::vector<minimalsgd::ConstSpan<double>> f64;
-    std::vector<minimalsgd::ConstSpan<minimalsgd::bfloat16_t>> bf16;
-    std::vector<minimalsgd::ConstSpan<minimalsgd::float16_t>> f16;
+    SpansOf<ops::sumsq> spans;
     std::vector<py::object> keep;
     keep.reserve(xs.size());
     for (std::size_t i = 0; i < xs.size(); ++i) {
         const View v = view_of(xs[i], "grads", i, false);
         keep.emplace_back(py::reinterpret_borrow<py::object>(xs[i]));
-        switch (v.kind) {
-            case Kind::f32:
-                f32.push_back({reinterpret_cast<const float*>(v.data), v.size});
-                break;
-            case Kind::f64:
-                f64.push_back({reinterpret_cast<const double*>(v.data), v.size});
-                break;
-            case Kind::bf16:
-                bf16.push_back({reinterpret_cast<const minimalsgd::bfloat16_t*>(v.data), v.size});
-                break;
-            case Kind::f16:
-                f16.push_back({reinterpret_cast<const minimalsgd::float16_t*>(v.data), v.size});
-                break;
+        const bool known = spans.with(v.kind, v.kind, [&](auto& spans_of_kind) {
+            using Span = typename std::decay_t<decltype(spans_of_kind)>::value_type;
+            spans_of_kind.push_back(Span{reinterpret_cast<decltype(Span::data)>(v.data), v.size});
+        });
+        if (!known) {
+            throw py::type_error(where("grads", i) + ": no sum-of-squares kernel for its dtype");
         }
     }
-    const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+    const KernelTable& k = current_table();
     const minimalsgd::Parallel par = parallel();
     py::gil_scoped_release release;
     double total = 0;
-    if (!f32.empty()) {
-        total += k.sumsq_f32(f32.data(), f32.size(), par);
-    }
-    if (!f64.empty()) {
-        total += k.sumsq_f64(f64.data(), f64.size(), par);
-    }
-    if (!bf16.empty()) {
-        total += k.sumsq_bf16(bf16.data(), bf16.size(), par);
-    }
-    if (!f16.empty()) {
-        total += k.sumsq_f16(f16.data(), f16.size(), par);
-    }
+    spans.for_each([&](auto kernel, const auto& s) {
+        using K = decltype(kernel);
+        if (!s.empty()) {
+            total += k.template get<ops::sumsq, typename K::storage>()(s.data(), s.size(), par);
+        }
+    });
     return total;
 }
 
@@ -664,7 +595,7 @@ inline void adam_step(py::handle values, py::handle grads, py::handle exp_avgs, 
         check_overlap(batch.ranges);
     }
     py::gil_scoped_release release;
-    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+    run_batch(batch, opts, grad_scale);
 }
 
 // The Adam step over raw buffers, for minimalsgd.torch: per tensor a dtype code (0 float32,
@@ -709,7 +640,7 @@ inline bool adam_step_ptrs(py::list kinds, py::list value_ptrs, py::list grad_pt
         return false;
     }
     py::gil_scoped_release release;
-    run_kernels(batch.f32, batch.f64, opts, grad_scale);
+    run_batch(batch, opts, grad_scale);
     return true;
 }
 

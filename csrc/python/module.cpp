@@ -12,8 +12,10 @@
 //   entry_points.hpp   sgd_step, sum_of_squares, try_sgd_step (fast path), sgd_step_ptrs (torch),
 //                      adam_step, adam_step_ptrs (torch)
 //   plan.hpp           the cached plan of Optimizer.step(), a template over the formula's traits
-//   bench_support.hpp  the bench's timing of the yardstick and the bare kernel
-//   kernels*.{hpp,cpp} one kernel table per instruction-set target
+//   kernels.hpp        the kernel list: every (operation, storage, buffer) the module calls
+//   dispatch.hpp       the tables generated from a kernel list, one per instruction-set target
+//   kernels_target.cpp the table of one target (compiled once per target)
+//   kernel_api.hpp     the kernel table as a capsule, for minimalsgd._bench_core (csrc/bench/)
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -24,9 +26,9 @@
 #include <minimalsgd/cpu.hpp>
 #include <minimalsgd/version.hpp>
 
-#include "bench_support.hpp"
 #include "buffers.hpp"
 #include "entry_points.hpp"
+#include "kernel_api.hpp"
 #include "plan.hpp"
 #include "runtime.hpp"
 
@@ -69,15 +71,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           "The fused step with per-tensor options (tensor i uses options[group_of[i]]), all tensors in one call.");
     m.def("sum_of_squares", &sum_of_squares, py::arg("arrays"),
           "Sum of x*x over a list of float32/float64/float16/bfloat16 contiguous arrays, accumulated in double.");
-    // bfloat16 is ml_dtypes' NumPy dtype: its type number exists once ml_dtypes is imported.
-    // Without ml_dtypes there is no bfloat16 array to step, and float16 still works.
-    try {
-        py::object bf16 = py::module_::import("ml_dtypes").attr("bfloat16");
-        g_bf16_type_num = py::dtype::from_args(bf16).num();
-        m.attr("bfloat16_available") = true;
-    } catch (const py::error_already_set&) {
-        m.attr("bfloat16_available") = false;
-    }
+    m.attr("bfloat16_available") = init_bfloat16();
     g_str_value = PyUnicode_InternFromString("value");
     g_str_grad = PyUnicode_InternFromString("grad");
     static PyMethodDef try_sgd_step_def = {
@@ -105,10 +99,11 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
           py::arg("grad_scale"), "Private to minimalsgd.torch: the Adam step over raw contiguous buffers.");
     bind_plan<SgdFormula>(m, "SgdPlan");
     bind_plan<AdamFormula>(m, "AdamPlan");
-    m.def("_time_calls", &time_calls, py::arg("kind"), py::arg("w"), py::arg("g"), py::arg("v"), py::arg("reps"),
-          py::arg("inner"), py::arg("threads") = 0, py::arg("m") = py::none(),
-          "Bench support: seconds per call of the yardstick loop ('stream', 'read', 'adam_stream' with m) or the "
-          "bare fused step ('step').");
+    // The kernel table, for minimalsgd._bench_core (the bench's bare kernel call).
+    static const KernelApi kernel_api{
+        kKernelLayout, sizeof(KernelTable), []() -> const KernelTable& { return current_table(); },
+        []() { return static_cast<Isa>(g_isa.load()); }, &parallel};
+    m.attr("_kernel_api") = py::capsule(&kernel_api, kKernelApiName);
     m.def("get_isa", &get_isa, "The instruction set whose kernels run.");
     m.def("set_isa", &set_isa, py::arg("isa"), "Run the kernels of 'baseline', 'avx2', 'avx512' or 'avx512_bf16'.");
     m.def("supported_isas", &supported_isas, "The instruction sets compiled into this build that this CPU supports.");

@@ -41,10 +41,11 @@ inline PyObject* g_str_grad = nullptr;
 //                                    takes step + 1; SGD's plan is built after its buffers exist,
 //                                    so it is never a first step)
 //   advance<T>(Span<T>&)             after an applied step (Adam: ++ its step count; SGD: nothing)
-//   run(table, f32, f64, options, n_groups, grad_scale, par)   the kernel call of one step
+//   Op                               the operation of the kernel list (kernels.hpp) it runs
 // AdamFormula below is the second: a traits type and a binding (module.cpp: bind_plan<AdamFormula>(m, "AdamPlan")).
 
 struct SgdFormula {
+    using Op = ops::sgd;
     using Options = minimalsgd::SgdOptions;
     static constexpr int kStates = 1;
     template <class T>
@@ -67,20 +68,12 @@ struct SgdFormula {
     }
     template <class T>
     static void advance(Span<T>&) {}
-    static void run(const KernelTable& k, const std::vector<Span<float>>& f32, const std::vector<Span<double>>& f64,
-                    const Options* groups, std::size_t n_groups, double grad_scale, const minimalsgd::Parallel& par) {
-        if (!f32.empty()) {
-            k.step_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
-        }
-        if (!f64.empty()) {
-            k.step_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
-        }
-    }
 };
 
 // Adam and AdamW: the moments (and amsgrad's maximum) are the states; the span carries the step
 // this update makes (the tensor's applied steps + 1), which advance() moves on after each step.
 struct AdamFormula {
+    using Op = ops::adam;
     using Options = minimalsgd::AdamOptions;
     static constexpr int kStates = 3;  // exp_avg, exp_avg_sq, max_exp_avg_sq
     template <class T>
@@ -104,15 +97,6 @@ struct AdamFormula {
     template <class T>
     static void advance(Span<T>& s) {
         ++s.step;
-    }
-    static void run(const KernelTable& k, const std::vector<Span<float>>& f32, const std::vector<Span<double>>& f64,
-                    const Options* groups, std::size_t n_groups, double grad_scale, const minimalsgd::Parallel& par) {
-        if (!f32.empty()) {
-            k.adam_f32(f32.data(), f32.size(), groups, n_groups, static_cast<float>(grad_scale), par);
-        }
-        if (!f64.empty()) {
-            k.adam_f64(f64.data(), f64.size(), groups, n_groups, grad_scale, par);
-        }
     }
 };
 
@@ -294,7 +278,7 @@ class BasicPlan {
                 }
             }
         }
-        const KernelTable& k = table_for(static_cast<Isa>(g_isa.load()));
+        const KernelTable& k = current_table();
         const minimalsgd::Parallel par = parallel();
         const bool measure = clip_ > 0 || skip_;
         int status = 1;
@@ -304,10 +288,10 @@ class BasicPlan {
             if (measure) {
                 double ss = 0;
                 if (!g32_.empty()) {
-                    ss += k.sumsq_f32(g32_.data(), g32_.size(), par);
+                    ss += k.get<ops::sumsq, float>()(g32_.data(), g32_.size(), par);
                 }
                 if (!g64_.empty()) {
-                    ss += k.sumsq_f64(g64_.data(), g64_.size(), par);
+                    ss += k.get<ops::sumsq, double>()(g64_.data(), g64_.size(), par);
                 }
                 norm = std::sqrt(ss);
                 if (skip_ && !std::isfinite(norm) && (std::isnan(norm) || !all_grads_finite())) {
@@ -325,9 +309,11 @@ class BasicPlan {
                         join_adjacent(f64_, run64_);
                         runs_stale_ = false;
                     }
-                    Formula::run(k, run32_, run64_, opts_.data(), opts_.size(), scale, par);
+                    run(k, run32_, scale, par);
+                    run(k, run64_, scale, par);
                 } else {
-                    Formula::run(k, f32_, f64_, opts_.data(), opts_.size(), scale, par);
+                    run(k, f32_, scale, par);
+                    run(k, f64_, scale, par);
                 }
             }
         }
@@ -397,6 +383,17 @@ class BasicPlan {
         long step;         // steps applied to it (the Python state's "step" plus this plan's)
         std::size_t slot;  // index in f32_ / f64_
     };
+
+    // The formula's kernel over spans of T (none: nothing).
+    template <class T>
+    void run(const KernelTable& k, const std::vector<typename Formula::template Span<T>>& spans, double scale,
+             const minimalsgd::Parallel& par) const {
+        if (!spans.empty()) {
+            using Scale = typename Formula::Op::template Scale<T, T>;
+            k.get<typename Formula::Op, T>()(spans.data(), spans.size(), opts_.data(), opts_.size(),
+                                             static_cast<Scale>(scale), par);
+        }
+    }
 
     template <class T>
     static typename Formula::template Span<T> make_span(char* w, char* g, char* const* states, std::size_t n, long step,

@@ -21,34 +21,8 @@ namespace minimalsgd_python {
 
 using minimalsgd::Isa;
 
-// The kernel sets linked into this build, best last. The x86-64 ones exist only where CMake built
-// them (MINIMALSGD_HAVE_X86_KERNELS, kernels.hpp); a new kernel set goes here and in table_for.
-inline constexpr Isa kCompiledIsas[] = {
-    Isa::baseline,
-#if MINIMALSGD_HAVE_X86_KERNELS
-    Isa::avx2,
-    Isa::avx512,
-    Isa::avx512_bf16,
-#endif
-};
-
 inline bool is_compiled(Isa isa) {
     return std::find(std::begin(kCompiledIsas), std::end(kCompiledIsas), isa) != std::end(kCompiledIsas);
-}
-
-inline const KernelTable& table_for(Isa isa) {
-    switch (isa) {
-#if MINIMALSGD_HAVE_X86_KERNELS
-        case Isa::avx512_bf16:
-            return minimalsgd_python::kernels_avx512_bf16();
-        case Isa::avx512:
-            return minimalsgd_python::kernels_avx512();
-        case Isa::avx2:
-            return minimalsgd_python::kernels_avx2();
-#endif
-        default:
-            return minimalsgd_python::kernels_baseline();
-    }
 }
 
 // The best kernel set that is compiled in and that this CPU supports.
@@ -81,6 +55,9 @@ inline void set_isa(std::string name) {
     }
     g_isa = static_cast<int>(isa);
 }
+
+// The kernels of the instruction set in force.
+inline const KernelTable& current_table() { return table_for<KernelTable>(static_cast<Isa>(g_isa.load())); }
 
 inline std::string get_isa() { return minimalsgd::isa_name(static_cast<Isa>(g_isa.load())); }
 

@@ -1,9 +1,10 @@
 """``python -m minimalsgd bench``: the fused step against NumPy, PyTorch and the memory bus.
 
 Every case runs side by side in one process: the yardstick (a plain C streaming loop of the same
-shape, compiled into the extension, clearly labelled), minimalsgd native (all threads and one),
-minimalsgd's NumPy backend, the classic NumPy param-dict SGD (the pure-Python baseline), and when
-installed torch.optim.SGD (default, foreach, fused), the minimalsgd.torch drop-in, and a numba loop.
+shape, compiled into the bench's own extension ``_bench_core``, clearly labelled), minimalsgd
+native (all threads and one), minimalsgd's NumPy backend, the classic NumPy param-dict SGD (the
+pure-Python baseline), and when installed torch.optim.SGD (default, foreach, fused), the
+minimalsgd.torch drop-in, and a numba loop.
 The AdamW cases do the same with AdamW (the yardstick: a plain C Adam loop, 4 reads and 3 writes).
 Each timing is the median of many repetitions after a warm-up; ratios are within one run.
 """
@@ -308,6 +309,8 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str, 
     # buffer of the same total size, in C++ with no Python in the loop; the better of 1 thread
     # and all. With clipping, plus a plain read-only loop (sum of g*g) for the norm pass.
     if core is not None:
+        from . import _bench_core  # built with _core: the yardsticks and C++ timing live there
+
         # Real data in every buffer: an untouched np.zeros array maps the shared zero page,
         # whose reads hit the cache and would flatter the limit.
         yw, yg, yv = (np.full(n, 0.5, dtype) for _ in range(3))
@@ -316,7 +319,7 @@ def run_case(case: Case, dtype: np.dtype, quick: bool, progress: Callable[[str, 
         threads = (1, core.get_num_threads())
 
         def c_sample(kind: str, t: int) -> float:
-            return core._time_calls(kind, yw, yg, yv, 2, c_inner, threads=t, m=ym)[1]  # the first batch warms
+            return _bench_core._time_calls(kind, yw, yg, yv, 2, c_inner, threads=t, m=ym)[1]  # the first batch warms
 
         def yardstick() -> float:
             best = min(c_sample("adam_stream" if adamw else "stream", t) for t in threads)

@@ -9,6 +9,8 @@ baseline_simd: str
 __version__: str
 #: Whether ml_dtypes could be imported: bfloat16 arrays reach the kernels only then.
 bfloat16_available: bool
+#: A PyCapsule holding the kernel table, for minimalsgd._bench_core (csrc/python/kernel_api.hpp).
+_kernel_api: object
 
 def sgd_step(
     values: Sequence[np.ndarray],
@@ -42,10 +44,6 @@ def try_sgd_step(
     dampening: object, weight_decay: object, nesterov: object, maximize: object, grad_scale: object,
     stochastic_rounding: object = False, seed: object = 0, rounding_step: object = 0, rounding_keys: object = None, /,
 ) -> bool: ...
-def _time_calls(
-    kind: str, w: np.ndarray, g: np.ndarray, v: np.ndarray, reps: int, inner: int, threads: int = 0,
-    m: np.ndarray | None = None,
-) -> list[float]: ...
 
 class SgdPlan:
     def __init__(
