@@ -447,8 +447,8 @@ class Optimizer:
             Multiplies every gradient (finite, ``>= 0``): a scale computed elsewhere, such as a
             clip coefficient from a norm measured over several processes or buckets, or the
             inverse of a loss scale. The optimizer's own clipping and non-finite check apply to
-            the scaled gradients (``GradientPolicy.decide``). A step with a scale other than
-            1 takes the checked path.
+            the scaled gradients (``GradientPolicy.decide``). The cached plan takes the scale as
+            a per-step input, as it takes a schedule's lr.
 
         Returns
         -------
@@ -467,27 +467,28 @@ class Optimizer:
         plans = self._plans
         plan = plans.plan
         if plan is not None:
-            if grad_scale == 1.0:
-                if plans.schedules:  # the cheap per-step input: each schedule's lr, checked here
-                    count = plans.applied_steps
-                    last: Any = None
-                    lr = 0.0
-                    for gi, sched in plans.schedules:
-                        if sched is not last:  # groups that share a schedule call it once
-                            lr = schedule_value(gi, sched(count), count)
-                            last = sched
-                        if not plan.set_lr(gi, lr):
-                            self._drop_plan()
-                            return self._full_step(grad_scale)
-                status = plan.step()
-                if status == _APPLIED:
-                    if plans.measures_norm:
-                        self.last_grad_norm = plan.last_norm
-                    return True
-                if status == _SKIPPED:
-                    self.skipped_steps += 1
-                    return False
-            self._drop_plan()  # something changed (or a scale the plan does not take): the full path
+            if grad_scale != 1.0:  # a per-step input of the plan, checked here
+                grad_scale = check_real("grad_scale", grad_scale, minimum=0.0)
+            if plans.schedules:  # the cheap per-step input: each schedule's lr, checked here
+                count = plans.applied_steps
+                last: Any = None
+                lr = 0.0
+                for gi, sched in plans.schedules:
+                    if sched is not last:  # groups that share a schedule call it once
+                        lr = schedule_value(gi, sched(count), count)
+                        last = sched
+                    if not plan.set_lr(gi, lr):
+                        self._drop_plan()
+                        return self._full_step(grad_scale)
+            status = plan.step() if grad_scale == 1.0 else plan.step(grad_scale)
+            if status == _APPLIED:
+                if plans.measures_norm:
+                    self.last_grad_norm = plan.last_norm
+                return True
+            if status == _SKIPPED:
+                self.skipped_steps += 1
+                return False
+            self._drop_plan()  # something changed: the full path
         return self._full_step(grad_scale)
 
     def _checked_settings(self) -> tuple[GradientPolicy, Storage, str]:
