@@ -2,7 +2,7 @@
 piece of a param rounds with the param's key and its offset in the param (the native binding's
 and the NumPy backend's ``rounding_offsets``, the C++ core's ``TensorSpan::index0``), and an
 optimizer built without ``seed=`` uses the fixed ``minimalsgd.DEFAULT_SEED``, so every process
-of a data-parallel run rounds alike. The MPI side is in tests/mpi_cases.py."""
+of a data-parallel run rounds alike. The MPI side is in tests/distributed/cases_half.py."""
 
 from __future__ import annotations
 
