@@ -226,3 +226,52 @@ def bad_input_same_error_everywhere(comm: Any) -> None:
     _expect_same_error(comm, ValueError, lambda: opt.load_state_dict(bad_sd), "momentum buffer shape (2, 2)")
     after = opt.state_dict()
     assert all(np.array_equal(after[k], good[k], equal_nan=isinstance(good[k], float)) for k in good)
+
+
+@case
+def memory_orders_that_differ_between_ranks_raise(comm: Any) -> None:
+    """A param held in F order on one rank and in C order on another would be laid out (and, in
+    16-bit, rounded) differently: the same ValueError on every rank, in ShardedSGD.step and in
+    allreduce_grads, before anything is written."""
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    if comm.size == 1:
+        raise Skip("needs two ranks or more")
+    for use_allreduce in (False, True):
+        params = make_params()
+        if comm.rank == comm.size - 1:
+            params["w1"]["value"] = np.asfortranarray(params["w1"]["value"])
+        set_grads(params, comm.rank, 0)
+        before = snapshot(params), {k: p["grad"].copy() for k, p in params.items()}
+        if use_allreduce:
+            msg = _expect_same_error(comm, ValueError, lambda: allreduce_grads(params, comm), "(F order)")
+        else:
+            msg = _expect_same_error(comm, ValueError, ShardedSGD(params, comm, lr=0.1).step, "(F order)")
+        assert "disagree on params[" in msg and "w1" in msg, msg
+        assert_bitwise(snapshot(params), before[0], "values written")
+        assert_bitwise({k: p["grad"] for k, p in params.items()}, before[1], "grads written")
+
+
+@case
+def adam_settings_that_differ_are_named_by_their_fields(comm: Any) -> None:
+    """The agreement compares each group's options by their field names: Adam's betas are
+    beta1 and beta2 (not the group keys zipped with the options' values, which named them wrong)."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedOptimizer, allreduce_grads
+
+    if comm.size == 1:
+        raise Skip("needs two ranks or more")
+    last = comm.size - 1
+    mine = comm.rank == last
+    for kw, contains in ((dict(betas=(0.8, 0.999) if mine else (0.9, 0.999)),
+                          f"have different beta1 in param group 0: 0.8 on rank {last}, 0.9 on rank 0"),
+                         (dict(betas=(0.9, 0.99) if mine else (0.9, 0.999)),
+                          f"have different beta2 in param group 0: 0.99 on rank {last}, 0.999 on rank 0"),
+                         (dict(eps=1e-6 if mine else 1e-8), "have different eps in param group 0: 1e-06 on rank")):
+        a, b = make_params(), make_params()
+        set_grads(a, comm.rank, 0)
+        set_grads(b, comm.rank, 0)
+        sharded = ShardedOptimizer(minimalsgd.Adam, a, comm, lr=1e-3, **kw)
+        _expect_same_error(comm, ValueError, sharded.step, contains)
+        plain = minimalsgd.Adam(b, lr=1e-3, **kw)
+        _expect_same_error(comm, ValueError, lambda: allreduce_grads(b, comm, optimizer=plain), contains)

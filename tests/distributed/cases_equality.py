@@ -330,3 +330,41 @@ def packed_params_one_slice_of_one_arena(comm: Any) -> None:
     counts, displs = partition(total, comm.size)
     assert sharded.shards() == {"float32": (displs[comm.rank], displs[comm.rank] + counts[comm.rank], total)}
     assert sharded.state_bytes == counts[comm.rank] * 4
+
+
+@case
+def the_wrapped_optimizers_plan_serves_the_slice(comm: Any) -> None:
+    """The sharded step calls the wrapped optimizer's public step on this rank's pieces, whose
+    cached plan is kept from the second step on: an lr schedule (a new lr each step) and a clip
+    that engages (a grad scale each step) are per-step inputs of the plan. Packed and unpacked;
+    the results stay those of allreduce_grads + SGD (bit for bit without an engaged clip)."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    for pack in (False, True):
+        for cfg in (dict(lr=lambda t: 0.1 / (1 + t), momentum=0.9, nesterov=True),
+                    dict(lr=0.05, momentum=0.9, clip_grad_norm=0.5)):
+            a, b = make_params(), make_params()
+            for p in (a, b):
+                set_grads(p, comm.rank, 0)
+            if pack:
+                minimalsgd.pack_params(b)
+            sharded = ShardedSGD(a, comm, pack=pack, **cfg)
+            plain = minimalsgd.SGD(b, **cfg)
+            plans = []
+            for t in range(5):
+                for p in (a, b):
+                    set_grads(p, comm.rank, t)  # in place
+                assert sharded.step() is True
+                allreduce_grads(b, comm)
+                plain.step()
+                plans.append(sharded._inner._plan)
+                if "clip_grad_norm" in cfg:
+                    assert sharded.last_grad_norm > 0.5  # the clip engages
+                    for k in a:
+                        tol = tolerance(np.float32, b[k]["value"], ops=8 * (t + 1))
+                        assert np.all(np.abs(wide(a[k]["value"]) - wide(b[k]["value"])) <= tol), (cfg, k)
+                else:
+                    assert_bitwise(snapshot(a), snapshot(b), f"pack={pack} step {t}")
+            assert plans[1] is not None and all(p is plans[1] for p in plans[1:]), f"pack={pack} {cfg}: plan rebuilt"
+            assert sharded.applied_steps == sharded._inner.applied_steps == 5

@@ -156,3 +156,58 @@ def stochastic_rounding_independent_of_sharding(comm: Any) -> None:
                 for k in ref:
                     if isinstance(ref[k], np.ndarray):
                         assert sd[k].tobytes() == ref[k].tobytes(), (what, name, k)
+
+
+F_SHAPES = {"f": (37, 29), "c": (5, 7), "f2": (3, 40), "s": ()}
+
+
+@case
+def f_ordered_params_round_as_the_plain_step(comm: Any) -> None:
+    """An F-ordered 16-bit param with stochastic rounding: the sharded layout counts its elements
+    in the order the plain step walks it (F: the native kernel over F-ordered arrays, the NumPy
+    backend by the value's order), so a rank's piece rounds each element with the bits of its
+    index in the param. ShardedSGD == allreduce_grads + SGD bit for bit, values and state dicts,
+    with F- and C-ordered grads; with exact gradients == one process."""
+    import minimalsgd
+    from minimalsgd.distributed import ShardedSGD, allreduce_grads
+
+    def build(dtype: Any) -> dict:
+        params = make_params(dtype, F_SHAPES)
+        for k in ("f", "f2"):
+            params[k]["value"] = np.asfortranarray(params[k]["value"])
+            assert not params[k]["value"].flags.c_contiguous
+        return params
+
+    def grads(params: dict, t: int, exact: bool, order: str) -> None:
+        for k, p in params.items():
+            g = local_grad(k, p["value"].shape, p["value"].dtype, 0 if exact else comm.rank, t, exact)
+            p["grad"] = np.asfortranarray(g) if order == "F" and g.ndim > 1 else g
+
+    cfg = dict(HALF_CFG, seed=99)
+    for dtype in _half_dtypes():
+        for order in ("F", "C"):
+            what = f"{dtype} grads in {order} order"
+            a, b = build(dtype), build(dtype)
+            sharded = ShardedSGD(a, comm, **cfg)
+            plain = minimalsgd.SGD(b, **cfg)
+            for t in range(3):
+                grads(a, t, False, order)
+                grads(b, t, False, order)
+                sharded.step()
+                allreduce_grads(b, comm, optimizer=plain)
+                plain.step()
+                assert_bitwise(snapshot(a), snapshot(b), f"{what} step {t}")
+            same_on_all_ranks(comm, snapshot(a))
+            assert a["f"]["value"].flags.f_contiguous and not a["f"]["value"].flags.c_contiguous
+            sd, ref = sharded.state_dict(), plain.state_dict()
+            for k in ref:
+                if isinstance(ref[k], np.ndarray):
+                    assert sd[k].dtype == ref[k].dtype and sd[k].tobytes() == ref[k].tobytes(), (what, k)
+            x, y = build(dtype), build(dtype)
+            opt, single = ShardedSGD(x, comm, **cfg), minimalsgd.SGD(y, **cfg)
+            for t in range(3):
+                grads(x, t, True, order)
+                grads(y, t, True, order)
+                opt.step()
+                single.step()
+            assert_bitwise(snapshot(x), snapshot(y), f"{what}: N ranks vs one process")
