@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import _half
 
 __all__ = [
     "Layout",
