@@ -279,6 +279,22 @@ def test_step_grad_scale_with_clipping_measures_the_scaled_grads():
         np.testing.assert_allclose(pa[k]["value"], pb[k]["value"], rtol=1e-6, atol=1e-7)
 
 
+def test_record_step_counts_a_step_applied_elsewhere():
+    """record_step(lrs): the step count (which the schedules and the next rounding step get), the
+    lrs of the latest step and the state dict advance as if the optimizer had stepped; nothing
+    else changes (no state, no per-param step count)."""
+    p = _params()
+    opt = SGD([{"params": {"p0": p["p0"]}, "lr": lambda t: 0.5 / (1 + t)}, {"params": {"p1": p["p1"]}}], lr=0.1)
+    before = _bits(p)
+    assert opt.get_lr() == [0.5, 0.1] and opt.last_lrs is None
+    opt.record_step([o.lr for o in opt.get_options()])
+    assert opt.applied_steps == 1 and opt.last_lrs == [0.5, 0.1]
+    assert opt.get_lr() == [0.25, 0.1] and opt.storage.rounding(opt.applied_steps).step == 1
+    sd = opt.state_dict()
+    assert sd["applied_steps"] == 1 and sd["groups/0/lr"] == 0.5 and not any(k.startswith("state/") for k in sd)
+    assert _bits(p) == before and opt.state == {}
+
+
 @pytest.mark.parametrize("bad,exc", [(-1.0, ValueError), (math.nan, ValueError), ("2", TypeError)])
 def test_step_bad_grad_scale_writes_nothing(bad, exc):
     p = _params()
