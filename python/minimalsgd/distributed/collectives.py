@@ -94,17 +94,17 @@ def reduce_scatter(comm: Any, layout: Layout, grads_flat: np.ndarray, average: b
     in the layout's dtype. On one rank, the slice is all of ``grads_flat`` and is returned as it is
     (read it, never write it). 16-bit floats: summed and divided in float32, rounded once."""
     size = comm.Get_size()
-    if size == 1 and not layout.half:
-        return grads_flat
-    out = layout.scratch
     if size == 1:
-        np.copyto(out, grads_flat)
-    else:
-        MPI = mpi()
-        red = mpi_type(layout.red_dtype)
-        comm.Reduce_scatter([grads_flat, red], [out, red], layout.counts, op=MPI.SUM)
-        if average:
-            np.divide(out, layout.red_dtype.type(size), out=out)
+        if not layout.half:
+            return grads_flat
+        np.copyto(layout.scratch_half, grads_flat, casting="unsafe")  # round to nearest even, once
+        return layout.scratch_half
+    out = layout.scratch
+    MPI = mpi()
+    red = mpi_type(layout.red_dtype)
+    comm.Reduce_scatter([grads_flat, red], [out, red], layout.counts, op=MPI.SUM)
+    if average:
+        np.divide(out, layout.red_dtype.type(size), out=out)
     if layout.half:
         half = layout.scratch_half
         np.copyto(half, out, casting="unsafe")  # round to nearest even, once
