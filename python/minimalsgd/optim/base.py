@@ -326,7 +326,7 @@ class Optimizer:
         settings, groups and counters: the sharded optimizer (:mod:`minimalsgd.distributed`)
         steps each rank's slice with an inner optimizer and counts the step here, so that
         ``applied_steps`` (the count the schedules and the next rounding step get), ``last_lrs``
-        and :meth:`state_dict` are those of the plain optimizer that made the step.
+        and ``state_dict()`` are those of the plain optimizer that made the step.
 
         Parameters
         ----------
