@@ -72,19 +72,8 @@ def make_params(total: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
 
 
 def packed(params: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
-    """The params with values and grads moved into one buffer each (views of it), as
-    ``minimalsgd.pack_params`` does; that function is used when this build has it."""
-    pack = getattr(minimalsgd, "pack_params", None)
-    if pack is not None:
-        pack(params)
-        return params
-    for key in ("value", "grad"):
-        flat = np.concatenate([p[key].ravel() for p in params.values()])
-        off = 0
-        for p in params.values():
-            n = p[key].size
-            p[key] = flat[off : off + n].reshape(p[key].shape)
-            off += n
+    """The params with values and grads moved into one buffer each (``minimalsgd.pack_params``)."""
+    minimalsgd.pack_params(params)
     return params
 
 
