@@ -5,7 +5,10 @@
 #     qemu-aarch64 with ctest: serial and OpenMP builds (the sanitizer build runs on x86-64 in
 #     tests/run_all.sh; under qemu it would cost about a minute more);
 #  3. checks bit-for-bit agreement across processors: the tests' --digest (a hash of the kernels'
-#     results on fixed inputs) from the aarch64 builds must equal the x86-64 build's;
+#     results on fixed inputs: SGD and Adam in float and double, SGD on bfloat16/float16 with
+#     16-bit or float32 buffers, nearest and stochastic rounding, every option path; see
+#     csrc/tests/test_core.cpp) from the aarch64 builds must equal the x86-64 build's (ctest's
+#     test_core_same_digest has compared the x86-64 builds of every kernel set this CPU runs);
 #  4. cross-builds the Python extensions minimalsgd._core and minimalsgd._bench_core for aarch64
 #     (compile and link only: no aarch64 Python runs here) and checks the results: AArch64
 #     objects, no x86 kernel source compiled, NEON vector code in each and no fused multiply-add
@@ -61,6 +64,9 @@ for t in test_core_serial test_core_openmp; do
   arm=$(qemu-aarch64 -L $SYSROOT $B/tests/csrc/tests/$t --digest)
   if [ "$arm" != "$x86" ]; then
     echo "aarch64: $t --digest $arm differs from x86-64's $x86: the kernels do not agree bit for bit" >&2
+    echo "aarch64: the parts that differ (< x86-64, > aarch64):" >&2
+    diff <($host --digest-parts | sed 's/ (.*//') \
+      <(qemu-aarch64 -L $SYSROOT $B/tests/csrc/tests/$t --digest-parts | sed 's/ (.*//') >&2 || true
     exit 1
   fi
 done

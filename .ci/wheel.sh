@@ -54,9 +54,9 @@ t_build=$((SECONDS - t0))
 # --- 3. a fresh environment, the suite from outside the source tree ------------------------------
 python -m venv "$W/venv"
 "$W/venv/bin/python" -m pip install -q --upgrade pip
-"$W/venv/bin/python" -m pip install -q "$wheel[test,torch,bench]"  # torch: the pinned CPU wheel; MPI tests skip
+"$W/venv/bin/python" -m pip install -q "$wheel[test,mpi,torch]"  # README's test extras (torch: the pinned CPU wheel)
 mkdir -p "$W/suite/csrc"
-cp -r tests examples pyproject.toml "$W/suite/"
+cp -r tests examples pyproject.toml README.md "$W/suite/"  # README: test_readme runs its examples against the wheel
 cp -r csrc/include "$W/suite/csrc/"  # test_cmake_package compares the wheel's headers with these
 cd "$W/suite"
 "$W/venv/bin/python" - "$W/venv" <<'PY'
@@ -66,10 +66,12 @@ import minimalsgd
 assert Path(minimalsgd.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), minimalsgd.__file__
 minimalsgd.show_config()
 PY
-# The packaging tests that build from the checkout are skipped here (no checkout); the rest run.
+# The packaging tests that build from the checkout are skipped here (no checkout); the rest run,
+# and as in tests/run_all.sh any other skip (a missing dependency) fails (MINIMALSGD_REQUIRE_ALL).
 # Hypothesis at its "dev" profile: the source-tree run in tests/run_all.sh already fuzzes at full
 # strength; this run checks the built artifact.
-HYPOTHESIS_PROFILE=dev MINIMALSGD_TEST_INSTALLED_PREFIX="$W/venv" "$W/venv/bin/python" -m pytest -p no:cacheprovider -q tests
+HYPOTHESIS_PROFILE=dev MINIMALSGD_REQUIRE_ALL=1 MINIMALSGD_TEST_INSTALLED_PREFIX="$W/venv" \
+  "$W/venv/bin/python" -m pytest -p no:cacheprovider -q tests
 t_test=$((SECONDS - t0))
 echo "wheel: $(basename "$wheel") passed the suite in a fresh venv"
 echo "wheel: timings (s, cumulative): cibuildwheel config $t_cibw, wheel + repair $t_build, fresh venv + suite $t_test"

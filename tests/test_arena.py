@@ -199,10 +199,13 @@ def test_bad_groups_and_duplicate_names():
     with pytest.raises(TypeError, match=r"params\[0\] must be a group"):
         pack_params([{"lr": 0.1}])
     a, b = _params(0, ((3,),)), _params(1, ((3,),))
-    held = a["p0"]["value"]
+    held = {id(p): dict(p) for p in (a["p0"], b["p0"])}
+    snap = {id(p): p["value"].copy() for p in (a["p0"], b["p0"])}
     with pytest.raises(ValueError, match="two groups"):
         pack_params([{"params": a}, {"params": b}])
-    assert a["p0"]["value"] is held
+    for p in (a["p0"], b["p0"]):
+        assert all(p[k] is held[id(p)][k] for k in p)  # nothing rebound
+        np.testing.assert_array_equal(p["value"], snap[id(p)])
 
 
 def test_arrays_held_before_packing_are_not_updated():

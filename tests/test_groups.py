@@ -435,9 +435,12 @@ def test_add_param_group_refuses_a_name_of_another_group():
     p = make_params(14)
     w, b = split(p)
     opt = SGD([{"params": w}, {"params": b}], lr=0.1)
+    before = snapshot(p, opt)
+    groups_before = [dict(g) for g in opt.param_groups]
     with pytest.raises(ValueError, match=r"'b1'.*param_groups\[1\]"):
         opt.add_param_group({"params": {"b1": {"value": np.zeros(5), "grad": np.ones(5)}}})
-    assert len(opt.param_groups) == 2
+    assert [dict(g) for g in opt.param_groups] == groups_before
+    assert_same(before, snapshot(p, opt))
 
 
 def test_a_name_added_to_two_groups_later_is_refused_at_the_step():

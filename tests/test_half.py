@@ -280,8 +280,11 @@ def test_byte_swapped_and_strided_go_to_numpy_with_the_same_bits(dtype):
         minimalsgd.sgd_step([big[:, 0]], [g], [vb[:, 0]], stochastic_rounding=sr, seed=4, **opts)
         assert_same_bits(np.ascontiguousarray(big[:, 0]), ref_w)
         assert (big[:, 1] == 0).all()
+    snap = [a.copy() for a in (sw, sg, sv)]
     with pytest.raises(ValueError, match=r"values\[0\].*native"):
         minimalsgd.sgd_step([sw], [sg], [sv], backend="native", **opts)
+    for a, s in zip((sw, sg, sv), snap):
+        assert_same_bits(a, s)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def test_bad_changes_raise_from_the_full_path_and_write_nothing(bad):
         p["p1"]["grad"] = np.ones(3, np.float32)
         exc = ValueError
     else:
-        p["p2"]["value"].shape = (7, 1)
+        # The same array object, reshaped in place (resize: setting .shape is deprecated in NumPy 2.5).
+        p["p2"]["value"].resize((7, 1), refcheck=False)
         exc = ValueError
     before = {k: v["value"].copy() for k, v in p.items()}
     with pytest.raises(exc, match=r"params\['p[12]'\]"):
@@ -104,7 +105,7 @@ def test_hyperparameter_changes_drop_the_plan():
         oa.step()
         ob.step()
         _same(pa, pb)
-    assert oa.last_grad_norm == pytest.approx(ob.last_grad_norm, rel=1e-12)
+    assert oa.last_grad_norm == ob.last_grad_norm  # the same order of additions in both backends
 
 
 def test_step_counts_and_state_dict_through_the_plan():

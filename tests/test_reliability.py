@@ -124,47 +124,47 @@ def test_state_dict_is_plain_data_and_a_copy():
     assert math.isnan(sd["clip_grad_norm"])  # None is stored as NaN, savez-friendly
 
 
-def _bad_state_dicts(good: dict) -> list[tuple[str, dict, type]]:
+def _bad_state_dicts(good: dict) -> list[tuple[str, dict, type, str]]:
     out = []
     d = dict(good)
     d["state/nope/step"] = 1
-    out.append(("unknown name", d, ValueError))
+    out.append(("unknown name", d, ValueError, r"state for 'nope', which is not in params"))
     d = dict(good)
     d["state/w1/momentum_buffer"] = np.zeros((9, 17), np.float32)
-    out.append(("buffer shape", d, ValueError))
+    out.append(("buffer shape", d, ValueError, r"params\['w1'\]: momentum buffer shape \(9, 17\) does not match value shape \(17, 9\)"))
     d = dict(good)
     d["state/w1/momentum_buffer"] = np.zeros((17, 9), np.float64)
-    out.append(("buffer dtype", d, TypeError))
+    out.append(("buffer dtype", d, TypeError, r"params\['w1'\]: momentum buffer dtype float64 does not match float32"))
     d = dict(good)
     d["groups/0/lr"] = -1.0
-    out.append(("bad lr", d, ValueError))
+    out.append(("bad lr", d, ValueError, r"param_groups\[0\]: lr must be >= 0.0, got -1.0"))
     d = dict(good)
     del d["groups/0/momentum"]
-    out.append(("missing hyperparameter", d, ValueError))
+    out.append(("missing hyperparameter", d, ValueError, r"lacks hyperparameters \['momentum'\] of param_groups\[0\]"))
     d = dict(good)
     d["groups/1/lr"] = 0.1
-    out.append(("more groups", d, ValueError))
+    out.append(("more groups", d, ValueError, r"state_dict has 2 param groups, the optimizer has 1"))
     d = dict(good)
     d["groups/0/params"] = np.array(["w1", "b1", "other"])
-    out.append(("other names", d, ValueError))
+    out.append(("other names", d, ValueError, r"param_groups\[0\] does not hold this optimizer's param_groups\[0\] params: only in the state dict \['other'\]"))
     d = dict(good)
     d["groups/0/colour"] = 1
-    out.append(("unknown group entry", d, ValueError))
+    out.append(("unknown group entry", d, ValueError, r"key 'groups/0/colour' is not a known group entry"))
     d = dict(good)
     d["optimizer"] = "Adam"
-    out.append(("other optimizer", d, ValueError))
+    out.append(("other optimizer", d, ValueError, r"is of a Adam optimizer, not SGD"))
     d = dict(good)
     d["lr"] = 0.1
-    out.append(("format-1 key in format 2", d, ValueError))
+    out.append(("format-1 key in format 2", d, ValueError, r"state_dict key 'lr' is not a known entry"))
     d = dict(good)
     d["format"] = 99
-    out.append(("format", d, ValueError))
+    out.append(("format", d, ValueError, r"state_dict format 99 is not supported"))
     d = dict(good)
     d["state/w1/colour"] = 1
-    out.append(("unknown field", d, ValueError))
+    out.append(("unknown field", d, ValueError, r"key 'state/w1/colour' is not a known state entry"))
     d = dict(good)
     d["state/b1/step"] = -3
-    out.append(("negative step", d, ValueError))
+    out.append(("negative step", d, ValueError, r"params\['b1'\]: step must be an int >= 0, got -3"))
     return out
 
 
@@ -174,13 +174,13 @@ def test_bad_state_dict_is_refused_and_nothing_changes(case):
     opt = SGD(p, lr=0.1, momentum=0.9, clip_grad_norm=1.0)
     run(opt, p, make_grads(2, 2))
     good = opt.state_dict()
-    label, bad, exc = _bad_state_dicts(good)[case]
+    label, bad, exc, match = _bad_state_dicts(good)[case]
     p2 = make_params(5)
     target = SGD(p2, lr=0.3, momentum=0.8)
     run(target, p2, make_grads(6, 1))
     before = snapshot(p2, target)
     hyper_before = repr(target)
-    with pytest.raises(exc):
+    with pytest.raises(exc, match=match):
         target.load_state_dict(bad)
     assert_same(before, snapshot(p2, target))
     assert repr(target) == hyper_before, label

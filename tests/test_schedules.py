@@ -83,14 +83,19 @@ def test_closed_forms():
     assert S.constant(0.3)(10**6) == 0.3
 
 
-@pytest.mark.parametrize("bad", [
-    lambda: S.cosine(-0.1, 10), lambda: S.cosine(0.1, 0), lambda: S.step_decay(0.1, 0),
-    lambda: S.linear(0.1, 0.0), lambda: S.one_cycle(0.1, 10, anneal_strategy="x"),
-    lambda: S.chain([S.constant(0.1)], [3]), lambda: S.chain([S.constant(0.1), S.constant(0.2)], [5, 6]),
-    lambda: S.exponential(0.1, math.nan), lambda: S.warmup_cosine(0.1, 10, 5),
+@pytest.mark.parametrize("bad,match", [
+    (lambda: S.cosine(-0.1, 10), r"lr must be >= 0.0, got -0.1"),
+    (lambda: S.cosine(0.1, 0), r"T_max must be >= 1, got 0"),
+    (lambda: S.step_decay(0.1, 0), r"step_size must be >= 1, got 0"),
+    (lambda: S.linear(0.1, 0.0), r"start_factor must be in \(0, 1\], got 0.0"),
+    (lambda: S.one_cycle(0.1, 10, anneal_strategy="x"), r"anneal_strategy must be 'cos' or 'linear', got 'x'"),
+    (lambda: S.chain([S.constant(0.1)], [3]), r"1 schedules need 0 milestones, got 1"),
+    (lambda: S.chain([S.constant(0.1), S.constant(0.2)], [5, 6]), r"2 schedules need 1 milestones, got 2"),
+    (lambda: S.exponential(0.1, math.nan), r"gamma must be finite, got nan"),
+    (lambda: S.warmup_cosine(0.1, 10, 5), r"total_steps \(5\) must exceed warmup_steps \(10\)"),
 ])
-def test_bad_schedule_arguments(bad):
-    with pytest.raises((TypeError, ValueError)):
+def test_bad_schedule_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
         bad()
 
 

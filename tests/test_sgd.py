@@ -10,7 +10,7 @@ import pytest
 import minimalsgd
 from minimalsgd import SGD
 
-from oracle import ClassicSGD, oracle_step
+from oracle import ClassicSGD, oracle_step, tolerance, wide
 
 BACKENDS = ["auto", "native", "numpy"]
 SHAPES = {"conv": (8, 3, 3, 3), "bias": (8,), "fc": (33, 17), "scalar": ()}
@@ -42,15 +42,34 @@ def test_matches_classic_param_dict_sgd(backend, dtype, momentum, nesterov, wd, 
         snapshot = {k: g.copy() for k, g in grads.items()}
         for k in params:
             params[k]["grad"] = grads[k]
+        # The classic SGD restarts from the tested state each step, so errors do not compound.
+        w_prev = {k: wide(p["value"]) for k, p in params.items()}
+        v_prev = {k: wide(opt.state[k]["momentum_buffer"]) if step and momentum else np.zeros_like(w_prev[k])
+                  for k in params}
+        for k in params:
+            classic.params[k]["value"] = w_prev[k].copy()
+            classic.v[k] = v_prev[k].copy()
         assert opt.step() is True
         classic.step(grads)
+        total = np.sqrt(sum(np.sum(wide(g) ** 2) for g in grads.values()))
+        clipped = clip is not None and total > clip
+        scale = clip / total if clipped else 1.0
         for k in params:
             np.testing.assert_array_equal(grads[k], snapshot[k])  # grads are never written
-    rtol = 1e-4 if dtype == np.float32 else 1e-12
+            got, want = params[k]["value"], classic.params[k]["value"]
+            if dtype == np.float64 and not clipped:
+                # The classic order of operations in float64: the same bits.
+                np.testing.assert_array_equal(got, want, err_msg=f"{k} step {step}")
+                continue
+            # float32, or a clip coefficient from a sum in another order: a few ulps of the operands
+            # (value, and lr times the update's terms: grad, weight decay, old and new buffer).
+            g = scale * np.abs(wide(grads[k]))
+            terms = (g, wd * np.abs(w_prev[k]), momentum * np.abs(v_prev[k]), (1 + momentum) * np.abs(classic.v[k]))
+            bound = tolerance(dtype, w_prev[k], want, *(0.05 * t for t in terms), ops=4)
+            assert np.all(np.abs(got - want) <= bound), f"{k} step {step}"
     for k in params:
         assert params[k]["value"] is held[k]  # updated in place: the same objects
         assert params[k]["value"].dtype == dtype
-        np.testing.assert_allclose(params[k]["value"], classic.params[k]["value"], rtol=rtol, atol=rtol)
         assert opt.state[k]["step"] == 20
 
 
@@ -171,10 +190,11 @@ def test_set_num_threads():
         assert minimalsgd.get_num_threads() == 3
         minimalsgd.set_num_threads(0)
         assert minimalsgd.get_num_threads() == default
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"n must be >= 0, got -1"):
             minimalsgd.set_num_threads(-1)
-        with pytest.raises(TypeError):
+        with pytest.raises(TypeError, match=r"n must be an int, got float"):
             minimalsgd.set_num_threads(1.5)
+        assert minimalsgd.get_num_threads() == default  # refused: the setting is as it was
     finally:
         minimalsgd.set_num_threads(before)
 

@@ -244,7 +244,10 @@ def test_shared_memory_params_step_one_after_another_as_torch(pair, count_native
         a.grad, b.grad = torch.ones(6), torch.ones(6) * 2
         c([a, b], lr=0.1, foreach=False).step()
         outs.append(base.clone())
-    torch.testing.assert_close(outs[1], outs[0], rtol=0, atol=1e-7)
+    # The kernel is tried once with both params, refuses the overlap before writing anything, and
+    # torch's own code steps them: torch's bits.
+    assert count_native == [2]
+    assert torch.equal(outs[1], outs[0])
 
 
 # --- torch's GradScaler contract on the fused path ------------------------------------------------

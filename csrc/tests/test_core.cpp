@@ -1,10 +1,13 @@
 // Tests of the header-only core against a plain float64 oracle written here.
 #include <minimalsgd/minimalsgd.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "check.hpp"
@@ -303,12 +306,30 @@ TEST_CASE(version_macros) {
     CHECK(v == MINIMALSGD_VERSION_STRING);
 }
 
-// --digest: a hash of the bits the kernels produce on fixed inputs (SGD: every option set and
-// size, float and double, one and two threads, three steps each, and the sums of squares; Adam
-// and AdamW with and without AMSGrad and weight decay). The inputs
-// are made from integers only, so they are the same bits on every processor; .ci/aarch64.sh
-// compares this digest from an x86-64 build with one from an aarch64 build run under qemu: the
-// kernels must agree bit for bit across processors (DESIGN.md: ISA-independent results).
+// --digest: a hash of the bits the kernels produce on fixed inputs, in parts (--digest-parts
+// prints each part's own hash, to tell which part differs):
+//   sgd_float, sgd_double     every SGD option set (momentum, nesterov, dampening, weight decay,
+//                             maximize), first and later steps, every size of kSizes, 1 and 2
+//                             threads, three steps each, and the sums of squares of the grads;
+//   adam_float, adam_double   Adam and AdamW (no, coupled and decoupled weight decay), AMSGrad,
+//                             maximize, both forms of the first-moment update (beta1 0.9: torch's
+//                             lerp with a small weight; 0.3: its other form), two tensors per call
+//                             at different step counts, a grad scale;
+//   sgd_<16-bit>_<buffer>_<rounding>   bfloat16 and float16 storage with a momentum buffer of the
+//                             same type or float32, rounded to nearest or stochastically (two
+//                             tensors per call with their own keys, a seed and step of 64 bits,
+//                             thread chunks that start inside a tensor), every SGD option set, and
+//                             the sums of squares of the 16-bit grads;
+//   edges_<16-bit>_<buffer>   one first step of every option set and both roundings on values that
+//                             take the special lanes: subnormal results (float32 subnormals for
+//                             bfloat16, float16 subnormals), float16 overflow to infinity, infinite
+//                             and NaN (quiet, with a payload) grads.
+// The inputs are made from integers only, so they are the same bits on every processor.
+// .ci/aarch64.sh compares the digest of an x86-64 build with an aarch64 build's run under qemu, and
+// ctest's test_core_same_digest compares the builds for each x86-64 kernel set this CPU runs: the
+// kernels must agree bit for bit across instruction sets and processors (DESIGN.md). No NaN is
+// created from non-NaN operands (inf - inf): the default NaN's sign differs between x86 and ARM;
+// and no two different NaNs meet in one operation: which one it returns is the compiler's choice.
 struct Fnv1a {
     std::uint64_t h = 0xcbf29ce484222325ULL;
     template <class T>
@@ -331,9 +352,12 @@ std::vector<T> exact_inputs(std::size_t n, std::mt19937_64& rng) {
     return out;
 }
 
+// Sizes of the Adam and 16-bit parts: around the 8/16/32-lane vector bodies and the 256-element
+// blocks of the 16-bit loop; two threads split every call above the grain of 64 (inside a tensor).
+const std::vector<std::size_t> kDigestSizes = {0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 63, 65, 255, 256, 257, 1000, 4099};
+
 template <class T>
-void digest_of(Fnv1a& f) {
-    std::mt19937_64 rng(2024);
+void digest_sgd(Fnv1a& f, std::mt19937_64& rng) {
     for (const SgdOptions& o : all_options()) {
         for (std::size_t n : kSizes) {
             for (int threads : {1, 2}) {
@@ -354,45 +378,240 @@ void digest_of(Fnv1a& f) {
             }
         }
     }
-    // Adam/AdamW (square root and division, both correctly rounded in IEEE arithmetic; the bias
-    // corrections go through std::pow, whose last bit could differ between C libraries).
+}
+
+// Adam/AdamW (square root and division, both correctly rounded in IEEE arithmetic; the bias
+// corrections go through std::pow, whose last bit could differ between C libraries).
+template <class T>
+void digest_adam(Fnv1a& f, std::mt19937_64& rng) {
+    enum { kNone, kCoupled, kDecoupled };
     for (bool amsgrad : {false, true}) {
-        for (bool decoupled : {false, true}) {
-            for (double wd : {0.0, 0.01}) {
-                for (std::size_t n : kSizes) {
+        for (int decay : {kNone, kCoupled, kDecoupled}) {
+            for (bool maximize : {false, true}) {
+                for (double beta1 : {0.9, 0.3}) {
                     minimalsgd::AdamOptions o;
                     o.lr = 0.01;
+                    o.beta1 = beta1;
                     o.amsgrad = amsgrad;
-                    o.decoupled = decoupled;
-                    o.weight_decay = wd;
-                    std::vector<T> w = exact_inputs<T>(n, rng), m(n, T(0)), v(n, T(0)), vmax(n, T(0));
-                    for (std::int64_t step = 1; step <= 3; ++step) {
-                        const std::vector<T> g = exact_inputs<T>(n, rng);
-                        const minimalsgd::AdamSpan<T> span{w.data(), g.data(), m.data(), v.data(),
-                                                           amsgrad ? vmax.data() : nullptr, n, step, 0};
+                    o.maximize = maximize;
+                    o.decoupled = decay == kDecoupled;
+                    o.weight_decay = decay == kNone ? 0.0 : 0.01;
+                    for (std::size_t n : kDigestSizes) {
+                        const std::size_t sizes[2] = {n, 33};
+                        std::vector<T> w[2], m[2], v[2], vmax[2];
+                        for (int k = 0; k < 2; ++k) {
+                            w[k] = exact_inputs<T>(sizes[k], rng);
+                            m[k].assign(sizes[k], T(0));
+                            v[k].assign(sizes[k], T(0));
+                            vmax[k].assign(sizes[k], T(0));
+                        }
                         Parallel par;
                         par.num_threads = 2;
                         par.grain = 64;
-                        minimalsgd::multi_tensor_adam_step(&span, 1, o, T(0.75), par);
+                        for (std::int64_t step = 1; step <= 3; ++step) {
+                            std::vector<T> g[2];
+                            minimalsgd::AdamSpan<T> spans[2];
+                            for (int k = 0; k < 2; ++k) {
+                                g[k] = exact_inputs<T>(sizes[k], rng);
+                                // The second tensor joined five steps earlier: its own bias corrections.
+                                spans[k] = {w[k].data(), g[k].data(), m[k].data(), v[k].data(),
+                                            amsgrad ? vmax[k].data() : nullptr, sizes[k], step + 5 * k, 0};
+                            }
+                            minimalsgd::multi_tensor_adam_step(spans, 2, o, T(0.75), par);
+                        }
+                        for (int k = 0; k < 2; ++k) {
+                            f.add(w[k].data(), sizes[k]);
+                            f.add(m[k].data(), sizes[k]);
+                            f.add(v[k].data(), sizes[k]);
+                            if (amsgrad) f.add(vmax[k].data(), sizes[k]);
+                        }
                     }
-                    f.add(w.data(), n);
-                    f.add(m.data(), n);
-                    f.add(v.data(), n);
                 }
             }
         }
     }
 }
 
+// 16-bit inputs: exact_inputs<float> times 2^e, e drawn per element from `exps`, rounded to
+// nearest (bit for bit as NumPy and ml_dtypes round).
+template <class S>
+std::vector<S> half_inputs(std::size_t n, std::mt19937_64& rng, const std::vector<int>& exps) {
+    const std::vector<float> x = exact_inputs<float>(n, rng);
+    std::vector<S> out(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        const int e = exps[static_cast<std::size_t>(rng() % exps.size())];
+        out[i] = minimalsgd::round_nearest<S>(std::ldexp(x[i], e));
+    }
+    return out;
+}
+
+// A buffer of the value's type S or float32, from exact inputs.
+template <class S, class B>
+std::vector<B> buffer_inputs(std::size_t n, std::mt19937_64& rng, const std::vector<int>& exps) {
+    if constexpr (std::is_same<B, float>::value) {
+        std::vector<float> x = exact_inputs<float>(n, rng);
+        for (auto& e : x) e = std::ldexp(e, exps[static_cast<std::size_t>(rng() % exps.size())]);
+        return x;
+    } else {
+        return half_inputs<S>(n, rng, exps);
+    }
+}
+
+
+template <class S, class B>
+void digest_half(Fnv1a& f, std::mt19937_64& rng, bool stochastic) {
+    const std::vector<int> exps = {-6, -2, 0, 3};  // moderate magnitudes: nothing overflows in 3 steps
+    for (SgdOptions o : all_options()) {
+        o.stochastic_rounding = stochastic;
+        o.seed = 0x9e3779b97f4a7c15ull;
+        for (std::size_t n : kDigestSizes) {
+            for (int threads : {1, 2}) {
+                Parallel par;
+                par.num_threads = threads;
+                par.grain = 64;  // two threads split the call inside the first tensor (index0 != 0)
+                const std::size_t sizes[2] = {n, 37};
+                const std::uint64_t keys[2] = {7, (std::uint64_t(1) << 40) + 3};
+                std::vector<S> w[2];
+                std::vector<B> v[2];
+                for (int k = 0; k < 2; ++k) {
+                    w[k] = half_inputs<S>(sizes[k], rng, exps);
+                    v[k] = buffer_inputs<S, B>(sizes[k], rng, exps);  // not read on the first step
+                }
+                for (std::uint64_t step = 0; step < 3; ++step) {
+                    o.step = (std::uint64_t(1) << 33) + step;  // the high bits of the step reach the key
+                    std::vector<S> g[2];
+                    minimalsgd::TensorSpan<S, B> spans[2];
+                    for (int k = 0; k < 2; ++k) {
+                        g[k] = half_inputs<S>(sizes[k], rng, exps);
+                        spans[k] = {w[k].data(), g[k].data(), o.momentum != 0 ? v[k].data() : nullptr, sizes[k],
+                                    step == 0, 0, keys[k]};
+                    }
+                    minimalsgd::multi_tensor_sgd_step(spans, 2, o, 0.75f, par);
+                    const minimalsgd::ConstSpan<S> gs[2] = {{g[0].data(), sizes[0]}, {g[1].data(), sizes[1]}};
+                    const double ss = minimalsgd::multi_tensor_sum_of_squares(gs, 2, par);
+                    f.add(&ss, 1);
+                }
+                for (int k = 0; k < 2; ++k) {
+                    f.add(w[k].data(), sizes[k]);
+                    if (o.momentum != 0) f.add(v[k].data(), sizes[k]);
+                }
+            }
+        }
+    }
+}
+
+// The special lanes of the conversions, in one first step (no second step: it could make inf - inf).
+template <class S, class B>
+void digest_half_edges(Fnv1a& f, std::mt19937_64& rng) {
+    constexpr bool kBf16 = std::is_same<S, minimalsgd::bfloat16_t>::value;
+    // bfloat16: float32 subnormals (2^-126 and below) and normal magnitudes; float16: its
+    // subnormals (below 2^-14) and normal magnitudes up to 2^15.
+    const std::vector<int> exps = kBf16 ? std::vector<int>{-140, -130, -127, 0} : std::vector<int>{-22, -16, -14, 0, 15};
+    const std::uint16_t nan_bits = kBf16 ? 0x7fc5 : 0x7e05;  // quiet NaNs with a payload
+    const std::uint16_t inf_bits = kBf16 ? 0x7f80 : 0x7c00;
+    // Near the largest finite value (bfloat16: 3.39e38, float16: 65504): a grad of the other sign
+    // pushes the result over it (to infinity), or, for `edge`, to just below the rounding threshold.
+    const float big = kBf16 ? 3.38e38f : 65000.0f;
+    const float edge = kBf16 ? 3.389e38f : 65504.0f;
+    for (bool stochastic : {false, true}) {
+        for (SgdOptions o : all_options()) {
+            o.stochastic_rounding = stochastic;
+            o.seed = 12345;
+            o.step = 77;
+            for (std::size_t n : {std::size_t(1), std::size_t(17), std::size_t(300)}) {
+                std::vector<S> w = half_inputs<S>(n, rng, exps), g = half_inputs<S>(n, rng, exps);
+                std::vector<B> v(n);
+                // One NaN per tensor, negative in the 17-element ones: where two NaNs meet (a sum of
+                // squares), which one an addition returns depends on the order the compiler chose for
+                // its operands, so they must be the same NaN.
+                const std::uint16_t nan = static_cast<std::uint16_t>(n == 17 ? nan_bits | 0x8000 : nan_bits);
+                for (std::size_t i = 0; i < n; ++i) {
+                    const auto pick = rng() % 16;
+                    const float sign = (rng() & 1) ? -1.0f : 1.0f;
+                    // Grads: some infinite, some NaN (values stay finite: no inf - inf).
+                    if (pick == 0) g[i].bits = static_cast<std::uint16_t>(sign < 0 ? inf_bits | 0x8000 : inf_bits);
+                    if (pick == 1) g[i].bits = nan;
+                    if (pick == 2) {
+                        w[i] = minimalsgd::round_nearest<S>(sign * big);
+                        g[i] = minimalsgd::round_nearest<S>(-sign * big * 0.5f);
+                    }
+                    if (pick == 3) {
+                        w[i] = minimalsgd::round_nearest<S>(sign * edge);
+                        g[i] = minimalsgd::round_nearest<S>(-sign * edge * (kBf16 ? 1e-3f : 4.6e-3f));
+                    }
+                }
+                Parallel par;
+                par.num_threads = 2;
+                par.grain = 64;
+                const minimalsgd::TensorSpan<S, B> span{w.data(), g.data(), o.momentum != 0 ? v.data() : nullptr, n, true,
+                                                        0, 5};
+                minimalsgd::multi_tensor_sgd_step(&span, 1, o, 1.0f, par);
+                const minimalsgd::ConstSpan<S> gs{g.data(), n};
+                const double ss = minimalsgd::multi_tensor_sum_of_squares(&gs, 1, par);
+                f.add(&ss, 1);
+                f.add(w.data(), n);
+                if (o.momentum != 0) f.add(v.data(), n);
+            }
+        }
+    }
+}
+
+using minimalsgd::bfloat16_t;
+using minimalsgd::float16_t;
+
+struct DigestPart {
+    const char* name;
+    void (*run)(Fnv1a&, std::mt19937_64&);
+};
+
+const DigestPart kDigestParts[] = {
+    {"sgd_float", digest_sgd<float>},
+    {"sgd_double", digest_sgd<double>},
+    {"adam_float", digest_adam<float>},
+    {"adam_double", digest_adam<double>},
+    {"sgd_bfloat16_bfloat16_nearest", [](Fnv1a& f, std::mt19937_64& r) { digest_half<bfloat16_t, bfloat16_t>(f, r, false); }},
+    {"sgd_bfloat16_bfloat16_stochastic", [](Fnv1a& f, std::mt19937_64& r) { digest_half<bfloat16_t, bfloat16_t>(f, r, true); }},
+    {"sgd_bfloat16_float_nearest", [](Fnv1a& f, std::mt19937_64& r) { digest_half<bfloat16_t, float>(f, r, false); }},
+    {"sgd_bfloat16_float_stochastic", [](Fnv1a& f, std::mt19937_64& r) { digest_half<bfloat16_t, float>(f, r, true); }},
+    {"sgd_float16_float16_nearest", [](Fnv1a& f, std::mt19937_64& r) { digest_half<float16_t, float16_t>(f, r, false); }},
+    {"sgd_float16_float16_stochastic", [](Fnv1a& f, std::mt19937_64& r) { digest_half<float16_t, float16_t>(f, r, true); }},
+    {"sgd_float16_float_nearest", [](Fnv1a& f, std::mt19937_64& r) { digest_half<float16_t, float>(f, r, false); }},
+    {"sgd_float16_float_stochastic", [](Fnv1a& f, std::mt19937_64& r) { digest_half<float16_t, float>(f, r, true); }},
+    {"edges_bfloat16_bfloat16", digest_half_edges<bfloat16_t, bfloat16_t>},
+    {"edges_bfloat16_float", digest_half_edges<bfloat16_t, float>},
+    {"edges_float16_float16", digest_half_edges<float16_t, float16_t>},
+    {"edges_float16_float", digest_half_edges<float16_t, float>},
+};
+
+// Each part from its own generator (seeded by its position), so that a part's hash does not
+// depend on the others; the digest is the hash of the parts' hashes in order.
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int print_digest(bool parts) {
+    Fnv1a all;
+    std::uint64_t seed = 2024;
+    for (const DigestPart& p : kDigestParts) {
+        const auto t0 = std::chrono::steady_clock::now();
+        Fnv1a f;
+        std::mt19937_64 rng(seed++);
+        p.run(f, rng);
+        all.add(&f.h, 1);
+        if (parts) std::printf("%016llx %s (%.2f s)\n", static_cast<unsigned long long>(f.h), p.name, seconds_since(t0));
+    }
+    std::printf("%016llx%s\n", static_cast<unsigned long long>(all.h), parts ? " digest" : "");
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc == 2 && std::string(argv[1]) == "--digest") {
-        Fnv1a f;
-        digest_of<float>(f);
-        digest_of<double>(f);
-        std::printf("%016llx\n", static_cast<unsigned long long>(f.h));
-        return 0;
+        return print_digest(false);
+    }
+    if (argc == 2 && std::string(argv[1]) == "--digest-parts") {
+        return print_digest(true);
     }
     return check::run_all();
 }
