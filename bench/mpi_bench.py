@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 mpiexec -n 1 python bench/mpi_bench.py
     OMP_NUM_THREADS=1 mpiexec -n 2 python bench/mpi_bench.py [--sizes 1e6,4e6,16e6] [--reps 20] [--json out.json]
+        [--dtype bfloat16] [--stochastic] [--clip 0.1] [--steps-only]
 
 For each size (float32 elements, in four params: 1/2, 1/4, 1/8, 1/8 of the total), timed on every
 rank and reported as the median over repetitions of the slowest rank:
@@ -16,6 +17,9 @@ rank and reported as the median over repetitions of the slowest rank:
 * ``state/rank``: the momentum bytes this rank holds, against the full state.
 
 Momentum 0.9 with Nesterov and weight decay (the 20-byte-per-element step of DESIGN.md).
+``--dtype bfloat16`` (or float16) steps 16-bit params (``--stochastic``: stochastic rounding),
+``--clip C`` adds ``clip_grad_norm=C`` (small enough to engage), ``--steps-only`` times only the
+four optimizer steps (for A/B runs of the Python layer).
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from mpi4py import MPI
 import minimalsgd
 from minimalsgd.distributed import ShardedSGD, allreduce_grads, partition
 
-HYPER = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+HYPER: dict[str, Any] = dict(lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4)
+KERNEL = dict(HYPER)  # the functional step's arguments (no clip)
 
 
 def timed(comm: Any, fn: Callable[[], Any], reps: int, warmup: int = 2) -> float:
@@ -49,32 +54,33 @@ def timed(comm: Any, fn: Callable[[], Any], reps: int, warmup: int = 2) -> float
     return comm.allreduce(statistics.median(times), op=MPI.MAX)
 
 
+DTYPE: Any = np.float32
+#: None: four params (1/2, 1/4, 1/8, 1/8 of the total); else a list of shapes (``--model resnet50``).
+SHAPES: list[tuple[int, ...]] | None = None
+
+
 def make_params(total: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
-    parts = [total // 2, total // 4, total // 8, total - total // 2 - total // 4 - total // 8]
     rng = np.random.default_rng(seed)
-    return {f"p{i}": {"value": rng.standard_normal(n).astype(np.float32), "grad": rng.standard_normal(n).astype(np.float32)}
+    if SHAPES is not None:
+        return {f"p{i}": {"value": rng.standard_normal(s).astype(np.float32).astype(DTYPE),
+                          "grad": rng.standard_normal(s).astype(np.float32).astype(DTYPE)}
+                for i, s in enumerate(SHAPES)}
+    parts = [total // 2, total // 4, total // 8, total - total // 2 - total // 4 - total // 8]
+    return {f"p{i}": {"value": rng.standard_normal(n).astype(np.float32).astype(DTYPE),
+                      "grad": rng.standard_normal(n).astype(np.float32).astype(DTYPE)}
             for i, n in enumerate(parts)}
 
 
 def packed(params: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
-    """The params with values and grads moved into one buffer each (views of it), as
-    ``minimalsgd.pack_params`` does; that function is used when this build has it."""
-    pack = getattr(minimalsgd, "pack_params", None)
-    if pack is not None:
-        pack(params)
-        return params
-    for key in ("value", "grad"):
-        flat = np.concatenate([p[key].ravel() for p in params.values()])
-        off = 0
-        for p in params.values():
-            n = p[key].size
-            p[key] = flat[off : off + n].reshape(p[key].shape)
-            off += n
+    """The params with values and grads moved into one buffer each (``minimalsgd.pack_params``)."""
+    minimalsgd.pack_params(params)
     return params
 
 
-def bench_size(comm: Any, total: int, reps: int) -> dict[str, Any]:
+def bench_size(comm: Any, total: int, reps: int, steps_only: bool = False) -> dict[str, Any]:
     rank, size = comm.rank, comm.size
+    if steps_only:
+        return bench_steps(comm, total, reps)
     params = make_params(total, seed=0)
     grads = np.concatenate([p["grad"] for p in params.values()])
     counts, displs = partition(total, size)
@@ -89,15 +95,26 @@ def bench_size(comm: Any, total: int, reps: int) -> dict[str, Any]:
 
     lo, hi = displs[rank], displs[rank] + counts[rank]
     w_slice, g_slice, v_slice = values[lo:hi].copy(), grads[lo:hi].copy(), np.zeros(hi - lo, np.float32)
-    row["kernel(slice)"] = timed(comm, lambda: minimalsgd.sgd_step(w_slice, g_slice, v_slice, **HYPER), reps)
+    row["kernel(slice)"] = timed(comm, lambda: minimalsgd.sgd_step(w_slice, g_slice, v_slice, **KERNEL), reps)
     w_full, g_full, v_full = values.copy(), grads.copy(), np.zeros(total, np.float32)
-    row["kernel(full)"] = timed(comm, lambda: minimalsgd.sgd_step(w_full, g_full, v_full, **HYPER), reps)
+    row["kernel(full)"] = timed(comm, lambda: minimalsgd.sgd_step(w_full, g_full, v_full, **KERNEL), reps)
     del w_full, g_full, v_full
 
     sharded = ShardedSGD(params, comm, **HYPER)
     row["ShardedSGD.step"] = timed(comm, sharded.step, reps)
     row["state/rank"] = sharded.state_bytes
     row["state(full)"] = total * 4
+    del sharded, params
+    row.update(bench_steps(comm, total, reps))
+    return row
+
+
+def bench_steps(comm: Any, total: int, reps: int) -> dict[str, Any]:
+    """The four optimizer steps: ShardedSGD.step and allreduce_grads + SGD.step, unpacked and packed."""
+    row: dict[str, Any] = {"ranks": comm.size, "elements": total}
+    params = make_params(total, seed=0)
+    sharded = ShardedSGD(params, comm, **HYPER)
+    row["ShardedSGD.step"] = timed(comm, sharded.step, reps)
     plain_params = make_params(total, seed=0)
     plain = minimalsgd.SGD(plain_params, **HYPER)
 
@@ -131,29 +148,56 @@ def main() -> None:
     ap.add_argument("--sizes", default="1e6,4e6,16e6", help="comma-separated float32 element counts")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", help="write the rows here (rank 0)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    ap.add_argument("--stochastic", action="store_true", help="stochastic rounding (16-bit dtypes)")
+    ap.add_argument("--clip", type=float, default=None, help="clip_grad_norm")
+    ap.add_argument("--steps-only", action="store_true", help="time only the optimizer steps")
+    ap.add_argument("--model", choices=["four", "resnet50"], default="four",
+                    help="four params of --sizes elements, or ResNet-50's 161 shapes (--sizes ignored)")
     args = ap.parse_args()
+    global SHAPES
+    if args.model == "resnet50":
+        from minimalsgd._bench import resnet50_shapes
+
+        SHAPES = [tuple(s) for s in resnet50_shapes()]
+        args.sizes = str(sum(int(np.prod(s)) for s in SHAPES))
+    if args.dtype != "float32" or args.model != "four":
+        args.steps_only = True  # the raw collectives and kernels are float32 over four params
+    global DTYPE
+    if args.dtype == "bfloat16":
+        import ml_dtypes
+
+        DTYPE = ml_dtypes.bfloat16
+    else:
+        DTYPE = np.dtype(args.dtype).type
+    if args.stochastic:
+        HYPER["stochastic_rounding"] = True
+    if args.clip is not None:
+        HYPER["clip_grad_norm"] = args.clip
     comm = MPI.COMM_WORLD
-    rows = [bench_size(comm, int(float(s)), args.reps) for s in args.sizes.split(",")]
+    rows = [bench_size(comm, int(float(s)), args.reps, args.steps_only) for s in args.sizes.split(",")]
     if comm.rank != 0:
         return
     print(f"minimalsgd {minimalsgd.__version__}, {comm.size} rank(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
-          f"{MPI.Get_library_version().splitlines()[0]}; median of {args.reps}, slowest rank")
-    tables = [
-        ["allreduce", "reduce-scatter", "allgather", "kernel(slice)", "kernel(full)"],
-        ["ShardedSGD.step", "allreduce_grads+SGD", "ShardedSGD.step packed", "allreduce_grads+SGD packed"],
-    ]
+          f"{MPI.Get_library_version().splitlines()[0]}; median of {args.reps}, slowest rank; {args.dtype}, {HYPER}")
+    collectives = ["allreduce", "reduce-scatter", "allgather", "kernel(slice)", "kernel(full)"]
+    tables = [collectives, ["ShardedSGD.step", "allreduce_grads+SGD", "ShardedSGD.step packed", "allreduce_grads+SGD packed"]]
+    if args.steps_only:
+        tables = tables[1:]
     for cols in tables:
-        print(f"| elements | " + " | ".join(cols) + (" | state/rank (full) |" if cols is tables[0] else " |"))
-        print("| ---: " * (len(cols) + 1 + (cols is tables[0])) + "|")
+        first = cols is collectives
+        print(f"| elements | " + " | ".join(cols) + (" | state/rank (full) |" if first else " |"))
+        print("| ---: " * (len(cols) + 1 + first) + "|")
         for r in rows:
             cells = [fmt_time(r[c]).strip() for c in cols]
-            if cols is tables[0]:
+            if first:
                 cells.append(f"{r['state/rank'] / 2**20:.2f} MiB ({r['state(full)'] / 2**20:.2f})")
             print(f"| {r['elements']:,} | " + " | ".join(cells) + " |")
         print()
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ranks": comm.size, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}, f, indent=1)
+            json.dump({"ranks": comm.size, "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "dtype": args.dtype,
+                       "hyper": HYPER, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -96,11 +96,10 @@ def main() -> None:
 
     params = init_params(x_train.shape[1], args.hidden, 10, seed=rank)  # different on purpose...
     broadcast_params(params, comm)  # ...then every rank starts from rank 0's values
-    if hasattr(minimalsgd, "pack_params"):
-        # One buffer per dtype for values and one for grads: the collectives then run in place and
-        # each rank's slice is one slice of it. forward_backward reads params[...] and writes the
-        # grads in place, so it keeps working on the packed arrays.
-        minimalsgd.pack_params(params)
+    # One buffer per dtype for values and one for grads: the collectives then run in place and
+    # each rank's slice is one slice of it. forward_backward reads params[...] and writes the
+    # grads in place, so it keeps working on the packed arrays.
+    minimalsgd.pack_params(params)
     hyper = dict(lr=args.lr, momentum=0.9, nesterov=True, weight_decay=1e-4, clip_grad_norm=5.0)
     opt = minimalsgd.SGD(params, **hyper) if args.plain else ShardedSGD(params, comm, **hyper)
     if rank == 0:

@@ -234,6 +234,36 @@ def test_step_with_an_external_grad_scale(backend, cls):
     assert oa.state["p1"]["step"] == 4
 
 
+@pytest.mark.parametrize("kind", ["small", "clipped", "nan"])
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
+@pytest.mark.parametrize("cls", [SGD, Adam])
+def test_grad_scale_is_a_per_step_input_of_the_plan(kind, backend, cls):
+    """step(grad_scale=s) keeps the cached plan (native for "auto", Python for "numpy") and
+    writes the bits of the full path, whose plan is dropped before every step: the plan decides
+    clip and skip on the scaled grads as GradientPolicy.decide does (norm, scale, skip)."""
+    pa, pb = _params(3), _params(3)
+    kw = dict(lr=0.1, clip_grad_norm=1.0, skip_nonfinite=True, backend=backend) | (
+        dict(momentum=0.9) if cls is SGD else {})
+    full, planned = cls(pa, **kw), cls(pb, **kw)
+    plan = None
+    for step in range(4):
+        s = [0.5, 1.0, 0.25, 3.0][step]
+        for p in (pa, pb):
+            for k in p:
+                p[k]["grad"][...] = GRADS[kind if step else "small"](_params(20 + step)[k]["grad"])
+        full._drop_plan()
+        assert full.step(grad_scale=s) == planned.step(grad_scale=s)
+        if step == 1:
+            plan = planned._plan
+            assert plan is not None and isinstance(plan, PythonPlan) == (backend == "numpy")
+        elif step > 1:
+            assert planned._plan is plan, "a step with a grad scale dropped the plan"
+        assert _bits(pa) == _bits(pb), step
+        assert (full.skipped_steps, full.applied_steps) == (planned.skipped_steps, planned.applied_steps)
+        assert full.last_grad_norm == planned.last_grad_norm
+    assert planned.skipped_steps == (3 if kind == "nan" else 0)
+
+
 def test_step_grad_scale_with_clipping_measures_the_scaled_grads():
     pa, pb = _params(5, scale=10.0), _params(5, scale=10.0)
     oa = SGD(pa, lr=0.1, clip_grad_norm=1.0)
@@ -247,6 +277,22 @@ def test_step_grad_scale_with_clipping_measures_the_scaled_grads():
     np.testing.assert_allclose(oa.last_grad_norm, ob.last_grad_norm, rtol=1e-6)
     for k in pa:
         np.testing.assert_allclose(pa[k]["value"], pb[k]["value"], rtol=1e-6, atol=1e-7)
+
+
+def test_record_step_counts_a_step_applied_elsewhere():
+    """record_step(lrs): the step count (which the schedules and the next rounding step get), the
+    lrs of the latest step and the state dict advance as if the optimizer had stepped; nothing
+    else changes (no state, no per-param step count)."""
+    p = _params()
+    opt = SGD([{"params": {"p0": p["p0"]}, "lr": lambda t: 0.5 / (1 + t)}, {"params": {"p1": p["p1"]}}], lr=0.1)
+    before = _bits(p)
+    assert opt.get_lr() == [0.5, 0.1] and opt.last_lrs is None
+    opt.record_step([o.lr for o in opt.get_options()])
+    assert opt.applied_steps == 1 and opt.last_lrs == [0.5, 0.1]
+    assert opt.get_lr() == [0.25, 0.1] and opt.storage.rounding(opt.applied_steps).step == 1
+    sd = opt.state_dict()
+    assert sd["applied_steps"] == 1 and sd["groups/0/lr"] == 0.5 and not any(k.startswith("state/") for k in sd)
+    assert _bits(p) == before and opt.state == {}
 
 
 @pytest.mark.parametrize("bad,exc", [(-1.0, ValueError), (math.nan, ValueError), ("2", TypeError)])

@@ -2,7 +2,7 @@
 piece of a param rounds with the param's key and its offset in the param (the native binding's
 and the NumPy backend's ``rounding_offsets``, the C++ core's ``TensorSpan::index0``), and an
 optimizer built without ``seed=`` uses the fixed ``minimalsgd.DEFAULT_SEED``, so every process
-of a data-parallel run rounds alike. The MPI side is in tests/mpi_cases.py."""
+of a data-parallel run rounds alike. The MPI side is in tests/distributed/cases_half.py."""
 
 from __future__ import annotations
 
@@ -81,8 +81,12 @@ def test_bad_rounding_offsets_raise_and_write_nothing(offsets):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", HALVES, ids=str)
 def test_formula_on_pieces_with_param_keys_equals_the_full_step(dtype, backend):
-    """The optimizer's formula (``_run``) on pieces of params, given each piece's param key and
-    offset (what the sharded step passes), writes the bits of a full ``SGD.step()``."""
+    """The optimizer's formula (``Formula.apply`` of the public step protocol) on pieces of
+    params, given each piece's param key and offset (what the sharded step's pieces carry), writes
+    the bits of a full ``SGD.step()``."""
+    from minimalsgd.optim.storage import name_keys
+    from minimalsgd.protocol import Batch
+
     rng = np.random.default_rng(1)
 
     def params() -> dict:
@@ -99,7 +103,7 @@ def test_formula_on_pieces_with_param_keys_equals_the_full_step(dtype, backend):
               backend=backend)
     SGD(full, **kw).step()
     opt = SGD(cut, **kw)
-    labels, values, grads_l, states, keys, offsets = [], [], [], [], [], []
+    labels, values, grads_l, bufs, keys, offsets = [], [], [], [], [], []
     for name, p in cut.items():
         flat_v, flat_g = p["value"].reshape(-1), p["grad"].reshape(-1)
         buf = np.empty_like(flat_v)
@@ -107,13 +111,14 @@ def test_formula_on_pieces_with_param_keys_equals_the_full_step(dtype, backend):
             labels.append(f"{name}[{a}:{b}]")
             values.append(flat_v[a:b])
             grads_l.append(flat_g[a:b])
-            states.append([buf[a:b]])
-            keys.append(opt._rounding_keys([name])[0])
+            bufs.append(buf[a:b])
+            keys.append(name_keys([name])[0])
             offsets.append(a)
     n = len(values)
-    options = [opt._checked_group(opt.param_groups[0], "param_groups[0]", 0.05)]
-    opt._run(labels, values, grads_l, states, [True] * n, [0] * n, [0] * n, options, 1.0, backend,
-             rounding_keys=keys, rounding_offsets=offsets)
+    opt.formula.apply(Batch(labels=labels, values=values, grads=grads_l, state={"momentum_buffer": bufs},
+                            born=[True] * n, steps=[0] * n, group_of=[0] * n, options=opt.get_options(),
+                            keys=keys, offsets=offsets, rounding=opt.storage.rounding(opt.applied_steps),
+                            backend=backend))
     for name in full:
         np.testing.assert_array_equal(bits(cut[name]["value"]), bits(full[name]["value"]))
 

@@ -243,7 +243,10 @@ class BasicPlan {
     }
 
     // 1: applied; 2: skipped (a non-finite gradient, skip_nonfinite); 0: stale, nothing written.
-    int step() {
+    // grad_scale (finite, >= 0, checked by the caller): a gradient scale computed elsewhere, such
+    // as a clip coefficient measured over several processes; the plan's own clip and skip then
+    // apply to the scaled gradients, as GradientPolicy.decide(norm, all_finite, grad_scale) does.
+    int step(double grad_scale = 1.0) {
         for (const Group& grp : groups_) {
             PyObject* d = grp.outer.ptr();
             if (!PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != static_cast<Py_ssize_t>(grp.end - grp.begin)) {
@@ -282,7 +285,7 @@ class BasicPlan {
         const minimalsgd::Parallel par = parallel();
         const bool measure = clip_ > 0 || skip_;
         int status = 1;
-        double norm = 0, scale = 1;
+        double norm = 0, scale = grad_scale;
         {
             py::gil_scoped_release release;
             if (measure) {
@@ -297,8 +300,11 @@ class BasicPlan {
                 if (skip_ && !std::isfinite(norm) && (std::isnan(norm) || !all_grads_finite())) {
                     status = 2;
                 }
+                if (grad_scale != 1.0) {  // the norm of the gradients as used
+                    norm = norm * grad_scale;
+                }
                 if (clip_ > 0 && norm > clip_) {
-                    scale = clip_ / (norm + 1e-12);
+                    scale = grad_scale * (clip_ / (norm + 1e-12));
                 }
             }
             if (status == 1) {
@@ -566,7 +572,8 @@ void bind_plan(py::module_& m, const char* name) {
              py::arg("outers"), py::arg("keys"), py::arg("inners"), py::arg("index"), py::arg("values"),
              py::arg("grads"), py::arg("states"), py::arg("steps"), py::arg("group_of"), py::arg("options"),
              py::arg("clip"), py::arg("skip_nonfinite"))
-        .def("step", &P::step)
+        .def("step", &P::step, py::arg("grad_scale") = 1.0,
+             "One step: 1 applied, 2 skipped, 0 stale (nothing written); grad_scale multiplies every gradient.")
         .def("set_lr", &P::set_lr, py::arg("group"), py::arg("lr"))
         .def_property_readonly("lrs", &P::lrs)
         .def_property_readonly("last_lrs", &P::last_lrs)

@@ -35,7 +35,6 @@ from .._router import Backend, check_backend
 from .._validation import check_companion, check_no_overlap, check_real, check_tensor
 from ..protocol import Batch, Formula
 from . import checkpoint
-from ._legacy import PrivateAPI
 from .gradients import GradientPolicy
 from .groups import (
     ParamGroup,
@@ -128,7 +127,7 @@ def _setting(name: str) -> property:
     return property(get, set, doc=_SETTING_DOCS[name] + " Checked at the next step; setting it drops the plan.")
 
 
-class Optimizer(PrivateAPI):
+class Optimizer:
     """The shared machinery of minimalsgd's param-dict optimizers (see the module docstring).
 
     A subclass names its formula (the class attribute ``formula``) and its constructor arguments,
@@ -320,6 +319,28 @@ class Optimizer(PrivateAPI):
         s = self._settings
         return Storage.checked(s["stochastic_rounding"], s["seed"], s["state_dtype"])
 
+    def record_step(self, lrs: Sequence[float]) -> None:
+        """Count one step that a caller applied to this optimizer's params itself.
+
+        For a caller that steps the params through other objects while this optimizer keeps the
+        settings, groups and counters: the sharded optimizer (:mod:`minimalsgd.distributed`)
+        steps each rank's slice with an inner optimizer and counts the step here, so that
+        ``applied_steps`` (the count the schedules and the next rounding step get), ``last_lrs``
+        and ``state_dict()`` are those of the plain optimizer that made the step.
+
+        Parameters
+        ----------
+        lrs : sequence of float
+            The lr each group used in that step (``[o.lr for o in get_options()]``).
+
+        Notes
+        -----
+        ``applied_steps`` advances by one and ``last_lrs`` becomes ``lrs``; nothing else changes
+        (no state, no per-param step count: the caller keeps those).
+        """
+        self._drop_plan()
+        self._plans.record([float(x) for x in lrs])
+
     def get_lr(self) -> list[float]:
         """The lr each group will use at the next step (schedules evaluated at ``applied_steps``).
 
@@ -426,8 +447,8 @@ class Optimizer(PrivateAPI):
             Multiplies every gradient (finite, ``>= 0``): a scale computed elsewhere, such as a
             clip coefficient from a norm measured over several processes or buckets, or the
             inverse of a loss scale. The optimizer's own clipping and non-finite check apply to
-            the scaled gradients (``GradientPolicy.decide``). A step with a scale other than
-            1 takes the checked path.
+            the scaled gradients (``GradientPolicy.decide``). The cached plan takes the scale as
+            a per-step input, as it takes a schedule's lr.
 
         Returns
         -------
@@ -446,27 +467,28 @@ class Optimizer(PrivateAPI):
         plans = self._plans
         plan = plans.plan
         if plan is not None:
-            if grad_scale == 1.0:
-                if plans.schedules:  # the cheap per-step input: each schedule's lr, checked here
-                    count = plans.applied_steps
-                    last: Any = None
-                    lr = 0.0
-                    for gi, sched in plans.schedules:
-                        if sched is not last:  # groups that share a schedule call it once
-                            lr = schedule_value(gi, sched(count), count)
-                            last = sched
-                        if not plan.set_lr(gi, lr):
-                            self._drop_plan()
-                            return self._full_step(grad_scale)
-                status = plan.step()
-                if status == _APPLIED:
-                    if plans.measures_norm:
-                        self.last_grad_norm = plan.last_norm
-                    return True
-                if status == _SKIPPED:
-                    self.skipped_steps += 1
-                    return False
-            self._drop_plan()  # something changed (or a scale the plan does not take): the full path
+            if grad_scale != 1.0:  # a per-step input of the plan, checked here
+                grad_scale = check_real("grad_scale", grad_scale, minimum=0.0)
+            if plans.schedules:  # the cheap per-step input: each schedule's lr, checked here
+                count = plans.applied_steps
+                last: Any = None
+                lr = 0.0
+                for gi, sched in plans.schedules:
+                    if sched is not last:  # groups that share a schedule call it once
+                        lr = schedule_value(gi, sched(count), count)
+                        last = sched
+                    if not plan.set_lr(gi, lr):
+                        self._drop_plan()
+                        return self._full_step(grad_scale)
+            status = plan.step() if grad_scale == 1.0 else plan.step(grad_scale)
+            if status == _APPLIED:
+                if plans.measures_norm:
+                    self.last_grad_norm = plan.last_norm
+                return True
+            if status == _SKIPPED:
+                self.skipped_steps += 1
+                return False
+            self._drop_plan()  # something changed: the full path
         return self._full_step(grad_scale)
 
     def _checked_settings(self) -> tuple[GradientPolicy, Storage, str]:

@@ -128,13 +128,14 @@ class PythonPlan:
                 return False
         return True
 
-    def step(self) -> PlanStatus:
+    def step(self, grad_scale: float = 1.0) -> PlanStatus:
+        """One step (``grad_scale``: checked by the caller, as the native plan's ``step``)."""
         if not self._unchanged(self._outer):
             return _STALE
-        scale = 1.0
+        scale = grad_scale
         policy = self._policy
         if policy.measures:
-            decision = policy.measure(self._labels, self._grads, self._backend)
+            decision = policy.measure(self._labels, self._grads, self._backend, grad_scale)
             if decision.skipped:
                 return _SKIPPED
             self.last_norm = decision.norm

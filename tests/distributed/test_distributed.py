@@ -1,5 +1,5 @@
-"""minimalsgd.distributed under real MPI: pytest starts ``mpiexec -n 2`` and ``mpiexec -n 3`` runs of
-``tests/mpi_cases.py`` (loopback only, with a timeout) and turns each case's verdict into a test.
+"""minimalsgd.distributed under real MPI: pytest starts ``mpiexec -n 1``, ``-n 2`` and ``-n 3`` runs of
+``tests/distributed/mpi_cases.py`` (loopback only, with a timeout) and turns each case's verdict into a test.
 
 Skipped, with the reason, where mpi4py or mpiexec is missing (``pip install '.[mpi]'``).
 """
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 import mpi_cases  # noqa: E402
 
